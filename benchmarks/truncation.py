@@ -3,7 +3,8 @@
 KaSA drops the r smallest singular triplets of each frozen weight W (out m x in n), keeping
 W_world = W - U_r diag(s_r) V_r^T. For each weight group this script measures
 
-* ours cold:  ``extreme_triplets(W, r, "minor")`` with no cache, then W - t.dropped();
+* ours cold:  ``extreme_triplets(W, r, "minor")`` with no cache, then W - u_s v^T in float32 (one addmm, as
+              ``AdaptedLayer`` folds it into the weight);
 * ours warm:  the same with a filled ``cache_dir`` (fingerprint + load from disk + reconstruction);
 * fp32 SVD:   ``torch.linalg.svd(W.float())`` and the rank-(k - r) reconstruction, as PEFT's KaSA does;
 
@@ -72,7 +73,9 @@ def weight_groups(quick: bool) -> list[tuple[str, list[torch.Tensor]]]:
 
 
 def ours(w: torch.Tensor, cache_dir: str | None) -> torch.Tensor:
-    return w.double() - extreme_triplets(w, R, which="minor", cache_dir=cache_dir).dropped()
+    """What ``AdaptedLayer`` holds after truncation: the float32 weight minus the r minor triplets' part."""
+    t = extreme_triplets(w, R, which="minor", cache_dir=cache_dir)
+    return torch.addmm(w, t.us.float(), t.v.float().T, alpha=-1)
 
 
 def fp32_svd(w: torch.Tensor) -> torch.Tensor:
@@ -98,7 +101,7 @@ def bench_group(name: str, weights: list[torch.Tensor], repeats: int, cache_root
     err_ours = err_svd = 0.0
     for w in weights:  # errors (and cache filling) outside the timing
         exact = exact_world(w)
-        err_ours = max(err_ours, (ours(w, cache_dir) - exact).norm().item())
+        err_ours = max(err_ours, (ours(w, cache_dir).double() - exact).norm().item())
         err_svd = max(err_svd, (fp32_svd(w).double() - exact).norm().item())
     cold, warm, svd = [], [], []
     for _ in range(repeats):  # one repeat: every weight once by each method, interleaved

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kasa_lightning.kasa.svd import extreme_triplets
+from kasa_lightning.kasa.svd import extreme_triplets, weight_fingerprint
 
 
 def _weight(m: int, n: int, seed: int = 0) -> torch.Tensor:
@@ -65,6 +65,19 @@ def test_disk_cache_returns_the_same_triplets(tmp_path):
     extreme_triplets(w + 1e-3, 6, cache_dir=tmp_path)
     extreme_triplets(w, 5, cache_dir=tmp_path)
     assert len(list(tmp_path.iterdir())) == 3
+
+
+def test_fingerprint_sees_every_byte_dtype_and_shape():
+    w = _weight(64, 48).float()
+    key = weight_fingerprint(w)
+    assert weight_fingerprint(w.clone()) == key
+    changed = w.clone()
+    changed[37, 11] = torch.nextafter(changed[37, 11], torch.tensor(10.0))  # one ulp in one element
+    assert weight_fingerprint(changed) != key
+    assert weight_fingerprint(w.reshape(48, 64)) != key  # same bytes, other shape
+    assert weight_fingerprint(w.view(torch.int32)) != key  # same bytes, other dtype
+    assert weight_fingerprint(w.T) == weight_fingerprint(w.T.contiguous())  # views hash their values
+    assert weight_fingerprint(w.bfloat16()) != weight_fingerprint(w.half())
 
 
 def test_rank_must_leave_something():

@@ -143,16 +143,23 @@ class AdaptedLayer(nn.Module):
             return None
         return self.dropped_u @ self.dropped_v.T
 
+    def _add_dropped(self, sign: float) -> None:
+        """W += sign * D. A float32 weight is updated in place by one addmm (no (out, in) temporaries)."""
+        w = self._weight_view()
+        with torch.no_grad():
+            if w.dtype == torch.float32:
+                w.addmm_(self.dropped_u, self.dropped_v.T, alpha=sign)
+            else:
+                self._add_to_weight(sign * self.dropped_weight())
+
     def _fold(self) -> None:
         if self.dropped_u is not None and self.truncation_mode == "fold" and not self._folded:
-            with torch.no_grad():
-                self._add_to_weight(-self.dropped_weight())
+            self._add_dropped(-1.0)
             self._folded = True
 
     def _unfold(self) -> None:
         if self._folded:
-            with torch.no_grad():
-                self._add_to_weight(self.dropped_weight())
+            self._add_dropped(1.0)
             self._folded = False
 
     def delta_weight(self) -> torch.Tensor:

@@ -18,12 +18,12 @@ result is far closer to a float64 SVD than PEFT's float32 full SVD and several t
 1-2 digits on real weights; it is not used.
 
 Results are float64 on the weight's device. ``cache_dir`` stores them on disk keyed by a fingerprint of the
-weight bytes, r and ``which``.
+weight bytes (xxHash3-128, which reads memory at several GB/s: hashing is most of a cache hit's cost), r and
+``which``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 Which = Literal["minor", "principal"]
-_CACHE_VERSION = "1"
+_CACHE_VERSION = "2"  # 2: xxh3-128 fingerprints (1: blake2b)
 
 
 @dataclass
@@ -77,11 +77,13 @@ def extreme_triplets(
 
 
 def weight_fingerprint(weight: torch.Tensor) -> str:
-    """A content hash of the weight (dtype, shape and bytes)."""
+    """A content hash of the weight: dtype, shape and bytes (xxHash3, 128 bits; a cache key, not a signature)."""
+    import xxhash
+
     w = weight.detach().contiguous().cpu()
-    h = hashlib.blake2b(digest_size=20)
-    h.update(f"{w.dtype}{tuple(w.shape)}".encode())
-    h.update(w.view(torch.uint8).numpy().tobytes() if w.numel() else b"")
+    h = xxhash.xxh3_128(f"{w.dtype}{tuple(w.shape)}".encode())
+    if w.numel():
+        h.update(memoryview(w.reshape(-1).view(torch.uint8).numpy()))  # no copy of the weight
     return h.hexdigest()
 
 
@@ -113,14 +115,13 @@ def _eig_subspace(w64: torch.Tensor, q: int, which: Which) -> torch.Tensor:
     else:
         import scipy.linalg
         from scipy.linalg import blas
-        from threadpoolctl import threadpool_limits
 
         # scipy's BLAS has its own thread pool, which torch.set_num_threads does not govern; when it competes with
         # torch's (or another process) for the cores it slows down by 10-30x. Follow torch's count, and use one
         # thread below 1024 columns, where more threads gain little.
         threads = torch.get_num_threads() if n >= 1024 else 1
         index = [0, q - 1] if which == "minor" else [n - q, n - 1]
-        with threadpool_limits(limits=threads):
+        with _blas_threads().limit(limits=threads):
             # dsyrk forms the upper triangle of W^T W only: half the flops of a matmul
             gram = blas.dsyrk(1.0, w64.numpy(), trans=1, lower=0)
             _, vecs_np = scipy.linalg.eigh(
@@ -129,6 +130,20 @@ def _eig_subspace(w64: torch.Tensor, q: int, which: Which) -> torch.Tensor:
         vecs = torch.from_numpy(vecs_np)
     basis, _ = torch.linalg.qr(vecs.to(device=w64.device, dtype=torch.float64))
     return basis
+
+
+_CONTROLLER = None
+
+
+def _blas_threads():  # noqa: ANN202
+    """A threadpoolctl controller made once: building one scans the loaded libraries (~4 ms a call)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        import scipy.linalg  # noqa: F401  (load scipy's BLAS before the controller looks for libraries)
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
 
 
 def _rayleigh_ritz(w64: torch.Tensor, basis: torch.Tensor, r: int, which: Which) -> Triplets:
