@@ -78,7 +78,7 @@ def glue() -> None:
                                 "target_modules": GLUE_TARGETS.get(model, ["query", "value"]),
                                 "modules_to_save": ["classifier"] + (["pooler"] if "deberta" in model else []),
                                 "beta": beta, "gamma": gamma, "reg_form": "reference", "reg_reduction": "mean"},
-                    "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": lr, "weight_decay": wd}},
+                    "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": lr, "weight_decay": wd, "fused": True}},
                     "warmup_ratio": 0.06}},
                 "data": {"class_path": "kasa_lightning.datamodules.GLUEDataModule",
                          "init_args": {"task": task, "batch_size": bs, "max_length": max_len}},
@@ -102,7 +102,7 @@ def e2e() -> None:
             "model": {"class_path": "kasa_lightning.KaSAModule", "init_args": {
                 "backbone": f"gpt2-{size}", "task": "causal_lm",
                 "adapter": {"method": "kasa", "r": 4, "alpha": 32, "dropout": 0.1, "target_modules": ["c_attn"]},
-                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 2e-4, "weight_decay": 0.01}},
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 2e-4, "weight_decay": 0.01, "fused": True}},
                 "warmup_steps": 500, "label_smoothing": 0.1}},
             "data": {"class_path": "kasa_lightning.datamodules.E2EDataModule", "init_args": {
                 "batch_size": 8, "eval_batch_size": 16, "max_length": 512,
@@ -127,7 +127,7 @@ def commonsense() -> None:
                 "backbone": model, "task": "causal_lm", "dtype": "bfloat16",
                 "adapter": {"method": "kasa", "r": 32, "alpha": 64, "dropout": 0.05,
                             "target_modules": DECODER_TARGETS},
-                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-4, "weight_decay": 0.0}},
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-4, "weight_decay": 0.0, "fused": True}},
                 "warmup_steps": 100}},
             "data": {"class_path": "kasa_lightning.datamodules.CommonsenseDataModule", "init_args": {
                 "train_path": "zwhe99/commonsense_170k", "test_dir": "dataset", "val_size": 120,
@@ -159,7 +159,7 @@ def instruct() -> None:
                     "backbone": model, "task": "causal_lm", "dtype": "bfloat16", "gradient_checkpointing": True,
                     "adapter": {"method": "kasa", "r": 32, "alpha": 64, "dropout": 0.05,
                                 "target_modules": DECODER_TARGETS},
-                    "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 2e-4, "weight_decay": 0.0}},
+                    "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 2e-4, "weight_decay": 0.0, "fused": True}},
                     "warmup_ratio": 0.1, "schedule": "cosine"}},
                 "data": {"class_path": "kasa_lightning.datamodules.InstructionDataModule", "init_args": data},
             }

@@ -287,3 +287,18 @@ def test_wrapper_prefixes_are_removed_from_checkpoint_names():
         "model.layers.0.self_attn.q_proj.delta_u"
     assert _plain_name("_orig_mod.bert.encoder.layer.0._checkpoint_wrapped_module.attention.self.query.delta_v") == \
         "bert.encoder.layer.0.attention.self.query.delta_v"
+
+
+def test_default_adamw_is_fused_unless_clipping(tmp_path):
+    t = trainer(tmp_path, max_steps=1)
+    t.fit(tiny_module(), tiny_data(train_size=8))
+    opt = t.optimizers[0]
+    assert type(opt) is torch.optim.AdamW and opt.defaults["fused"] is True
+    # Lightning refuses to clip gradients with a fused optimiser under mixed precision: fall back to foreach
+    t = trainer(tmp_path, max_steps=1, gradient_clip_val=1.0, precision="bf16-mixed")
+    t.fit(tiny_module(), tiny_data(train_size=8))
+    assert not t.optimizers[0].defaults["fused"]
+    # a factory the user chose is used as given
+    t = trainer(tmp_path, max_steps=1)
+    t.fit(tiny_module(optimizer=lambda p: torch.optim.AdamW(p, lr=0.01)), tiny_data(train_size=8))
+    assert not t.optimizers[0].defaults["fused"] and t.optimizers[0].defaults["lr"] == 0.01
