@@ -16,7 +16,8 @@ from .inject import (
     unmerge_adapters,
 )
 from .layer import AdaptedLayer
-from .regularizers import AdapterLossTerms, LayerTerms, adapter_loss, layer_terms
+from .regularizers import AdapterLossTerms, adapter_loss, record_in_forward
+from .terms import LayerTerms, layer_terms
 from .state import adapter_state_dict, load_adapter, load_adapter_state_dict, read_adapter, save_adapter
 from .svd import Triplets, extreme_triplets, weight_fingerprint
 
@@ -41,6 +42,7 @@ __all__ = [
     "merge_adapters",
     "merge_and_unload",
     "read_adapter",
+    "record_in_forward",
     "save_adapter",
     "trainable_parameters",
     "unload_adapters",

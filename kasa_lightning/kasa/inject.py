@@ -46,11 +46,21 @@ def _plain_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
         yield name, module
 
 
+_WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
+
+
+def plain_name(name: str) -> str:
+    """A module or parameter name without the components FSDP, activation checkpointing and torch.compile insert
+    (``a._fsdp_wrapped_module.query`` -> ``a.query``): the name the unwrapped model has."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_PARTS)
+
+
 def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLayer]]:
-    """(qualified name, layer) for every adapted layer of ``model``, in module order."""
+    """(qualified name, layer) for every adapted layer of ``model``, in module order. Names are those of the
+    unwrapped model (see ``plain_name``), also when a strategy has wrapped it."""
     for name, module in model.named_modules():
         if isinstance(module, AdaptedLayer):
-            yield name, module
+            yield plain_name(name), module
 
 
 def layer_groups(model: nn.Module) -> dict[str, list[tuple[str, AdaptedLayer]]]:

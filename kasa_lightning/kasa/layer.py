@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from .config import AdapterConfig
 from .svd import Triplets
+from .terms import LayerTerms, layer_terms
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -69,6 +70,12 @@ class AdaptedLayer(nn.Module):
             self.dropped_u = None
             self.dropped_v = None
         self._folded = False  # whether D has been subtracted from the base weight (fold mode only)
+        # Sharded training (FSDP): the regulariser form ("paper"/"reference") to compute in each forward under
+        # grad, where the whole tensors exist; see regularizers.record_in_forward.
+        self.record_terms: str | None = None
+        self.recorded_terms: LayerTerms | None = None
+        self._deferred_refold: tuple[torch.Tensor, torch.Tensor] | None = None
+        base_layer.register_load_state_dict_post_hook(self._refold_after_base_load)
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """The trainable tensors of this layer: delta_u, delta_sigma (if any), delta_v."""
@@ -118,13 +125,32 @@ class AdaptedLayer(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
         # Loading new removed-part buffers must keep the folded base weight consistent: take the old part out,
         # load, fold the new one in (torch calls this before loading the children, i.e. the base layer).
-        was_merged = self.merged
-        self.unmerge()
-        self._unfold()
+        if self._weight_is_whole():
+            was_merged = self.merged
+            self.unmerge()
+            self._unfold()
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+            self._fold()
+            if was_merged:
+                self.merge()
+            return
+        # FSDP: the base layer is a unit of its own and whole only while it loads; correct its weight then
+        old = (self.dropped_u.clone(), self.dropped_v.clone()) if self._folded else None
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._fold()
-        if was_merged:
-            self.merge()
+        if old is not None and f"{prefix}base_layer.weight" not in state_dict:
+            self._deferred_refold = old
+
+    def _refold_after_base_load(self, module: nn.Module, incompatible_keys: object) -> None:
+        """Load post-hook of the base layer: W += D_old - D_new, deferred from ``_load_from_state_dict``."""
+        if self._deferred_refold is not None:
+            old_u, old_v = self._deferred_refold
+            self._deferred_refold = None
+            with torch.no_grad():
+                self._add_to_weight(old_u @ old_v.T - self.dropped_weight())
+
+    def _weight_is_whole(self) -> bool:
+        """Whether this process sees the whole base weight (not an FSDP shard)."""
+        return tuple(self._weight_view().shape) == (self.out_features, self.in_features)
 
     # ------------------------------------------------------------------ weights
     def _weight_view(self) -> torch.Tensor:
@@ -200,6 +226,8 @@ class AdaptedLayer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.record_terms is not None and torch.is_grad_enabled():
+            self.recorded_terms = layer_terms(self.delta_u, self.delta_sigma, self.delta_v, self.record_terms)
         y = self.base_layer(x)  # (..., out)
         if self.merged:
             return y
