@@ -1,0 +1,53 @@
+"""`AdapterWrapPolicy`: an FSDP auto-wrap policy that never puts frozen and trainable parameters in one unit.
+
+FSDP (v1) flattens the parameters of each wrapped unit into one flat parameter. With ``use_orig_params=True``
+(Lightning's default) a unit may mix frozen and trainable tensors, but then gradient memory is allocated for the
+whole flat parameter, frozen part included, and FSDP warns about it. This policy wraps, besides the blocks you
+name (e.g. ``LlamaDecoderLayer``):
+
+* every ``AdaptedLayer`` (its own tensors: delta_u, delta_sigma, delta_v, all trainable) and, separately, its
+  ``base_layer`` (the frozen, truncated weight);
+* every other module with trainable parameters of its own (``modules_to_save``: the classification head).
+
+So each flat parameter is either entirely trainable or entirely frozen. Pure PyTorch: a ``ModuleWrapPolicy``
+(the policy type Lightning's ``FSDPStrategy(auto_wrap_policy=...)`` accepts from a config) with more units.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+from kasa_lightning.kasa import AdaptedLayer
+
+
+class AdapterWrapPolicy(ModuleWrapPolicy):
+    """Wrap ``module_classes`` (transformer blocks), each adapted layer, its base layer, and each module with
+    trainable parameters of its own, as separate FSDP units."""
+
+    def __init__(self, module_classes: Iterable[type[nn.Module]] = ()) -> None:
+        self.module_classes = tuple(module_classes)
+        super().__init__(self.module_classes)
+
+    def units(self, root: nn.Module) -> list[nn.Module]:
+        """The modules this policy wraps under ``root`` (root itself excluded: FSDP always wraps the root)."""
+        units: list[nn.Module] = []
+        for module in root.modules():
+            if module is root:
+                continue
+            if isinstance(module, AdaptedLayer):
+                units += [module, module.base_layer]
+            elif isinstance(module, self.module_classes) or any(
+                p.requires_grad for p in module.parameters(recurse=False)
+            ):
+                units.append(module)
+        return units
+
+    def _run_policy(
+        self, root_module: nn.Module, ignored_modules: set[nn.Module], root_kwargs: dict[str, Any]
+    ) -> dict[nn.Module, dict[str, Any]]:
+        return {m: copy.copy(root_kwargs) for m in self.units(root_module) if m not in ignored_modules}
