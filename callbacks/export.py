@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from kasa_lightning.exporting import FORMATS, ExportFormat, export_module
+from kasa_lightning.module import shards_parameters
 
 
 class AdapterExport(L.Callback):
@@ -27,13 +28,16 @@ class AdapterExport(L.Callback):
         self.written: list[Path] = []
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        module, which = pl_module, "last"
         best = trainer.checkpoint_callback.best_model_path if isinstance(
             trainer.checkpoint_callback, ModelCheckpoint) else ""
+        module, which = pl_module, "last"
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: a broadcast under DDP/FSDP
+        if not (self.which == "best" and best) and shards_parameters(trainer.strategy):
+            module = pl_module.plain_copy()  # gathers the sharded state: every rank takes part, rank 0 gets it
+        if not trainer.is_global_zero:
+            return
         if self.which == "best" and best:
             module, which = type(pl_module).load_from_checkpoint(best, map_location="cpu"), "best"
-        root = Path(trainer.log_dir or trainer.default_root_dir) / "export" / which
+        root = log_dir / "export" / which
         for fmt in self.formats:
             self.written.append(export_module(module, fmt, root / fmt))

@@ -7,6 +7,7 @@ eta dU diag(dsigma) dV^T (for every method, also those without dsigma).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +27,8 @@ def sigma_matrices(model: torch.nn.Module, spectrum: bool = False) -> dict[str, 
             if spectrum:
                 rows.append(torch.linalg.svdvals(layer.delta_weight().detach())[: layer.r].cpu().numpy())
             elif layer.delta_sigma is not None:
-                rows.append(layer.delta_sigma.detach().float().cpu().numpy())
+                # a copy: a numpy view would pin the parameter's storage, which FSDP frees and re-fills
+                rows.append(layer.delta_sigma.detach().to("cpu", torch.float32, copy=True).numpy())
         if rows:
             out[kind] = np.stack(rows)
     return out
@@ -68,15 +70,20 @@ class SingularValueHeatmap(L.Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Path]:
-        if not trainer.is_global_zero or pl_module.model is None:
+        if pl_module.model is None:
             return []
+        directory = self._directory(trainer)  # on every rank: trainer.log_dir is a broadcast under DDP/FSDP
+        gather = getattr(pl_module, "whole_parameters", contextlib.nullcontext)
+        with gather():  # under FSDP: gathers the shards to rank 0 (a collective, so every rank enters)
+            if not trainer.is_global_zero:
+                return []
+            kinds = {"sigma": sigma_matrices(pl_module.model)}
+            if self.spectrum:
+                kinds["spectrum"] = sigma_matrices(pl_module.model, spectrum=True)
         step, written = trainer.global_step, []
-        kinds = {"sigma": sigma_matrices(pl_module.model)}
-        if self.spectrum:
-            kinds["spectrum"] = sigma_matrices(pl_module.model, spectrum=True)
         for what, matrices in kinds.items():
             for kind, matrix in matrices.items():
-                path = self._directory(trainer) / f"{what}_{kind}_step{step:07d}.png"
+                path = directory / f"{what}_{kind}_step{step:07d}.png"
                 title = f"{'learned dsigma' if what == 'sigma' else 'update spectrum'} of {kind} (step {step})"
                 rgb = render_heatmap(matrix, title, path)
                 np.save(path.with_suffix(".npy"), matrix)

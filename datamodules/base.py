@@ -9,41 +9,44 @@ uninterrupted run).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sized
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from kasa_lightning.hub import resolve_pretrained
 
 
-class ResumableSampler(Sampler[int]):
-    """A shuffling sampler whose order depends only on (seed, epoch) and that can skip what was already seen."""
+class ResumableSampler(DistributedSampler):
+    """A shuffling sampler whose order depends only on (seed, epoch) and that can skip what was already seen.
 
-    def __init__(self, data: Sized, seed: int) -> None:
-        self.n, self.seed, self.epoch = len(data), seed, 0
-        self._skip: tuple[int, int] | None = None  # (epoch, samples)
+    Sharded like ``DistributedSampler`` (which it is, so Lightning does not wrap it): every process draws the same
+    permutation, pads it by wrapping around to a multiple of ``num_replicas`` and takes every ``num_replicas``-th
+    index from its ``rank``. With one process that is the whole permutation.
+    """
 
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
-        self.epoch = epoch
+    def __init__(self, data: Sized, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(data, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self._skip: tuple[int, int] | None = None  # (epoch, samples of this rank)
 
     def skip(self, epoch: int, samples: int) -> None:
-        """Leave out the first ``samples`` indices when epoch ``epoch`` is iterated (once)."""
+        """Leave out this rank's first ``samples`` indices when epoch ``epoch`` is iterated (once)."""
         self._skip = (epoch, samples)
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
+        order = torch.randperm(len(self.dataset), generator=g).tolist()
+        padding = self.total_size - len(order)  # pad to equal shares, as DistributedSampler does
+        order += (order * math.ceil(padding / len(order)))[:padding] if padding else []
+        mine = order[self.rank : self.total_size : self.num_replicas]
         start = 0
         if self._skip is not None and self._skip[0] == self.epoch:
             start = self._skip[1]
         self._skip = None
-        return iter(order[start:])
-
-    def __len__(self) -> int:
-        return self.n
+        return iter(mine[start:])
 
 
 class BaseDataModule(L.LightningDataModule):
@@ -106,7 +109,8 @@ class BaseDataModule(L.LightningDataModule):
         data = self._check(data, split)
         sampler = None
         if train:
-            sampler = self._sampler = ResumableSampler(data, self.seed)
+            world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            sampler = self._sampler = ResumableSampler(data, self.seed, num_replicas=world, rank=rank)
             if self._resume is not None:
                 sampler.skip(self._resume["epoch"], self._resume["batches"] * self.batch_size)
                 self._resume = None

@@ -17,8 +17,11 @@ or backbone.
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import math
 import random
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import lightning as L
@@ -37,7 +40,9 @@ from kasa_lightning.kasa import (
     adapter_state_dict,
     apply_adapters,
     load_adapter_state_dict,
+    record_in_forward,
 )
+from kasa_lightning.kasa.inject import plain_name
 
 Task = Literal["classification", "regression", "causal_lm"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -185,6 +190,9 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
                 model.config.use_cache = False
         model.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
         self.model = apply_adapters(model, self.adapter_config, initialize=initialize)
+        if self._trainer is not None and shards_parameters(self.trainer.strategy):
+            # after wrapping, the adapter tensors are whole only inside each layer's forward
+            record_in_forward(self.model)
 
     def forward(self, **batch: Any) -> Any:
         return self.model(**batch)
@@ -289,22 +297,67 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
                 if p.dtype != torch.float32:
                     p.data = p.data.float()
 
+    # ------------------------------------------------------------------ sharded training
+    @contextlib.contextmanager
+    def whole_parameters(self) -> Iterator[None]:
+        """Inside, rank 0 sees every parameter whole (read-only). Under FSDP this gathers the sharded model to rank
+        0's CPU memory (from a GPU; on CPU processes every rank gathers) and is a collective: every rank must
+        enter. Elsewhere it does nothing."""
+        root = self._trainer.strategy.model if self._trainer is not None else None
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        if isinstance(root, FSDP):
+            offload = root.compute_device.type != "cpu"  # copying to the CPU from the CPU is not supported
+            with FSDP.summon_full_params(root, writeback=False, rank0_only=offload, offload_to_cpu=offload):
+                yield
+        else:
+            yield
+
+    def plain_copy(self) -> KaSAModule | None:
+        """An unwrapped CPU copy holding the current trained state, rebuilt exactly as a checkpoint written now
+        would reload (``load_from_checkpoint``). Under a sharding strategy this gathers the state and is a
+        collective (call it on every rank); ranks other than 0 get None."""
+        state = self.trainer.strategy.lightning_module_state_dict() if self._trainer is not None else self.state_dict()
+        if self._trainer is not None and not self.trainer.is_global_zero:
+            return None
+        checkpoint: dict[str, Any] = {"state_dict": {k: v.detach().cpu() for k, v in state.items()}}
+        self._keep_trained_state(checkpoint)
+        accepted = inspect.signature(type(self).__init__).parameters  # LightningCLI adds "_class_path" and such
+        copy = type(self)(**{k: v for k, v in self.hparams.items() if k in accepted})
+        copy.on_load_checkpoint(checkpoint)
+        return copy
+
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._keep_trained_state(checkpoint)
+        checkpoint["kasa"]["rng"] = _rng_state()  # this process's (rank 0's in the file)
+        checkpoint["kasa"]["rng_per_rank"] = self._gather_rng_states()  # a collective: every rank is here
+
+    def _keep_trained_state(self, checkpoint: dict[str, Any]) -> None:
         # Keep the adapter entries of the state dict the strategy gathered (under FSDP only it holds full tensors).
         # A from-config backbone has random weights that nothing can rebuild, so its checkpoint keeps them all.
         full = self.backbone_config is not None
         if not full:
-            keep = {f"model.{_plain_name(k)}" for k in adapter_state_dict(self.model)}
+            # the strategies gather state dicts under the unwrapped names
+            keep = {f"model.{plain_name(k)}" for k in adapter_state_dict(self.model)}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["kasa"] = {
             "full_state": full,
             "adapter": self.adapter_config.to_dict(),
             "backbone": self.backbone_name,
             "model_type": getattr(getattr(self.model, "config", None), "model_type", None),
-            "rng": _rng_state(),
             "best": dict(self._best),
         }
+
+    def _gather_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG state, in rank order (every rank writes a checkpoint's contents; rank 0 saves them)."""
+        import torch.distributed as dist
+
+        if self._trainer is None or self.trainer.world_size == 1 or not dist.is_initialized():
+            return [_rng_state()]
+        states: list[Any] = [None] * self.trainer.world_size
+        dist.all_gather_object(states, _rng_state())
+        return states
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         info = checkpoint.get("kasa")
@@ -323,27 +376,28 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         model_type = getattr(getattr(self.model, "config", None), "model_type", None)
         if info.get("model_type") != model_type:
             raise ValueError(f"checkpoint is for a {info.get('model_type')!r} model, this one is {model_type!r}")
-        prefix = "model."
-        state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        if info.get("full_state"):
-            self.model.load_state_dict(state, strict=True)
-        else:
-            load_adapter_state_dict(self.model, state)
-        checkpoint["state_dict"] = {}  # loaded above, with checks; nothing left for Lightning to load
+        if "state_dict" in checkpoint:
+            prefix = "model."
+            state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+            if info.get("full_state"):
+                self.model.load_state_dict(state, strict=True)
+            else:
+                load_adapter_state_dict(self.model, state)
+            checkpoint["state_dict"] = {}  # loaded above, with checks; nothing left for Lightning to load
+        # else: a sharding strategy (FSDP) has already loaded it into the wrapped model (strict_loading=False)
         self._best = dict(info.get("best", {}))
         if info.get("rng") and self._trainer is not None and self.trainer.state.fn == "fit":
-            _set_rng_state(info["rng"])  # resume draws the same dropout masks as an uninterrupted run
+            # resume draws the same dropout masks as an uninterrupted run, on every rank
+            per_rank = info.get("rng_per_rank") or []
+            same_world = len(per_rank) == self.trainer.world_size
+            _set_rng_state(per_rank[self.trainer.global_rank] if same_world else info["rng"])
 
 
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+def shards_parameters(strategy: Any) -> bool:
+    """Whether ``strategy`` shards parameters across processes (FSDP, FSDP2 via ModelParallel, DeepSpeed)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
-
-def _plain_name(name: str) -> str:
-    """A parameter name without the prefixes FSDP, activation checkpointing and torch.compile insert (the
-    strategies gather state dicts under the plain names)."""
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))
 
 
 def _rng_state() -> dict[str, Any]:
