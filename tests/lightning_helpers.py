@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.strategies import FSDPStrategy
 import torch
 
 from kasa_lightning import KaSAModule, adapter_state_dict
@@ -67,3 +68,47 @@ def trainer(root, **kwargs) -> L.Trainer:  # noqa: ANN001, ANN003
     kwargs.setdefault("enable_model_summary", False)
     kwargs.setdefault("num_sanity_val_steps", 0)
     return L.Trainer(default_root_dir=str(root), **kwargs)
+
+
+class StopAfter(L.Callback):
+    """Stops training cleanly after optimiser step ``step`` (an interrupted run, with the same schedule)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *_) -> None:  # noqa: ANN001, ANN002
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+class CPUFSDPStrategy(FSDPStrategy):
+    """Lightning's FSDP strategy on CPU processes (gloo), so the FSDP code paths run in CI without a GPU.
+
+    Lightning only accepts FSDP with a CUDA accelerator and lets FSDP pick the device, which FSDP refuses to do on a
+    machine without an accelerator. This subclass (1) passes ``device_id=cpu`` when wrapping and (2) gathers full
+    state dicts without ``offload_to_cpu`` (offloading from the CPU to the CPU crashes); everything else, the
+    wrapping, sharding, forward/backward, full state-dict save and load, is Lightning's and torch's own code.
+    """
+
+    def _setup_model(self, model):  # noqa: ANN001, ANN202
+        import lightning.fabric.strategies.fsdp as fabric_fsdp
+        import lightning.fabric.strategies.model_parallel as fabric_mp
+        import lightning.pytorch.strategies.fsdp as pl_fsdp
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        for mod in (fabric_fsdp, fabric_mp, pl_fsdp):  # this process only: it runs CPU FSDP and nothing else
+            mod._get_full_state_dict_context = _full_state_dict_context_without_offload
+
+        return FSDP(module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
+                    sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs)
+
+
+def _full_state_dict_context_without_offload(module, world_size, rank0_only=True):  # noqa: ANN001, ANN202
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    return FSDP.state_dict_type(
+        module=module, state_dict_type=StateDictType.FULL_STATE_DICT,
+        state_dict_config=FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+        optim_state_dict_config=FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
+    )

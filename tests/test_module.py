@@ -281,7 +281,7 @@ def test_label_smoothing_and_cosine_warmup_steps(tmp_path):
 
 
 def test_wrapper_prefixes_are_removed_from_checkpoint_names():
-    from kasa_lightning.module import _plain_name
+    from kasa_lightning.kasa.inject import plain_name as _plain_name
 
     assert _plain_name("model.layers.0._fsdp_wrapped_module.self_attn.q_proj.delta_u") == \
         "model.layers.0.self_attn.q_proj.delta_u"
@@ -302,3 +302,24 @@ def test_default_adamw_is_fused_unless_clipping(tmp_path):
     t = trainer(tmp_path, max_steps=1)
     t.fit(tiny_module(optimizer=lambda p: torch.optim.AdamW(p, lr=0.01)), tiny_data(train_size=8))
     assert not t.optimizers[0].defaults["fused"] and t.optimizers[0].defaults["lr"] == 0.01
+
+
+def test_resumable_sampler_shards_like_distributed_sampler_and_skips_per_rank():
+    from torch.utils.data import DistributedSampler
+
+    from kasa_lightning.datamodules import ResumableSampler
+
+    data = list(range(11))
+    single = ResumableSampler(data, seed=3)
+    single.set_epoch(2)
+    assert list(single) == torch.randperm(11, generator=torch.Generator().manual_seed(5)).tolist()
+    ranks = [ResumableSampler(data, seed=3, num_replicas=2, rank=r) for r in (0, 1)]
+    for s in ranks:
+        s.set_epoch(2)
+    shares = [list(s) for s in ranks]
+    assert isinstance(ranks[0], DistributedSampler)  # so Lightning does not wrap it again
+    assert len(shares[0]) == len(shares[1]) == len(ranks[0]) == 6
+    assert set(shares[0]) | set(shares[1]) == set(data)  # 12 slots: one index repeated to pad
+    ranks[1].skip(epoch=2, samples=4)
+    assert list(ranks[1]) == shares[1][4:]
+    assert list(ranks[1]) == shares[1]  # the skip applies once
