@@ -29,8 +29,8 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _commo
 from _common import header, markdown_table, ratios_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("truncation", "train_step", "inference", "quality")
-TAKES_COMMON_ARGS = {"train_step", "inference", "quality"}  # --threads, --device, --smoke (truncation has none)
+SCRIPTS = ("truncation", "train_step", "inference", "quality", "hot_paths")
+TAKES_COMMON_ARGS = {"train_step", "inference", "quality", "hot_paths"}  # --threads, --device, --smoke (truncation has none)
 
 
 def merge_ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:

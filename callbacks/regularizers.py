@@ -1,7 +1,8 @@
 """``RegularizerMonitor``: KaSA's L2 and L3 per adapted layer and per target type, as TensorBoard scalars.
 
 Computed from the adapter parameters with ``kasa_lightning.kasa.adapter_loss(per_layer=True)`` (no extra forward
-pass), every ``every_n_steps`` optimiser steps, next to the total training loss of that step:
+pass; under FSDP, where the parameters are shards, the terms the step's forward recorded), every ``every_n_steps``
+optimiser steps, next to the total training loss of that step:
 
     kasa/loss                    total training loss of the step (task + regulariser)
     kasa/reg_loss                beta * L2 + gamma * L3 (as configured: sum or mean over layers)
@@ -23,14 +24,15 @@ def regularizer_scalars(model: torch.nn.Module) -> dict[str, float]:
     """The scalars above (without ``kasa/loss``) for an adapted model."""
     with torch.no_grad():
         terms = adapter_loss(model, per_layer=True)
-    out = {"kasa/reg_loss": float(terms.loss)}
+    out = {"kasa/reg_loss": float(terms.loss.detach())}  # (under FSDP: the step's recorded terms, with a graph)
     for kind, layers in layer_groups(model).items():
         l2 = l3 = 0.0
         for index, (name, _) in enumerate(layers):
             t = terms.per_layer[name]
-            out[f"kasa/l2_layer/{kind}/{index:02d}"] = float(t.l2)
-            out[f"kasa/l3_layer/{kind}/{index:02d}"] = float(t.l3)
-            l2, l3 = l2 + float(t.l2), l3 + float(t.l3)
+            l2_i, l3_i = float(t.l2.detach()), float(t.l3.detach())
+            out[f"kasa/l2_layer/{kind}/{index:02d}"] = l2_i
+            out[f"kasa/l3_layer/{kind}/{index:02d}"] = l3_i
+            l2, l3 = l2 + l2_i, l3 + l3_i
         out[f"kasa/l2/{kind}"], out[f"kasa/l3/{kind}"] = l2, l3
     return out
 

@@ -190,6 +190,7 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
                 model.config.use_cache = False
         model.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
         self.model = apply_adapters(model, self.adapter_config, initialize=initialize)
+        self._keep_adapters_float32(wrapped=False)  # now: a sharding strategy flattens them after this
         if self._trainer is not None and shards_parameters(self.trainer.strategy):
             # after wrapping, the adapter tensors are whole only inside each layer's forward
             record_in_forward(self.model)
@@ -288,10 +289,13 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         params = [p for g in groups for p in g["params"]]
         return not clipping and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
-    def _keep_adapters_float32(self) -> None:
+    def _keep_adapters_float32(self, wrapped: bool = True) -> None:
         """Under ``bf16-true``/``16-true`` Lightning casts the whole module; tiny adapter updates would vanish in
         half precision, so the adapters (and their optimiser state) are kept in float32. The layer casts its input
-        to the adapter dtype and its output back."""
+        to the adapter dtype and its output back. Under a sharding strategy the tensors are flat shards by the time
+        the optimiser is built; they were made float32 in ``configure_model``, and a later cast is left alone."""
+        if wrapped and self._trainer is not None and shards_parameters(self.trainer.strategy):
+            return
         for _, layer in adapted_layers(self.model):
             for p in layer.adapter_parameters():
                 if p.dtype != torch.float32:

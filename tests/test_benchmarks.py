@@ -125,3 +125,10 @@ def test_run_all_end_to_end(tmp_path):
     assert merged["failed"] == [] and set(merged["scripts"]) == {"inference"}
     assert merged["ratios"]["merged_vs_base_latency"] > 0
     assert "merged_vs_base_latency" in proc.stdout
+
+
+def test_hot_paths_smoke(bench, tmp_path):
+    hot = bench("hot_paths")
+    path = tmp_path / "hot.json"
+    result = hot.main(["--smoke", "--json", str(path)])
+    _check(result, path, hot.REQUIRED)

@@ -1,0 +1,152 @@
+"""Benchmark: the hot paths profiling found slow, each timed against the way it was done before, in one run.
+
+* ``regularizer``: forward + backward of beta * L2 + gamma * L3 over every adapted layer of a LLaMA-shaped model
+  (20 layers, 2 shapes), as ``adapter_loss`` now does it (layers of equal shape stacked, one batched pass) against
+  the earlier per-layer loop (``layer_terms`` for each layer, then a sum). Both give the same value (checked).
+* ``adamw``: one AdamW step over the same adapter tensors, ``fused=True`` (KaSAModule's default now) against the
+  default ``foreach`` implementation.
+* ``fingerprint``: the disk-cache key of a 4096 x 1024 weight, xxh3-128 over a view of its bytes (now) against
+  blake2b over a copy of them (before).
+* ``fold``: subtracting the removed rank-r part from a 4096 x 1024 float32 weight, one in-place ``addmm_`` (now)
+  against forming D = u v^T, adding in float32 and copying back (before).
+
+Timing as the other scripts (DESIGN.md section 6): interleaved blocks, rotating order, warm-up excluded, medians;
+each speed-up is the median over repeats of (before / now).
+
+    python benchmarks/hot_paths.py [--quick] [--json PATH] [--repeats N] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from typing import Any
+
+import torch
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    Probe,
+    add_common_arguments,
+    device_sync,
+    fmt_s,
+    interleave,
+    markdown_table,
+    median,
+    median_ratio,
+    per_call,
+    pick_device,
+    quiet,
+    torch_threads,
+    write_json,
+)
+
+from kasa_lightning.kasa import AdapterConfig, adapted_layers, adapter_config, adapter_loss, apply_adapters  # noqa: E402
+from kasa_lightning.kasa.svd import weight_fingerprint  # noqa: E402
+from kasa_lightning.kasa.terms import layer_terms  # noqa: E402
+
+REQUIRED = ("regularizer_speedup", "adamw_fused_speedup", "fingerprint_speedup", "fold_speedup")
+
+
+def llama_model(smoke: bool) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    size = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2} if smoke else {
+        "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4}
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=1000, num_attention_heads=4, **size))
+    cfg = AdapterConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+                        beta=1e-4, gamma=1e-3, reg_form="paper")
+    model = apply_adapters(model, cfg)
+    for _, layer in adapted_layers(model):  # trained-looking values: the regulariser is not at its minimum
+        for p in layer.adapter_parameters():
+            torch.nn.init.normal_(p, std=0.1)
+    return model
+
+
+def per_layer_loss(model: torch.nn.Module) -> torch.Tensor:
+    """The earlier implementation: one ``layer_terms`` call per layer, then sums (reduction "sum")."""
+    config = adapter_config(model)
+    terms = [layer_terms(x.delta_u, x.delta_sigma, x.delta_v, config.reg_form) for _, x in adapted_layers(model)]
+    return config.beta * torch.stack([t.l2 for t in terms]).sum() + config.gamma * torch.stack(
+        [t.l3 for t in terms]).sum()
+
+
+def blake2b_copy(weight: torch.Tensor) -> str:
+    w = weight.detach().contiguous().cpu()
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"{w.dtype}{tuple(w.shape)}".encode())
+    h.update(w.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    quiet()
+    repeats = args.repeats or (3 if args.smoke else 7 if args.quick else 15)
+    calls = 2 if args.smoke else 20
+    device = pick_device(args.device)
+    sync = device_sync(device)
+    with torch_threads(args.threads) as threads:
+        model = llama_model(args.smoke).to(device)
+        params = [p for _, x in adapted_layers(model) for p in x.adapter_parameters()]
+        now, before = adapter_loss(model), per_layer_loss(model)
+        torch.testing.assert_close(now, before, rtol=1e-5, atol=1e-7)  # same value, the comparison is fair
+
+        def backward(loss_fn):  # noqa: ANN001, ANN202
+            def run() -> None:
+                for p in params:
+                    p.grad = None
+                loss_fn(model).backward()
+            return run
+
+        for p in params:
+            p.grad = torch.randn_like(p)
+        fused = torch.optim.AdamW(params, lr=1e-6, fused=True)
+        foreach = torch.optim.AdamW(params, lr=1e-6, foreach=True)
+        shape = (256, 64) if args.smoke else (4096, 1024)
+        weight = torch.randn(*shape, device=device)
+        u, v = torch.randn(shape[0], 8, device=device), torch.randn(shape[1], 8, device=device)
+
+        def fold_now() -> None:
+            weight.addmm_(u, v.T, alpha=-1.0)
+
+        def fold_before() -> None:
+            weight.copy_((weight.float() - u @ v.T).to(weight.dtype))
+
+        blocks = {
+            "regularizer now": per_call(backward(adapter_loss), calls, sync),
+            "regularizer before": per_call(backward(per_layer_loss), calls, sync),
+            "adamw now": per_call(fused.step, calls, sync),
+            "adamw before": per_call(foreach.step, calls, sync),
+            "fingerprint now": per_call(lambda: weight_fingerprint(weight), calls, sync),
+            "fingerprint before": per_call(lambda: blake2b_copy(weight), calls, sync),
+            "fold now": per_call(fold_now, calls, sync),
+            "fold before": per_call(fold_before, calls, sync),
+        }
+        probe = Probe().start()
+        times = interleave(blocks, repeats=repeats, warmup=1)
+        probe.stop()
+
+    names = ("regularizer", "adamw", "fingerprint", "fold")
+    ratios = {f"{n}_speedup" if n != "adamw" else "adamw_fused_speedup":
+              median_ratio(times[f"{n} before"], times[f"{n} now"]) for n in names}
+    rows = [[n, fmt_s(median(times[f"{n} before"])), fmt_s(median(times[f"{n} now"])),
+             f"{ratios[f'{n}_speedup' if n != 'adamw' else 'adamw_fused_speedup']:.1f}x"] for n in names]
+    print(f"repeats={repeats}, device={device}, torch threads={threads}, torch {torch.__version__}")
+    print(markdown_table(["hot path", "before", "now", "speed-up"], rows))
+    print(probe.describe())
+    result = {"benchmark": "hot_paths", "repeats": repeats, "probe_gflops": probe.as_dict(),
+              "times_s": times, "ratios": ratios}
+    if args.json:
+        write_json(args.json, result, device)
+    return result
+
+
+if __name__ == "__main__":
+    main()
