@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--max-eval-samples", type=int, default=None)
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="a local GLUE directory (<dir>/RTE/train.tsv)")
+    parser.add_argument("--train-file", default="train.tsv",
+                        help="the training file in each task folder (the shared SST-2 copy: train.from-test-labeled.tsv)")
     args = parser.parse_args(argv)
     quiet()
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         probe = Probe().start()
         t0 = time.perf_counter()
         for task in tasks:
-            data = GLUEDataModule(task=task, data_dir=args.data_dir, val_from_train=0.2, max_train_samples=max_train,
+            data = GLUEDataModule(task=task, data_dir=args.data_dir, train_file=args.train_file, val_from_train=0.2,
+                                  max_train_samples=max_train,
                                   max_eval_samples=max_eval, tokenizer=MINILM, batch_size=mode.batch_size,
                                   max_length=mode.max_length, seed=DATA_SEED)
             data.setup("fit")
