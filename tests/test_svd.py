@@ -30,6 +30,17 @@ def test_triplets_match_float64_svd(shape, which):
     torch.testing.assert_close(t.u.T @ t.u, eye, atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("shape", [(300, 90), (90, 300)])
+def test_memory_layout_does_not_change_the_triplets(shape):
+    # a column-major weight (a transposed view, as Conv1D stores its (out, in) weight) takes the other dsyrk call
+    w = _weight(*shape).float()
+    column_major = w.T.contiguous().T
+    assert not column_major.is_contiguous()
+    a, b = extreme_triplets(w, 5), extreme_triplets(column_major, 5)
+    torch.testing.assert_close(a.s, b.s, atol=1e-12, rtol=0)
+    torch.testing.assert_close(a.us @ a.v.T, b.us @ b.v.T, atol=1e-12, rtol=0)
+
+
 def test_truncated_weight_keeps_top_singular_values_and_drops_energy():
     w = _weight(200, 64, seed=3).float()
     r = 8

@@ -122,8 +122,12 @@ def _eig_subspace(w64: torch.Tensor, q: int, which: Which) -> torch.Tensor:
         threads = torch.get_num_threads() if n >= 1024 else 1
         index = [0, q - 1] if which == "minor" else [n - q, n - 1]
         with _blas_threads().limit(limits=threads):
-            # dsyrk forms the upper triangle of W^T W only: half the flops of a matmul
-            gram = blas.dsyrk(1.0, w64.numpy(), trans=1, lower=0)
+            # dsyrk forms the upper triangle of W^T W only: half the flops of a matmul. It takes Fortran-ordered
+            # arrays; a row-major W is W^T in Fortran order, so ask for A A^T with A = W^T (no copy; 2x faster
+            # than letting the wrapper copy W at 4096 x 4096)
+            a = w64.numpy()
+            gram = (blas.dsyrk(1.0, a, trans=1, lower=0) if a.flags.f_contiguous
+                    else blas.dsyrk(1.0, a.T, trans=0, lower=0))
             _, vecs_np = scipy.linalg.eigh(
                 gram, lower=False, subset_by_index=index, driver="evx", overwrite_a=True, check_finite=False
             )
