@@ -345,7 +345,6 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._keep_trained_state(checkpoint)
-        checkpoint["kasa"]["rng"] = _rng_state()  # this process's (rank 0's in the file)
         checkpoint["kasa"]["rng_per_rank"] = self._gather_rng_states()  # a collective: every rank is here
 
     def _keep_trained_state(self, checkpoint: dict[str, Any]) -> None:
@@ -401,11 +400,12 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
             checkpoint["state_dict"] = {}  # loaded above, with checks; nothing left for Lightning to load
         # else: a sharding strategy (FSDP) has already loaded it into the wrapped model (strict_loading=False)
         self._best = dict(info.get("best", {}))
-        if info.get("rng") and self._trainer is not None and self.trainer.state.fn == "fit":
-            # resume draws the same dropout masks as an uninterrupted run, on every rank
-            per_rank = info.get("rng_per_rank") or []
+        per_rank = info.get("rng_per_rank") or ([info["rng"]] if info.get("rng") else [])  # "rng": older files
+        if per_rank and self._trainer is not None and self.trainer.state.fn == "fit":
+            # resume draws the same dropout masks as an uninterrupted run, on every rank (rank 0's state when the
+            # number of processes changed)
             same_world = len(per_rank) == self.trainer.world_size
-            _set_rng_state(per_rank[self.trainer.global_rank] if same_world else info["rng"])
+            _set_rng_state(per_rank[self.trainer.global_rank if same_world else 0])
 
 
 def shards_parameters(strategy: Any) -> bool:
