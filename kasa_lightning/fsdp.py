@@ -1,4 +1,7 @@
-"""`AdapterWrapPolicy`: an FSDP auto-wrap policy that never puts frozen and trainable parameters in one unit.
+"""FSDP (v1) for adapted models: a wrap policy that keeps frozen and trainable parameters apart, and gathering
+the adapter tensors for reading.
+
+`AdapterWrapPolicy`: an FSDP auto-wrap policy that never puts frozen and trainable parameters in one unit.
 
 FSDP (v1) flattens the parameters of each wrapped unit into one flat parameter. With ``use_orig_params=True``
 (Lightning's default) a unit may mix frozen and trainable tensors, but then gradient memory is allocated for the
@@ -11,15 +14,19 @@ name (e.g. ``LlamaDecoderLayer``):
 
 So each flat parameter is either entirely trainable or entirely frozen. Pure PyTorch: a ``ModuleWrapPolicy``
 (the policy type Lightning's ``FSDPStrategy(auto_wrap_policy=...)`` accepts from a config) with more units.
+
+`gathered_adapters(root)`: a context in which the adapter tensors are whole, for callbacks that read them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from torch import nn
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
 from kasa_lightning.kasa import AdaptedLayer
@@ -51,3 +58,23 @@ class AdapterWrapPolicy(ModuleWrapPolicy):
         self, root_module: nn.Module, ignored_modules: set[nn.Module], root_kwargs: dict[str, Any]
     ) -> dict[nn.Module, dict[str, Any]]:
         return {m: copy.copy(root_kwargs) for m in self.units(root_module) if m not in ignored_modules}
+
+
+@contextlib.contextmanager
+def gathered_adapters(root: FSDP) -> Iterator[None]:
+    """Inside, rank 0 sees every ``AdaptedLayer``'s tensors whole (read-only). Only the innermost unit holding each
+    adapted layer is gathered, without recursion: with ``AdapterWrapPolicy`` the adapters alone, not the frozen
+    base. From a GPU the tensors go to rank 0's CPU memory; on CPU processes every rank gathers (copying from
+    the CPU to the CPU is not supported). A collective: every rank must enter."""
+    owners: dict[int, FSDP] = {}  # each adapted layer -> the innermost unit that holds its tensors
+    for unit in FSDP.fsdp_modules(root):  # outer units come before the units nested in them
+        for module in unit.module.modules():
+            if isinstance(module, AdaptedLayer):
+                owners[id(module)] = unit
+    units = list({id(u): u for u in owners.values()}.values())  # module order: the same on every rank
+    offload = root.compute_device.type != "cpu"
+    with contextlib.ExitStack() as stack:
+        for unit in units:
+            stack.enter_context(FSDP.summon_full_params(
+                unit, recurse=False, writeback=False, rank0_only=offload, offload_to_cpu=offload))
+        yield

@@ -21,7 +21,6 @@ import contextlib
 import inspect
 import math
 import random
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import lightning as L
@@ -33,7 +32,6 @@ from torch import nn
 from kasa_lightning.evaluation import EvaluationMixin
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.kasa import (
-    AdaptedLayer,
     AdapterConfig,
     AdapterLossTerms,
     adapted_layers,
@@ -303,30 +301,15 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
                     p.data = p.data.float()
 
     # ------------------------------------------------------------------ sharded training
-    @contextlib.contextmanager
-    def whole_parameters(self) -> Iterator[None]:
-        """Inside, rank 0 sees every adapter tensor whole (read-only). Under FSDP this gathers the units that hold
-        them (with ``AdapterWrapPolicy``: the adapter units only, not the frozen base) to rank 0's CPU memory (from
-        a GPU; on CPU processes every rank gathers) and is a collective: every rank must enter. Elsewhere it does
-        nothing."""
-        root = self._trainer.strategy.model if self._trainer is not None else None
+    def whole_parameters(self) -> contextlib.AbstractContextManager[None]:
+        """Inside, rank 0 sees every adapter tensor whole (read-only): under FSDP through
+        ``kasa_lightning.fsdp.gathered_adapters`` (a collective: every rank must enter); elsewhere it does nothing."""
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        if not isinstance(root, FSDP):
-            yield
-            return
-        owners: dict[int, FSDP] = {}  # each adapted layer -> the innermost unit that holds its tensors
-        for unit in FSDP.fsdp_modules(root):  # outer units come before the units nested in them
-            for module in unit.module.modules():
-                if isinstance(module, AdaptedLayer):
-                    owners[id(module)] = unit
-        units = list({id(u): u for u in owners.values()}.values())  # module order: the same on every rank
-        offload = root.compute_device.type != "cpu"  # copying to the CPU from the CPU is not supported
-        with contextlib.ExitStack() as stack:
-            for unit in units:
-                stack.enter_context(FSDP.summon_full_params(
-                    unit, recurse=False, writeback=False, rank0_only=offload, offload_to_cpu=offload))
-            yield
+        from kasa_lightning.fsdp import gathered_adapters
+
+        root = self._trainer.strategy.model if self._trainer is not None else None
+        return gathered_adapters(root) if isinstance(root, FSDP) else contextlib.nullcontext()
 
     def plain_copy(self) -> KaSAModule | None:
         """An unwrapped CPU copy holding the current trained state, rebuilt exactly as a checkpoint written now

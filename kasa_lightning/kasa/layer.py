@@ -19,7 +19,6 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .config import AdapterConfig
 from .svd import Triplets
