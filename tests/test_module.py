@@ -1,6 +1,5 @@
 """KaSAModule: training, logging, optimiser groups, checkpoints, exact resume, subclassing, bad input."""
 
-import copy
 import math
 
 import lightning as L
