@@ -9,6 +9,9 @@
   blake2b over a copy of them (before).
 * ``fold``: subtracting the removed rank-r part from a 4096 x 1024 float32 weight, one in-place ``addmm_`` (now)
   against forming D = u v^T, adding in float32 and copying back (before).
+* ``adapter_add``: forward + backward of one adapted MiniLM-sized layer (384 x 384, r 8, 4096 tokens = batch 32 x
+  seq 128), ``AdaptedLayer`` as it is now (the update accumulated into the base output by one in-place
+  ``addmm_``) against the earlier out-of-place ``y + h @ dU^T``. Both give the same output (checked).
 
 Timing as the other scripts (DESIGN.md section 6): interleaved blocks, rotating order, warm-up excluded, medians;
 each speed-up is the median over repeats of (before / now).
@@ -48,7 +51,8 @@ from kasa_lightning.kasa import AdapterConfig, adapted_layers, adapter_config, a
 from kasa_lightning.kasa.svd import weight_fingerprint  # noqa: E402
 from kasa_lightning.kasa.terms import layer_terms  # noqa: E402
 
-REQUIRED = ("regularizer_speedup", "adamw_fused_speedup", "fingerprint_speedup", "fold_speedup")
+REQUIRED = ("regularizer_speedup", "adamw_fused_speedup", "fingerprint_speedup", "fold_speedup",
+            "adapter_add_speedup")
 
 
 def llama_model(smoke: bool) -> torch.nn.Module:
@@ -73,6 +77,24 @@ def per_layer_loss(model: torch.nn.Module) -> torch.Tensor:
     terms = [layer_terms(x.delta_u, x.delta_sigma, x.delta_v, config.reg_form) for _, x in adapted_layers(model)]
     return config.beta * torch.stack([t.l2 for t in terms]).sum() + config.gamma * torch.stack(
         [t.l3 for t in terms]).sum()
+
+
+def adapted_linear(smoke: bool, device: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """One KaSA-adapted 384 x 384 Linear with non-zero adapters, and an input of 4096 tokens (smoke: tiny)."""
+    torch.manual_seed(0)
+    width, tokens = (32, 64) if smoke else (384, 4096)
+    layer = apply_adapters(torch.nn.Sequential(torch.nn.Linear(width, width)),
+                           AdapterConfig(r=8, target_modules=["0"]))[0].to(device)
+    for p in layer.adapter_parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return layer, torch.randn(tokens // 32, 32, width, device=device)
+
+
+def out_of_place_forward(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The earlier AdaptedLayer forward (fold mode, no dropout): the update added out of place."""
+    y = layer.base_layer(x)
+    h = (x @ layer.delta_v) * (layer.delta_sigma * layer.scaling)
+    return y + h @ layer.delta_u.T
 
 
 def blake2b_copy(weight: torch.Tensor) -> str:
@@ -119,6 +141,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         def fold_before() -> None:
             weight.copy_((weight.float() - u @ v.T).to(weight.dtype))
 
+        layer, tokens = adapted_linear(args.smoke, device)
+        torch.testing.assert_close(layer(tokens), out_of_place_forward(layer, tokens), rtol=1e-5, atol=1e-5)
+        layer_params = layer.adapter_parameters()
+
+        def layer_step(forward):  # noqa: ANN001, ANN202
+            def run() -> None:
+                for p in layer_params:
+                    p.grad = None
+                forward(tokens).sum().backward()
+            return run
+
         blocks = {
             "regularizer now": per_call(backward(adapter_loss), calls, sync),
             "regularizer before": per_call(backward(per_layer_loss), calls, sync),
@@ -128,12 +161,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "fingerprint before": per_call(lambda: blake2b_copy(weight), calls, sync),
             "fold now": per_call(fold_now, calls, sync),
             "fold before": per_call(fold_before, calls, sync),
+            "adapter_add now": per_call(layer_step(layer), max(1, calls // 4), sync),
+            "adapter_add before": per_call(layer_step(lambda t: out_of_place_forward(layer, t)), max(1, calls // 4),
+                                           sync),
         }
         probe = Probe().start()
         times = interleave(blocks, repeats=repeats, warmup=1)
         probe.stop()
 
-    names = ("regularizer", "adamw", "fingerprint", "fold")
+    names = ("regularizer", "adamw", "fingerprint", "fold", "adapter_add")
     ratios = {f"{n}_speedup" if n != "adamw" else "adamw_fused_speedup":
               median_ratio(times[f"{n} before"], times[f"{n} now"]) for n in names}
     rows = [[n, fmt_s(median(times[f"{n} before"])), fmt_s(median(times[f"{n} now"])),

@@ -203,3 +203,40 @@ def test_grouped_regulariser_equals_per_layer_formulas(form):
     expected_grads = torch.autograd.grad(expected, [x.delta_u for _, x in layers] + [x.delta_sigma for _, x in layers])
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["fold", "lowrank"])
+def test_in_place_adapter_add_equals_closed_form_and_spares_hooked_outputs(mode):
+    """The forward accumulates eta ((x dV) * dsigma) dU^T into the base output in place (addmm_) when that output
+    is the layer's own; outputs and gradients equal the closed form, and a base layer with a forward hook (which
+    may keep its output) gets the out-of-place add, so what the hook saw is left as the base layer returned it."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(12, 10)
+    original = lin.weight.detach().clone()
+    layer = apply_adapters(torch.nn.Sequential(lin), AdapterConfig(r=3, target_modules=["0"], truncation_mode=mode))[0]
+    with torch.no_grad():
+        layer.delta_u.normal_()
+        layer.delta_sigma.normal_()
+    x = torch.randn(2, 5, 12, requires_grad=True)
+    u, v, s = (layer.delta_u.detach().clone().requires_grad_(), layer.delta_v.detach().clone().requires_grad_(),
+               layer.delta_sigma.detach().clone().requires_grad_())
+    x_ref = x.detach().clone().requires_grad_()
+    world = original - layer.dropped_u @ layer.dropped_v.T  # W - D, whichever mode holds it
+    ref = x_ref @ world.T + lin.bias.detach() + layer.scaling * ((x_ref @ v) * s) @ u.T
+    out = layer(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    for got, want in ((x.grad, x_ref.grad), (layer.delta_u.grad, u.grad), (layer.delta_v.grad, v.grad),
+                      (layer.delta_sigma.grad, s.grad)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+    seen = []
+    handle = lin.register_forward_hook(lambda module, args, output: seen.append(output))
+    with torch.no_grad():
+        out = layer(x)
+        base_only = torch.nn.functional.linear(x, lin.weight, lin.bias)
+    handle.remove()
+    torch.testing.assert_close(seen[0], base_only)  # not changed by the adapter's add
+    torch.testing.assert_close(out, ref.detach(), atol=1e-5, rtol=1e-5)

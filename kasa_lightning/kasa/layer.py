@@ -230,16 +230,33 @@ class AdaptedLayer(nn.Module):
         y = self.base_layer(x)  # (..., out)
         if self.merged:
             return y
+        # only a plain Linear / Conv1D without forward hooks is known to return a fresh tensor nobody else holds
+        fresh = (type(self.base_layer) is nn.Linear or is_conv1d(self.base_layer)) and not (
+            self.base_layer._forward_hooks or self.base_layer._forward_pre_hooks)
         if self.dropped_u is not None and self.truncation_mode == "lowrank":
-            xd = x.to(self.dropped_v.dtype)
-            y = y - ((xd @ self.dropped_v) @ self.dropped_u.T).to(y.dtype)
+            y = _add_product(y, x.to(self.dropped_v.dtype) @ self.dropped_v, self.dropped_u, fresh, alpha=-1.0)
         h = self.dropout(x).to(self.delta_v.dtype) @ self.delta_v  # (..., r)
         # eta and the diagonal scale the r-wide activations, the cheapest place to apply them
         h = h * (self.delta_sigma * self.scaling) if self.delta_sigma is not None else h * self.scaling
-        return y + (h @ self.delta_u.T).to(y.dtype)  # (..., out)
+        return _add_product(y, h, self.delta_u, fresh)  # (..., out)
 
     def extra_repr(self) -> str:
         return (
             f"method={self.method}, r={self.r}, scaling={self.scaling:g}, in={self.in_features}, "
             f"out={self.out_features}, mode={self.truncation_mode}, merged={self.merged}"
         )
+
+
+def _add_product(y: torch.Tensor, h: torch.Tensor, u: torch.Tensor, fresh: bool, alpha: float = 1.0) -> torch.Tensor:
+    """y + alpha * h u^T for y (..., out), h (..., r), u (out, r).
+
+    When y is ``fresh`` (the base layer's own new output), contiguous and of the same dtype as h and u, the product
+    is accumulated into y by one in-place ``addmm_``: the GEMM adds into y directly instead of writing an (..., out)
+    temporary that a second pass adds (``benchmarks/hot_paths.py`` times both). A Linear's backward does not need
+    its output, so changing it in place is safe (autograd's version counter would raise otherwise). Other cases
+    (autocast, a bf16 base with float32 adapters, a base layer with hooks) add out of place.
+    """
+    if (fresh and y.dtype == h.dtype == u.dtype and y.is_contiguous() and y.dim() >= 2
+            and y.shape[:-1] == h.shape[:-1]):
+        return y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), u.T, alpha=alpha).view(y.shape)
+    return y + (alpha * (h @ u.T)).to(y.dtype) if alpha != 1.0 else y + (h @ u.T).to(y.dtype)
