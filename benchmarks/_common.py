@@ -274,6 +274,33 @@ def median_ratio(a: Sequence[float], b: Sequence[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
+def median_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Distribution-free confidence interval of the median: (low, high, coverage).
+
+    For n sorted values x_(1) <= ... <= x_(n), [x_(j), x_(n+1-j)] holds the true median with probability
+    1 - 2 P(B <= j - 1), B ~ Binomial(n, 1/2) (each value falls below the median with probability 1/2, whatever
+    the distribution). j is the largest whose coverage is at least ``confidence``; with too few values for that
+    (n < 6 at 95%) the interval is [min, max] and ``coverage`` says what it really is."""
+    from scipy.stats import binom
+
+    xs = sorted(float(v) for v in values)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("median_ci needs at least one value")
+    j = 1
+    while j + 1 <= (n + 1) // 2 and 1 - 2 * binom.cdf(j, n, 0.5) >= confidence:
+        j += 1
+    coverage = 1 - 2 * binom.cdf(j - 1, n, 0.5) if n > 1 else 0.0
+    return xs[j - 1], xs[n - j], float(coverage)
+
+
+def ratio_ci(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """``median_ci`` of the per-repeat ratios a_i / b_i (the interval around ``median_ratio(a, b)``)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need two equally long, non-empty series (got {len(a)} and {len(b)})")
+    return median_ci([x / y for x, y in zip(a, b)], confidence)
+
+
 def spread(values: Sequence[float]) -> float:
     """(max - min) / median: how much the repeats of one variant disagree."""
     m = statistics.median(values)
@@ -288,6 +315,41 @@ def summary(times: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]
     """Per variant: median, min, max and spread of the repeats (seconds)."""
     return {name: {"median_s": median(t), "min_s": min(t), "max_s": max(t), "spread": spread(t), "repeats": len(t)}
             for name, t in times.items()}
+
+
+def compare_means(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05) -> dict[str, Any]:
+    """Is mean(a) different from mean(b), and is it equal to it within +-``margin``? (seeds as the samples)
+
+    * Welch's two-sample t-test (unequal variances) of H0: mean(a) = mean(b), two-sided: ``p_difference``;
+      ``distinguishable`` when it is below ``alpha``.
+    * Two one-sided Welch t-tests (TOST) of H0: |mean(a) - mean(b)| >= margin: ``p_equivalence`` is the larger of
+      the two p-values; ``equivalent`` when it is below ``alpha``, i.e. when the (1 - 2 alpha) confidence interval
+      of the difference (``ci``) lies inside (-margin, margin).
+
+    Needs at least 2 values on each side and some spread in one of them; otherwise ``p_*`` are None and neither
+    claim is made (``reason`` says why). scipy computes the t distributions (the by-hand part is only TOST's
+    shift of the null hypothesis, which scipy has no function for)."""
+    from scipy import stats
+
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    out: dict[str, Any] = {"n_a": len(a), "n_b": len(b), "margin": margin, "alpha": alpha,
+                           "difference": (statistics.mean(a) - statistics.mean(b)) if a and b else None,
+                           "p_difference": None, "p_equivalence": None, "ci": None,
+                           "distinguishable": False, "equivalent": False, "reason": None}
+    if len(a) < 2 or len(b) < 2:
+        out["reason"] = "needs at least 2 seeds per method"
+        return out
+    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
+        out["reason"] = "no spread over the seeds on either side: the t-test is undefined"
+        return out
+    welch = stats.ttest_ind(a, b, equal_var=False)
+    lower = stats.ttest_ind([x + margin for x in a], b, equal_var=False, alternative="greater")  # H0: d <= -margin
+    upper = stats.ttest_ind([x - margin for x in a], b, equal_var=False, alternative="less")  # H0: d >= +margin
+    ci = welch.confidence_interval(confidence_level=1 - 2 * alpha)
+    out.update(p_difference=float(welch.pvalue), p_equivalence=float(max(lower.pvalue, upper.pvalue)),
+               ci=[float(ci.low), float(ci.high)], distinguishable=bool(welch.pvalue < alpha),
+               equivalent=bool(max(lower.pvalue, upper.pvalue) < alpha))
+    return out
 
 
 # ---------------------------------------------------------------------- output

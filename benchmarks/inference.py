@@ -46,6 +46,7 @@ from _common import (  # noqa: E402
     per_call,
     pick_device,
     quiet,
+    ratio_ci,
     ratios_table,
     summary,
     thread_info,
@@ -177,6 +178,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "lora_vs_peft_lora_latency": median_ratio(times["lora"], times["peft_lora"]),
         "kasa_vs_lora_latency": median_ratio(times["kasa"], times["lora"]),
     }
+    pairs = {"merged_vs_base_latency": ("merged", "base"), "kasa_vs_peft_lora_latency": ("kasa", "peft_lora"),
+             "kasa_vs_peft_kasa_latency": ("kasa", "peft_kasa")}
+    ci = {key: ratio_ci(times[a], times[b]) for key, (a, b) in pairs.items()}
     stats = summary(times)
     rows = [(LABELS[k], fmt_s(stats[k]["median_s"]), f"{100 * stats[k]['spread']:.0f}%",
              f"{median_ratio(times[k], times['base']):.3f}", f"{median_ratio(times[k], times['peft_lora']):.3f}")
@@ -190,6 +194,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"merged and unloaded {agree['merged_unloaded']:.1e}")
     print("\nRatios (median over repeats of per-repeat ratios):\n")
     print(ratios_table(ratios))
+    print("\nDistribution-free 95% confidence intervals of the median ratio (order statistics over the repeats):\n")
+    print(markdown_table(["ratio", "median", "CI", "coverage"], [
+        (k, f"{ratios[k]:.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{100 * cov:.1f}%") for k, (lo, hi, cov) in ci.items()]))
     print("\n" + probe.describe())
     if device == "cpu":
         print("CPU timings on a shared machine: compare the ratios, not the absolute times.")
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "benchmark": "inference", "mode": mode_name, "device": device, "threads": tinfo, "model": title,
         "batch": [mode.batch, mode.seq], "r": R, "alpha": ALPHA, "repeats": repeats, "calls_per_block": mode.calls,
         "wall_s": wall, "probe_gflops": probe.as_dict(), "times_s": times, "summary": stats,
-        "merged_max_abs_diff": agree, "ratios": ratios,
+        "merged_max_abs_diff": agree, "ratios": ratios, "ratio_ci": ci,
     }
     if args.json:
         write_json(args.json, result, device)

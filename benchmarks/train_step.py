@@ -75,8 +75,9 @@ from _common import (  # noqa: E402
     per_call,
     pick_device,
     quiet,
-    silent_stderr,
+    ratio_ci,
     ratios_table,
+    silent_stderr,
     summary,
     thread_info,
     torch_threads,
@@ -99,6 +100,10 @@ PLAIN = ("kasa", "lora", "peft_lora", "peft_kasa")
 VARIANTS = (*PLAIN, "lightning")
 LABELS = {"kasa": "KaSA (ours)", "lora": "LoRA (ours)", "peft_lora": "PEFT LoRA", "peft_kasa": "PEFT KaSA",
           "lightning": "KaSA (ours), Lightning"}
+STEP_RATIOS = {  # the step-time ratios that get a confidence interval: key -> (numerator, denominator)
+    "kasa_vs_lora_step": ("kasa", "lora"), "lightning_vs_plain_step": ("lightning", "kasa"),
+    "kasa_vs_peft_kasa_step": ("kasa", "peft_kasa"), "lora_vs_peft_lora_step": ("lora", "peft_lora"),
+}
 REQUIRED = ("kasa_vs_lora_step", "lightning_vs_plain_step", "kasa_vs_peft_kasa_step", "kasa_vs_lora_peak_memory")
 
 
@@ -112,8 +117,8 @@ class Mode:
 
 
 MODES = {
-    "full": Mode({"minilm": (32, 128), "llama": (8, 256)}, repeats=7, steps=3, warmup=2),
-    "quick": Mode({"minilm": (16, 64), "llama": (8, 128)}, repeats=5, steps=2, warmup=1),
+    "full": Mode({"minilm": (32, 128), "llama": (8, 256)}, repeats=15, steps=2, warmup=2),
+    "quick": Mode({"minilm": (16, 64), "llama": (8, 128)}, repeats=7, steps=2, warmup=1),
     "smoke": Mode({"minilm": (2, 16), "llama": (2, 16)}, repeats=2, steps=1, warmup=1, smoke=True),
 }
 
@@ -440,9 +445,10 @@ def run_case(case: Case, device: str, mode: Mode, repeats: int, do_profile: bool
         "kasa_vs_peft_kasa_peak_memory": memory["kasa"]["peak_bytes"] / memory["peft_kasa"]["peak_bytes"],
         "kasa_vs_lora_transient_memory": memory["kasa"]["transient_bytes"] / max(1, memory["lora"]["transient_bytes"]),
     }
+    ci = {key: ratio_ci(t[a], t[b]) for key, (a, b) in STEP_RATIOS.items()}
     return {"case": case.name, "title": case.title, "batch": list(batch["input_ids"].shape), "times_s": times,
             "lightning_iteration_s": extra["iteration_s"], "summary": summary(times), "memory": memory,
-            "trainable_params": trainable, "ratios": ratios, "profile": profile_text}
+            "trainable_params": trainable, "ratios": ratios, "ratio_ci": ci, "profile": profile_text}
 
 
 def case_table(res: dict[str, Any]) -> str:
@@ -502,6 +508,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("\nRatios (ours / theirs; median over repeats of per-repeat ratios; unsuffixed = geometric mean over "
           "the cases):\n")
     print(ratios_table(ratios))
+    print("\nStep-time ratios per case with a distribution-free 95% confidence interval of the median over repeats "
+          "(order statistics of the per-repeat ratios; the coverage is exact for independent repeats):\n")
+    rows = [(key, r["case"], f"{r['ratios'][key]:.3f}", f"[{r['ratio_ci'][key][0]:.3f}, {r['ratio_ci'][key][1]:.3f}]",
+             f"{100 * r['ratio_ci'][key][2]:.1f}%") for key in STEP_RATIOS for r in results]
+    print(markdown_table(["ratio", "case", "median", "CI", "coverage"], rows, align="llrrr"))
     print("\n" + probe.describe())
     if device == "cpu":
         print("CPU timings on a shared machine: compare the ratios, not the absolute times.")
@@ -520,6 +531,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "(no suffix)": "geometric mean over the cases; _minilm / _llama: per case",
         },
         "ratios": ratios,
+        "ratio_ci": {f"{k}_{r['case']}": v for r in results for k, v in r["ratio_ci"].items()},
     }
     if args.json:
         write_json(args.json, result, device)

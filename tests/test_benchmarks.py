@@ -132,3 +132,41 @@ def test_hot_paths_smoke(bench, tmp_path):
     path = tmp_path / "hot.json"
     result = hot.main(["--smoke", "--json", str(path)])
     _check(result, path, hot.REQUIRED)
+
+
+def test_median_confidence_interval_by_order_statistics(bench):
+    """Hand-computed binomial coverages: n = 7 -> [x_(1), x_(7)], 1 - 2/2^7; n = 15 -> [x_(4), x_(12)],
+    1 - 2 (1 + 15 + 105 + 455) / 2^15 (j = 5 would cover only 1 - 2 * 1941 / 2^15 = 0.88)."""
+    common = bench("_common")
+    assert common.median_ci([7, 1, 6, 2, 5, 3, 4]) == (1.0, 7.0, pytest.approx(1 - 2 / 128))
+    assert common.median_ci(list(range(15, 0, -1))) == (4.0, 12.0, pytest.approx(1 - 2 * 576 / 32768))
+    low, high, coverage = common.median_ci([1.0, 2.0, 3.0])  # too few for 95%: the range, with its real coverage
+    assert (low, high, coverage) == (1.0, 3.0, pytest.approx(0.75))
+    assert common.ratio_ci([2.0, 4.0, 6.0], [1.0, 2.0, 2.0]) == (2.0, 3.0, pytest.approx(0.75))
+    with pytest.raises(ValueError):
+        common.ratio_ci([1.0], [])
+
+
+def test_compare_means_welch_and_equivalence(bench):
+    """Welch's t by hand: a = 1..4, b = 2..6: d = -1.5, se^2 = (5/3)/4 + 2.5/5, Welch-Satterthwaite df; the p-value
+    from the t distribution's survival function. TOST: equivalent exactly when the 90% CI lies inside the margin."""
+    from scipy.stats import t as student_t
+
+    common = bench("_common")
+    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 3.0, 4.0, 5.0, 6.0]
+    va, vb = (5 / 3) / 4, 2.5 / 5
+    tstat = -1.5 / (va + vb) ** 0.5
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 4)
+    got = common.compare_means(a, b, margin=3.0)
+    assert got["difference"] == pytest.approx(-1.5)
+    assert got["p_difference"] == pytest.approx(2 * student_t.sf(abs(tstat), df))
+    half = student_t.ppf(0.95, df) * (va + vb) ** 0.5
+    assert got["ci"] == pytest.approx([-1.5 - half, -1.5 + half])
+    assert not got["distinguishable"]
+    for margin in (0.5, 1.5 + half - 1e-6, 1.5 + half + 1e-6, 5.0):
+        c = common.compare_means(a, b, margin=margin)
+        assert c["equivalent"] == (-margin < c["ci"][0] and c["ci"][1] < margin), margin
+    far = common.compare_means([10.0, 10.5, 11.0], [1.0, 1.5, 2.0], margin=1.0)
+    assert far["distinguishable"] and not far["equivalent"] and far["p_difference"] < 1e-3
+    assert common.compare_means([1.0], [1.0, 2.0], margin=1.0)["reason"]
+    assert common.compare_means([1.0, 1.0], [1.0, 1.0], margin=1.0)["p_difference"] is None
