@@ -102,6 +102,23 @@ def test_quality_smoke(bench, tmp_path):
     assert "NOT statistically meaningful" in written["note"]
     assert {r["method"] for r in written["runs"]} == {"kasa", "lora", "peft_kasa"}
     assert all(r["steps"] > 0 for r in written["runs"])
+    assert set(written["comparisons"]) == {"kasa_vs_peft_kasa_rte", "kasa_vs_lora_rte"}
+    assert written["comparisons"]["kasa_vs_lora_rte"]["reason"]  # one seed: no test is claimed
+    assert written["train_files"] == {"rte": "train.tsv"}
+
+
+def test_quality_picks_the_training_file(bench, tmp_path):
+    import argparse
+
+    quality = bench("quality")
+    parser = argparse.ArgumentParser()
+    (tmp_path / "SST-2").mkdir()
+    (tmp_path / "SST-2" / "train.from-test-labeled.tsv").write_text("sentence\tlabel\n")
+    assert quality.train_file(tmp_path / "SST-2", None, parser) == "train.from-test-labeled.tsv"
+    (tmp_path / "SST-2" / "train.tsv").write_text("sentence\tlabel\n")
+    assert quality.train_file(tmp_path / "SST-2", None, parser) == "train.tsv"
+    with pytest.raises(SystemExit):  # a named file that is not there is an error that names --train-file
+        quality.train_file(tmp_path / "SST-2", "missing.tsv", parser)
 
 
 def test_run_all_merges_ratios(bench):
