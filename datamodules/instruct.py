@@ -515,7 +515,7 @@ class InstructionDataModule(CausalLMDataModule):
     def build_metrics(self, stage: str) -> dict[str, Any]:
         if stage == "val" and self.val_mode == "loss":
             return {}
-        from kasa_lightning.metrics.judge import RougeL
+        from kasa_lightning.metrics.rouge import RougeL
 
         return {"rougeL": RougeL()}
 

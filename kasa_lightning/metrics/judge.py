@@ -1,9 +1,8 @@
 """Instruction-following scores: reference-based ROUGE-L and an optional LLM-as-judge (MT-Bench single-answer
 grading, 1-10) over any OpenAI-compatible endpoint.
 
-* ``RougeL``: a torchmetrics metric (``torchmetrics.text.rouge.ROUGEScore``, ROUGE-L F-measure, no stemming, so it
-  needs neither NLTK nor a download) that ignores pairs without a reference; ``InstructionDataModule`` uses it.
-* ``rouge_l_scores(predictions, references)``: the same score per pair (``None`` where a reference is missing).
+* ``RougeL`` and ``rouge_l_scores``: ROUGE-L, defined in ``kasa_lightning.metrics.rouge`` and importable from here
+  too.
 * ``judge_answers(questions, answers, ...)``: asks a judge model (``POST {base_url}/chat/completions``) to rate each
   answer on a 1-10 scale with MT-Bench's single-answer grading prompts (FastChat ``judge_prompts.jsonl``:
   ``single-v1``, and ``single-math-v1`` when a reference answer is given, ``single-v1-multi-turn`` /
@@ -38,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from torchmetrics.text.rouge import ROUGEScore
+from kasa_lightning.metrics.rouge import RougeL, rouge_l_scores  # noqa: F401 (RougeL: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -108,49 +107,6 @@ class JudgeNotConfiguredError(RuntimeError):
 
 class JudgeRequestError(RuntimeError):
     """The judge endpoint refused a request (HTTP 4xx other than 429, or a malformed reply)."""
-
-
-# --------------------------------------------------------------------------- ROUGE-L
-class RougeL(ROUGEScore):
-    """ROUGE-L F-measure of generated texts against reference texts (str or list of str per prediction).
-
-    Pairs whose reference is ``None`` (MT-Bench questions without a reference answer) are left out; ``compute``
-    returns ``{"rougeL": mean F-measure}``, or ``{}`` when no pair had a reference (nothing is logged then).
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("rouge_keys", ("rougeL",))
-        super().__init__(**kwargs)
-
-    def update(  # type: ignore[override]
-        self, preds: Sequence[str], target: Sequence[str | Sequence[str] | None]
-    ) -> None:
-        if isinstance(preds, str):
-            preds, target = [preds], [target]  # type: ignore[list-item]
-        kept = [(p, [t] if isinstance(t, str) else list(t)) for p, t in zip(preds, target) if t]
-        if kept:
-            super().update([p for p, _ in kept], [t for _, t in kept])
-
-    def compute(self) -> dict[str, Any]:  # type: ignore[override]
-        if len(self.rougeL_fmeasure) == 0:
-            return {}
-        return {"rougeL": super().compute()["rougeL_fmeasure"]}
-
-
-def rouge_l_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str] | None]) -> list[float | None]:
-    """ROUGE-L F-measure of every (prediction, reference) pair; ``None`` where the reference is missing."""
-    if len(predictions) != len(references):
-        raise ValueError(f"rouge_l_scores: {len(predictions)} predictions but {len(references)} references")
-    from torchmetrics.functional.text.rouge import rouge_score
-
-    out: list[float | None] = []
-    for pred, ref in zip(predictions, references):
-        if not ref:
-            out.append(None)
-            continue
-        target = [ref] if isinstance(ref, str) else [list(ref)]
-        out.append(float(rouge_score([pred or ""], target, rouge_keys="rougeL")["rougeL_fmeasure"]))
-    return out
 
 
 # --------------------------------------------------------------------------- LLM judge
