@@ -9,9 +9,13 @@
   blake2b over a copy of them (before).
 * ``fold``: subtracting the removed rank-r part from a 4096 x 1024 float32 weight, one in-place ``addmm_`` (now)
   against forming D = u v^T, adding in float32 and copying back (before).
-* ``adapter_add``: forward + backward of one adapted MiniLM-sized layer (384 x 384, r 8, 4096 tokens = batch 32 x
-  seq 128), ``AdaptedLayer`` as it is now (the update accumulated into the base output by one in-place
-  ``addmm_``) against the earlier out-of-place ``y + h @ dU^T``. Both give the same output (checked).
+* ``adapter_add``: forward + backward (input gradient included, a fixed random output gradient) of one adapted
+  MiniLM-sized layer (384 x 384, r 8, 4096 tokens = batch 32 x seq 128), ``AdaptedLayer`` as it is now (input
+  flattened to (tokens, in), the update accumulated into the Linear's fresh 2-D output by one in-place ``addmm_``)
+  against the first out-of-place ``y + h @ dU^T``.
+* ``adapter_add_view``: the same, now against the in-place ``addmm_`` on a 2-D *view* of the 3-D output (the
+  previous implementation), whose backward goes through a CopySlices node that clones the output gradient.
+  All three give the same output (checked).
 
 Timing as the other scripts (DESIGN.md section 6): interleaved blocks, rotating order, warm-up excluded, medians;
 each speed-up is the median over repeats of (before / now).
@@ -52,7 +56,7 @@ from kasa_lightning.kasa.svd import weight_fingerprint  # noqa: E402
 from kasa_lightning.kasa.terms import layer_terms  # noqa: E402
 
 REQUIRED = ("regularizer_speedup", "adamw_fused_speedup", "fingerprint_speedup", "fold_speedup",
-            "adapter_add_speedup")
+            "adapter_add_speedup", "adapter_add_view_speedup")
 
 
 def llama_model(smoke: bool) -> torch.nn.Module:
@@ -87,14 +91,21 @@ def adapted_linear(smoke: bool, device: str) -> tuple[torch.nn.Module, torch.Ten
                            AdapterConfig(r=8, target_modules=["0"]))[0].to(device)
     for p in layer.adapter_parameters():
         torch.nn.init.normal_(p, std=0.1)
-    return layer, torch.randn(tokens // 32, 32, width, device=device)
+    return layer, torch.randn(tokens // 32, 32, width, device=device, requires_grad=True)
 
 
 def out_of_place_forward(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The earlier AdaptedLayer forward (fold mode, no dropout): the update added out of place."""
+    """The first AdaptedLayer forward (fold mode, no dropout): the update added out of place."""
     y = layer.base_layer(x)
     h = (x @ layer.delta_v) * (layer.delta_sigma * layer.scaling)
     return y + h @ layer.delta_u.T
+
+
+def view_in_place_forward(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The previous AdaptedLayer forward: ``addmm_`` into a 2-D view of the 3-D base output."""
+    y = layer.base_layer(x)
+    h = (x @ layer.delta_v) * (layer.delta_sigma * layer.scaling)
+    return y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), layer.delta_u.T).view(y.shape)
 
 
 def blake2b_copy(weight: torch.Tensor) -> str:
@@ -142,14 +153,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             weight.copy_((weight.float() - u @ v.T).to(weight.dtype))
 
         layer, tokens = adapted_linear(args.smoke, device)
-        torch.testing.assert_close(layer(tokens), out_of_place_forward(layer, tokens), rtol=1e-5, atol=1e-5)
+        for other in (out_of_place_forward, view_in_place_forward):
+            torch.testing.assert_close(layer(tokens), other(layer, tokens), rtol=1e-5, atol=1e-5)
         layer_params = layer.adapter_parameters()
+        grad_out = torch.randn(*tokens.shape[:-1], layer.out_features, device=device)
 
         def layer_step(forward):  # noqa: ANN001, ANN202
             def run() -> None:
-                for p in layer_params:
+                for p in (*layer_params, tokens):
                     p.grad = None
-                forward(tokens).sum().backward()
+                forward(tokens).backward(grad_out)
             return run
 
         blocks = {
@@ -162,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "fold now": per_call(fold_now, calls, sync),
             "fold before": per_call(fold_before, calls, sync),
             "adapter_add now": per_call(layer_step(layer), max(1, calls // 4), sync),
+            "adapter_add_view before": per_call(layer_step(lambda t: view_in_place_forward(layer, t)),
+                                                max(1, calls // 4), sync),
             "adapter_add before": per_call(layer_step(lambda t: out_of_place_forward(layer, t)), max(1, calls // 4),
                                            sync),
         }
@@ -169,11 +184,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         times = interleave(blocks, repeats=repeats, warmup=1)
         probe.stop()
 
-    names = ("regularizer", "adamw", "fingerprint", "fold", "adapter_add")
-    ratios = {f"{n}_speedup" if n != "adamw" else "adamw_fused_speedup":
-              median_ratio(times[f"{n} before"], times[f"{n} now"]) for n in names}
-    rows = [[n, fmt_s(median(times[f"{n} before"])), fmt_s(median(times[f"{n} now"])),
-             f"{ratios[f'{n}_speedup' if n != 'adamw' else 'adamw_fused_speedup']:.1f}x"] for n in names]
+    # ratio key -> (hot path, the "before" block); every "now" block is "<hot path> now"
+    compared = {"regularizer_speedup": ("regularizer", "regularizer before"),
+                "adamw_fused_speedup": ("adamw", "adamw before"),
+                "fingerprint_speedup": ("fingerprint", "fingerprint before"),
+                "fold_speedup": ("fold", "fold before"),
+                "adapter_add_speedup": ("adapter_add", "adapter_add before"),
+                "adapter_add_view_speedup": ("adapter_add", "adapter_add_view before")}
+    ratios = {key: median_ratio(times[before], times[f"{name} now"]) for key, (name, before) in compared.items()}
+    rows = [[key.removesuffix("_speedup"), fmt_s(median(times[before])), fmt_s(median(times[f"{name} now"])),
+             f"{ratios[key]:.2f}x"] for key, (name, before) in compared.items()]
     print(f"repeats={repeats}, device={device}, torch threads={threads}, torch {torch.__version__}")
     print(markdown_table(["hot path", "before", "now", "speed-up"], rows))
     print(probe.describe())

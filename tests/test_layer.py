@@ -225,6 +225,9 @@ def test_in_place_adapter_add_equals_closed_form_and_spares_hooked_outputs(mode)
     ref = x_ref @ world.T + lin.bias.detach() + layer.scaling * ((x_ref @ v) * s) @ u.T
     out = layer(x)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    # accumulated into a non-view (tokens, out) tensor: autograd records AddmmBackward, not a CopySlices (which
+    # would clone the whole output gradient in the backward)
+    assert out.grad_fn.next_functions[0][0].name() == "AddmmBackward0"
     g = torch.randn_like(ref)
     out.backward(g)
     ref.backward(g)

@@ -227,18 +227,23 @@ class AdaptedLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.record_terms is not None and torch.is_grad_enabled():
             self.recorded_terms = layer_terms(self.delta_u, self.delta_sigma, self.delta_v, self.record_terms)
-        y = self.base_layer(x)  # (..., out)
         if self.merged:
-            return y
-        # only a plain Linear / Conv1D without forward hooks is known to return a fresh tensor nobody else holds
-        fresh = (type(self.base_layer) is nn.Linear or is_conv1d(self.base_layer)) and not (
+            return self.base_layer(x)
+        # A plain nn.Linear without hooks run on x flattened to (tokens, in) returns a fresh, non-view (tokens, out)
+        # tensor that nobody else holds: the update can be accumulated into it in place (see _add_product).
+        plain = type(self.base_layer) is nn.Linear and not (
             self.base_layer._forward_hooks or self.base_layer._forward_pre_hooks)
+        lead = x.shape[:-1]
+        if plain and x.dim() != 2:
+            x = x.reshape(-1, x.shape[-1])  # (tokens, in)
+        y = self.base_layer(x)  # (tokens, out), or (..., out) for other base layers
         if self.dropped_u is not None and self.truncation_mode == "lowrank":
-            y = _add_product(y, x.to(self.dropped_v.dtype) @ self.dropped_v, self.dropped_u, fresh, alpha=-1.0)
-        h = self.dropout(x).to(self.delta_v.dtype) @ self.delta_v  # (..., r)
+            y = _add_product(y, x.to(self.dropped_v.dtype) @ self.dropped_v, self.dropped_u, plain, alpha=-1.0)
+        h = self.dropout(x).to(self.delta_v.dtype) @ self.delta_v  # (tokens, r)
         # eta and the diagonal scale the r-wide activations, the cheapest place to apply them
         h = h * (self.delta_sigma * self.scaling) if self.delta_sigma is not None else h * self.scaling
-        return _add_product(y, h, self.delta_u, fresh)  # (..., out)
+        y = _add_product(y, h, self.delta_u, plain)  # (tokens, out)
+        return y.view(*lead, y.shape[-1]) if plain else y
 
     def extra_repr(self) -> str:
         return (
@@ -247,16 +252,18 @@ class AdaptedLayer(nn.Module):
         )
 
 
-def _add_product(y: torch.Tensor, h: torch.Tensor, u: torch.Tensor, fresh: bool, alpha: float = 1.0) -> torch.Tensor:
+def _add_product(y: torch.Tensor, h: torch.Tensor, u: torch.Tensor, in_place: bool,
+                 alpha: float = 1.0) -> torch.Tensor:
     """y + alpha * h u^T for y (..., out), h (..., r), u (out, r).
 
-    When y is ``fresh`` (the base layer's own new output), contiguous and of the same dtype as h and u, the product
-    is accumulated into y by one in-place ``addmm_``: the GEMM adds into y directly instead of writing an (..., out)
-    temporary that a second pass adds (``benchmarks/hot_paths.py`` times both). A Linear's backward does not need
-    its output, so changing it in place is safe (autograd's version counter would raise otherwise). Other cases
-    (autocast, a bf16 base with float32 adapters, a base layer with hooks) add out of place.
+    With ``in_place`` (y is a plain Linear's own fresh 2-D output), y of the same dtype as h and u, and y not a view,
+    the product is accumulated into y by one ``addmm_``: the GEMM adds into y directly instead of writing a
+    (tokens, out) temporary that a second pass adds. A Linear's backward does not need its output, so changing it
+    in place is safe (autograd's version counter would raise otherwise), and since y is not a view autograd records
+    a plain AddmmBackward, not a CopySlices that clones the (tokens, out) gradient (``benchmarks/hot_paths.py``
+    times the three forms). Other cases (autocast, a bf16 base with float32 adapters, a base layer with hooks, a
+    Conv1D whose output is a view) add out of place.
     """
-    if (fresh and y.dtype == h.dtype == u.dtype and y.is_contiguous() and y.dim() >= 2
-            and y.shape[:-1] == h.shape[:-1]):
-        return y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), u.T, alpha=alpha).view(y.shape)
+    if in_place and y.dtype == h.dtype == u.dtype and y.dim() == 2 and y.is_contiguous() and not y._is_view():
+        return y.addmm_(h, u.T, alpha=alpha)
     return y + (alpha * (h @ u.T)).to(y.dtype) if alpha != 1.0 else y + (h @ u.T).to(y.dtype)
