@@ -20,7 +20,7 @@
 Timing as the other scripts (DESIGN.md section 6): interleaved blocks, rotating order, warm-up excluded, medians;
 each speed-up is the median over repeats of (before / now).
 
-    python benchmarks/hot_paths.py [--quick] [--json PATH] [--repeats N] [--threads N]
+    python benchmarks/hot_paths.py [--quick] [--json PATH] [--repeats N] [--threads N] [--paths adapter_add,...]
 """
 
 from __future__ import annotations
@@ -116,88 +116,122 @@ def blake2b_copy(weight: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+PATHS = ("regularizer", "adamw", "fingerprint", "fold", "adapter_add")
+# ratio key -> (hot path, its "before" block); every "now" block is "<hot path> now"
+COMPARED = {"regularizer_speedup": ("regularizer", "regularizer before"),
+            "adamw_fused_speedup": ("adamw", "adamw before"),
+            "fingerprint_speedup": ("fingerprint", "fingerprint before"),
+            "fold_speedup": ("fold", "fold before"),
+            "adapter_add_speedup": ("adapter_add", "adapter_add before"),
+            "adapter_add_view_speedup": ("adapter_add", "adapter_add_view before")}
+Blocks = dict[str, Any]
+
+
+def regularizer_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Blocks:
+    model = llama_model(smoke).to(device)
+    params = [p for _, x in adapted_layers(model) for p in x.adapter_parameters()]
+    torch.testing.assert_close(adapter_loss(model), per_layer_loss(model), rtol=1e-5, atol=1e-7)  # same value
+
+    def backward(loss_fn):  # noqa: ANN001, ANN202
+        def run() -> None:
+            for p in params:
+                p.grad = None
+            loss_fn(model).backward()
+        return run
+
+    return {"regularizer now": per_call(backward(adapter_loss), calls, sync),
+            "regularizer before": per_call(backward(per_layer_loss), calls, sync)}
+
+
+def adamw_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Blocks:
+    params = [p for _, x in adapted_layers(llama_model(smoke).to(device)) for p in x.adapter_parameters()]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    fused = torch.optim.AdamW(params, lr=1e-6, fused=True)
+    foreach = torch.optim.AdamW(params, lr=1e-6, foreach=True)
+    return {"adamw now": per_call(fused.step, calls, sync), "adamw before": per_call(foreach.step, calls, sync)}
+
+
+def _weight(smoke: bool, device: str) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.randn(*((256, 64) if smoke else (4096, 1024)), device=device)
+
+
+def fingerprint_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Blocks:
+    weight = _weight(smoke, device)
+    return {"fingerprint now": per_call(lambda: weight_fingerprint(weight), calls, sync),
+            "fingerprint before": per_call(lambda: blake2b_copy(weight), calls, sync)}
+
+
+def fold_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Blocks:
+    weight = _weight(smoke, device)
+    u, v = torch.randn(weight.shape[0], 8, device=device), torch.randn(weight.shape[1], 8, device=device)
+
+    def fold_now() -> None:
+        weight.addmm_(u, v.T, alpha=-1.0)
+
+    def fold_before() -> None:
+        weight.copy_((weight.float() - u @ v.T).to(weight.dtype))
+
+    return {"fold now": per_call(fold_now, calls, sync), "fold before": per_call(fold_before, calls, sync)}
+
+
+def adapter_add_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Blocks:
+    layer, tokens = adapted_linear(smoke, device)
+    for other in (out_of_place_forward, view_in_place_forward):
+        torch.testing.assert_close(layer(tokens), other(layer, tokens), rtol=1e-5, atol=1e-5)
+    layer_params = layer.adapter_parameters()
+    grad_out = torch.randn(*tokens.shape[:-1], layer.out_features, device=device)
+
+    def layer_step(forward):  # noqa: ANN001, ANN202
+        def run() -> None:
+            for p in (*layer_params, tokens):
+                p.grad = None
+            forward(tokens).backward(grad_out)
+        return run
+
+    n = max(1, calls // 2)
+    return {"adapter_add now": per_call(layer_step(layer), n, sync),
+            "adapter_add_view before": per_call(layer_step(lambda t: view_in_place_forward(layer, t)), n, sync),
+            "adapter_add before": per_call(layer_step(lambda t: out_of_place_forward(layer, t)), n, sync)}
+
+
+SETUP = {"regularizer": regularizer_blocks, "adamw": adamw_blocks, "fingerprint": fingerprint_blocks,
+         "fold": fold_blocks, "adapter_add": adapter_add_blocks}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
+    parser.add_argument("--paths", default=",".join(PATHS),
+                        help=f"comma-separated hot paths to time (default all: {','.join(PATHS)}); one path alone is "
+                             "timed without the others' allocations in the process")
     args = parser.parse_args(argv)
+    paths = [p for p in args.paths.split(",") if p]
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown or not paths:
+        parser.error(f"--paths: unknown hot paths {unknown}; choose from {','.join(PATHS)}")
     quiet()
     repeats = args.repeats or (3 if args.smoke else 7 if args.quick else 15)
     calls = 2 if args.smoke else 20
     device = pick_device(args.device)
     sync = device_sync(device)
     with torch_threads(args.threads) as threads:
-        model = llama_model(args.smoke).to(device)
-        params = [p for _, x in adapted_layers(model) for p in x.adapter_parameters()]
-        now, before = adapter_loss(model), per_layer_loss(model)
-        torch.testing.assert_close(now, before, rtol=1e-5, atol=1e-7)  # same value, the comparison is fair
-
-        def backward(loss_fn):  # noqa: ANN001, ANN202
-            def run() -> None:
-                for p in params:
-                    p.grad = None
-                loss_fn(model).backward()
-            return run
-
-        for p in params:
-            p.grad = torch.randn_like(p)
-        fused = torch.optim.AdamW(params, lr=1e-6, fused=True)
-        foreach = torch.optim.AdamW(params, lr=1e-6, foreach=True)
-        shape = (256, 64) if args.smoke else (4096, 1024)
-        weight = torch.randn(*shape, device=device)
-        u, v = torch.randn(shape[0], 8, device=device), torch.randn(shape[1], 8, device=device)
-
-        def fold_now() -> None:
-            weight.addmm_(u, v.T, alpha=-1.0)
-
-        def fold_before() -> None:
-            weight.copy_((weight.float() - u @ v.T).to(weight.dtype))
-
-        layer, tokens = adapted_linear(args.smoke, device)
-        for other in (out_of_place_forward, view_in_place_forward):
-            torch.testing.assert_close(layer(tokens), other(layer, tokens), rtol=1e-5, atol=1e-5)
-        layer_params = layer.adapter_parameters()
-        grad_out = torch.randn(*tokens.shape[:-1], layer.out_features, device=device)
-
-        def layer_step(forward):  # noqa: ANN001, ANN202
-            def run() -> None:
-                for p in (*layer_params, tokens):
-                    p.grad = None
-                forward(tokens).backward(grad_out)
-            return run
-
-        blocks = {
-            "regularizer now": per_call(backward(adapter_loss), calls, sync),
-            "regularizer before": per_call(backward(per_layer_loss), calls, sync),
-            "adamw now": per_call(fused.step, calls, sync),
-            "adamw before": per_call(foreach.step, calls, sync),
-            "fingerprint now": per_call(lambda: weight_fingerprint(weight), calls, sync),
-            "fingerprint before": per_call(lambda: blake2b_copy(weight), calls, sync),
-            "fold now": per_call(fold_now, calls, sync),
-            "fold before": per_call(fold_before, calls, sync),
-            "adapter_add now": per_call(layer_step(layer), max(1, calls // 4), sync),
-            "adapter_add_view before": per_call(layer_step(lambda t: view_in_place_forward(layer, t)),
-                                                max(1, calls // 4), sync),
-            "adapter_add before": per_call(layer_step(lambda t: out_of_place_forward(layer, t)), max(1, calls // 4),
-                                           sync),
-        }
+        blocks: Blocks = {}
+        for path in paths:
+            blocks.update(SETUP[path](args.smoke, device, calls, sync))
         probe = Probe().start()
         times = interleave(blocks, repeats=repeats, warmup=1)
         probe.stop()
 
-    # ratio key -> (hot path, the "before" block); every "now" block is "<hot path> now"
-    compared = {"regularizer_speedup": ("regularizer", "regularizer before"),
-                "adamw_fused_speedup": ("adamw", "adamw before"),
-                "fingerprint_speedup": ("fingerprint", "fingerprint before"),
-                "fold_speedup": ("fold", "fold before"),
-                "adapter_add_speedup": ("adapter_add", "adapter_add before"),
-                "adapter_add_view_speedup": ("adapter_add", "adapter_add_view before")}
+    compared = {key: value for key, value in COMPARED.items() if value[0] in paths}
     ratios = {key: median_ratio(times[before], times[f"{name} now"]) for key, (name, before) in compared.items()}
     rows = [[key.removesuffix("_speedup"), fmt_s(median(times[before])), fmt_s(median(times[f"{name} now"])),
              f"{ratios[key]:.2f}x"] for key, (name, before) in compared.items()]
     print(f"repeats={repeats}, device={device}, torch threads={threads}, torch {torch.__version__}")
     print(markdown_table(["hot path", "before", "now", "speed-up"], rows))
     print(probe.describe())
-    result = {"benchmark": "hot_paths", "repeats": repeats, "probe_gflops": probe.as_dict(),
+    result = {"benchmark": "hot_paths", "paths": paths, "repeats": repeats, "probe_gflops": probe.as_dict(),
               "times_s": times, "ratios": ratios}
     if args.json:
         write_json(args.json, result, device)

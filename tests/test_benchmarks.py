@@ -149,6 +149,13 @@ def test_hot_paths_smoke(bench, tmp_path):
     path = tmp_path / "hot.json"
     result = hot.main(["--smoke", "--json", str(path)])
     _check(result, path, hot.REQUIRED)
+    # one path alone: only its blocks run, only its ratios are reported
+    alone = hot.main(["--smoke", "--paths", "adapter_add", "--json", str(path)])
+    _check(alone, path, ["adapter_add_speedup", "adapter_add_view_speedup"])
+    assert set(alone["ratios"]) == {"adapter_add_speedup", "adapter_add_view_speedup"}
+    assert {k.split(" ")[0] for k in alone["times_s"]} == {"adapter_add", "adapter_add_view"}
+    with pytest.raises(SystemExit):
+        hot.main(["--smoke", "--paths", "adapter"])
 
 
 def test_median_confidence_interval_by_order_statistics(bench):
