@@ -29,6 +29,7 @@ import argparse
 import hashlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -116,7 +117,6 @@ def blake2b_copy(weight: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-PATHS = ("regularizer", "adamw", "fingerprint", "fold", "adapter_add")
 # ratio key -> (hot path, its "before" block); every "now" block is "<hot path> now"
 COMPARED = {"regularizer_speedup": ("regularizer", "regularizer before"),
             "adamw_fused_speedup": ("adamw", "adamw before"),
@@ -127,7 +127,7 @@ COMPARED = {"regularizer_speedup": ("regularizer", "regularizer before"),
 Blocks = dict[str, Any]
 
 
-def regularizer_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Blocks:
+def regularizer_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], None]) -> Blocks:
     model = llama_model(smoke).to(device)
     params = [p for _, x in adapted_layers(model) for p in x.adapter_parameters()]
     torch.testing.assert_close(adapter_loss(model), per_layer_loss(model), rtol=1e-5, atol=1e-7)  # same value
@@ -143,7 +143,7 @@ def regularizer_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Block
             "regularizer before": per_call(backward(per_layer_loss), calls, sync)}
 
 
-def adamw_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Blocks:
+def adamw_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], None]) -> Blocks:
     params = [p for _, x in adapted_layers(llama_model(smoke).to(device)) for p in x.adapter_parameters()]
     for p in params:
         p.grad = torch.randn_like(p)
@@ -157,13 +157,13 @@ def _weight(smoke: bool, device: str) -> torch.Tensor:
     return torch.randn(*((256, 64) if smoke else (4096, 1024)), device=device)
 
 
-def fingerprint_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Blocks:
+def fingerprint_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], None]) -> Blocks:
     weight = _weight(smoke, device)
     return {"fingerprint now": per_call(lambda: weight_fingerprint(weight), calls, sync),
             "fingerprint before": per_call(lambda: blake2b_copy(weight), calls, sync)}
 
 
-def fold_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Blocks:
+def fold_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], None]) -> Blocks:
     weight = _weight(smoke, device)
     u, v = torch.randn(weight.shape[0], 8, device=device), torch.randn(weight.shape[1], 8, device=device)
 
@@ -176,7 +176,7 @@ def fold_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Blocks:
     return {"fold now": per_call(fold_now, calls, sync), "fold before": per_call(fold_before, calls, sync)}
 
 
-def adapter_add_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Blocks:
+def adapter_add_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], None]) -> Blocks:
     layer, tokens = adapted_linear(smoke, device)
     for other in (out_of_place_forward, view_in_place_forward):
         torch.testing.assert_close(layer(tokens), other(layer, tokens), rtol=1e-5, atol=1e-5)
@@ -198,6 +198,7 @@ def adapter_add_blocks(smoke: bool, device: str, calls: int, sync: Any) -> Block
 
 SETUP = {"regularizer": regularizer_blocks, "adamw": adamw_blocks, "fingerprint": fingerprint_blocks,
          "fold": fold_blocks, "adapter_add": adapter_add_blocks}
+PATHS = tuple(SETUP)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
