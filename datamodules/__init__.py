@@ -1,23 +1,33 @@
 """Lightning DataModules of kasa-lightning, installed as ``kasa_lightning.datamodules``.
 
-Import them as ``kasa_lightning.datamodules`` only, never as a bare ``datamodules`` package.
+Import them as ``kasa_lightning.datamodules`` only, never as a bare ``datamodules`` package. The re-exports are
+lazy (PEP 562), so ``kasa_lightning.datamodules.synthetic`` can be used without importing Lightning.
 """
 
-from kasa_lightning.datamodules.base import BaseDataModule, ResumableSampler
-from kasa_lightning.datamodules.causal import CausalLMDataModule
-from kasa_lightning.datamodules.commonsense import CommonsenseDataModule
-from kasa_lightning.datamodules.demo import SentimentDemoDataModule
-from kasa_lightning.datamodules.e2e import E2EDataModule
-from kasa_lightning.datamodules.glue import GLUEDataModule
-from kasa_lightning.datamodules.instruct import InstructionDataModule
+from __future__ import annotations
 
-__all__ = [
-    "BaseDataModule",
-    "CausalLMDataModule",
-    "CommonsenseDataModule",
-    "E2EDataModule",
-    "GLUEDataModule",
-    "InstructionDataModule",
-    "ResumableSampler",
-    "SentimentDemoDataModule",
-]
+from typing import TYPE_CHECKING
+
+from kasa_lightning._lazy import lazy_exports
+
+_WHERE = {
+    "BaseDataModule": ".base",
+    "ResumableSampler": ".base",
+    "CausalLMDataModule": ".causal",
+    "CommonsenseDataModule": ".commonsense",
+    "SentimentDemoDataModule": ".demo",
+    "E2EDataModule": ".e2e",
+    "GLUEDataModule": ".glue",
+    "InstructionDataModule": ".instruct",
+}
+__all__ = sorted(_WHERE)
+__getattr__, __dir__ = lazy_exports(__name__, _WHERE)
+
+if TYPE_CHECKING:
+    from kasa_lightning.datamodules.base import BaseDataModule, ResumableSampler
+    from kasa_lightning.datamodules.causal import CausalLMDataModule
+    from kasa_lightning.datamodules.commonsense import CommonsenseDataModule
+    from kasa_lightning.datamodules.demo import SentimentDemoDataModule
+    from kasa_lightning.datamodules.e2e import E2EDataModule
+    from kasa_lightning.datamodules.glue import GLUEDataModule
+    from kasa_lightning.datamodules.instruct import InstructionDataModule
