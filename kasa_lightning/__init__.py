@@ -39,22 +39,5 @@ __getattr__, __dir__ = lazy_exports(
 )
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from kasa_lightning.kasa import (
-        AdaptedLayer,
-        AdapterConfig,
-        AdapterLossTerms,
-        adapted_layers,
-        adapter_config,
-        adapter_loss,
-        adapter_state_dict,
-        apply_adapters,
-        export_peft,
-        load_adapter,
-        load_adapter_state_dict,
-        merge_adapters,
-        merge_and_unload,
-        save_adapter,
-        unload_adapters,
-        unmerge_adapters,
-    )
+    from kasa_lightning.kasa import *  # noqa: F403  (the names of _METHOD, listed once above)
     from kasa_lightning.module import KaSAModule, NonFiniteLossError
