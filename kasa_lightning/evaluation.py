@@ -3,9 +3,8 @@ and prediction. Kept apart from the training logic in ``module.py``; it expects 
 ``KaSAModule.__init__`` sets (``model``, ``task``, ``num_labels``, ``generation``, ``backbone_name``,
 ``_metrics``, ``_val_losses``, ``_best``).
 
-What the DataModule may provide (all optional): ``build_metrics(stage)``, ``eval_names(stage)`` (suffixes of
-several evaluation dataloaders), ``eval_generate`` + ``generation_kwargs`` + ``tokenizer`` (causal LM scored on
-generated text, see ``datamodules/causal.py``) and ``format_prediction(meta, text)``.
+What the DataModule may provide (all optional) is written as protocols in ``kasa_lightning.contracts``:
+``ProvidesMetrics``, ``NamesEvalLoaders``, ``GeneratesForEval`` and ``FormatsPredictions``.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kasa_lightning.contracts import FormatsPredictions, GeneratesForEval, NamesEvalLoaders, ProvidesMetrics
 from kasa_lightning.hub import resolve_pretrained
 
 
@@ -27,7 +27,7 @@ class EvaluationMixin:
     def _loader_names(self, stage: str) -> list[str]:
         """Suffixes of the evaluation dataloaders (e.g. MNLI ["matched", "mismatched"]); [""] for one."""
         dm = self._datamodule()
-        names = dm.eval_names(stage) if dm is not None and hasattr(dm, "eval_names") else None
+        names = dm.eval_names(stage) if isinstance(dm, NamesEvalLoaders) else None
         return list(names) if names else [""]
 
     def _metric_dict(self, stage: str, dataloader_idx: int = 0) -> nn.ModuleDict:
@@ -35,7 +35,7 @@ class EvaluationMixin:
         key = f"{stage}:{dataloader_idx}"
         if key not in self._metrics:
             dm = self._datamodule()
-            if dm is not None and hasattr(dm, "build_metrics"):
+            if isinstance(dm, ProvidesMetrics):
                 metrics = dm.build_metrics(stage)
             else:
                 metrics = default_metrics(self.task, self.num_labels)
@@ -44,14 +44,14 @@ class EvaluationMixin:
 
     def _generates(self, batch: dict[str, Any]) -> bool:
         dm = self._datamodule()
-        return self.task == "causal_lm" and "targets" in batch and bool(getattr(dm, "eval_generate", False))
+        return self.task == "causal_lm" and "targets" in batch and isinstance(dm, GeneratesForEval) and dm.eval_generate
 
     def generate_texts(self, batch: dict[str, Any]) -> list[str]:
         """Decoded continuations of the (left-padded) prompts in ``batch``, with the task's and the model's
         generation settings."""
         dm = self._datamodule()
-        tokenizer = dm.tokenizer if dm is not None else self._own_tokenizer()
-        kwargs = {**getattr(dm, "generation_kwargs", {}), **self.generation}
+        tokenizer = getattr(dm, "tokenizer", None) or self._own_tokenizer()
+        kwargs = {**(dm.generation_kwargs if isinstance(dm, GeneratesForEval) else {}), **self.generation}
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
         prompt = batch["input_ids"]
         out = self.model.generate(input_ids=prompt, attention_mask=batch.get("attention_mask"), **kwargs)
@@ -138,7 +138,7 @@ class EvaluationMixin:
             texts = self.generate_texts(batch)
             dm = self._datamodule()
             metas = batch.get("meta") or [{} for _ in texts]
-            fmt = dm.format_prediction if dm is not None and hasattr(dm, "format_prediction") else (
+            fmt = dm.format_prediction if isinstance(dm, FormatsPredictions) else (
                 lambda meta, text: {**meta, "output": text})
             return [fmt(meta, text) for meta, text in zip(metas, texts)]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
