@@ -15,6 +15,7 @@ _WHERE = {
     "ResumableSampler": ".base",
     "CausalLMDataModule": ".causal",
     "CommonsenseDataModule": ".commonsense",
+    "DataFileError": ".errors",
     "SentimentDemoDataModule": ".demo",
     "E2EDataModule": ".e2e",
     "GLUEDataModule": ".glue",
@@ -29,5 +30,6 @@ if TYPE_CHECKING:
     from kasa_lightning.datamodules.commonsense import CommonsenseDataModule
     from kasa_lightning.datamodules.demo import SentimentDemoDataModule
     from kasa_lightning.datamodules.e2e import E2EDataModule
+    from kasa_lightning.datamodules.errors import DataFileError
     from kasa_lightning.datamodules.glue import GLUEDataModule
     from kasa_lightning.datamodules.instruct import InstructionDataModule

@@ -14,10 +14,15 @@ penalty 0.9, no-repeat n-gram size 4, 64 new tokens); ``generation`` overrides t
 
 from __future__ import annotations
 
+import csv
+import logging
 import os
 from typing import Any
 
 from kasa_lightning.datamodules.causal import CausalLMDataModule
+from kasa_lightning.datamodules.errors import DataFileError
+
+log = logging.getLogger(__name__)
 
 _MR_COLUMNS = ("mr", "MR", "meaning_representation")
 _REF_COLUMNS = ("ref", "human_reference", "target")
@@ -54,34 +59,61 @@ class E2EDataModule(CausalLMDataModule):
         self.separator = separator
         self.max_eval_mrs = max_eval_mrs
         self.metric_names = tuple(metrics)
+        self.split_stats: dict[str, dict[str, int]] = {}
+        self.stats["empty_reference"] = 0
 
     # ------------------------------------------------------------------ loading
     def load_pairs(self, split: str) -> list[tuple[str, str]]:
-        """(mr, ref) pairs of a split, whatever the source."""
-        import datasets
+        """(mr, ref) pairs of a split, whatever the source.
 
+        Rows with an empty reference are skipped, counted in ``split_stats[split]["empty_reference"]`` and
+        ``stats["empty_reference"]``, and logged as a warning with their line numbers (row indices for the Hub).
+        """
         path, hub_split = self.paths[split]
         if os.path.exists(path):
-            data = datasets.load_dataset("csv", data_files=path, split="train")
+            columns, rows = read_e2e_csv(path)
         else:
+            import datasets
+
             data = datasets.load_dataset(path, split=hub_split)
-        mr_col = next((c for c in _MR_COLUMNS if c in data.column_names), None)
-        ref_col = next((c for c in _REF_COLUMNS if c in data.column_names), None)
+            columns, rows = list(data.column_names), enumerate(data)
+        mr_col = next((c for c in _MR_COLUMNS if c in columns), None)
+        ref_col = next((c for c in _REF_COLUMNS if c in columns), None)
         if mr_col is None:
-            raise ValueError(f"E2E {split} data {path!r} has no MR column (one of {_MR_COLUMNS}): {data.column_names}")
-        if ref_col is None and "references" not in data.column_names:
+            raise ValueError(f"E2E {split} data {path!r} has no MR column (one of {_MR_COLUMNS}): {columns}")
+        if ref_col is None and "references" not in columns:
             raise ValueError(
                 f"E2E {split} data {path!r} has no reference column (one of {_REF_COLUMNS} or 'references'): "
-                f"{data.column_names}; for MR-only files (testset.csv) use predict"
+                f"{columns}; for MR-only files (testset.csv) use predict"
             )
         pairs: list[tuple[str, str]] = []
+        empty: list[int] = []  # line numbers (csv) or row indices (Hub) of the empty references
+        mrs: dict[str, None] = {}
         # GEM rows carry one `target` and, for evaluation, the MR's full `references` list: use the list there
-        use_list = "references" in data.column_names and (ref_col is None or split != "train")
-        for row in data:
-            refs = row["references"] if use_list else [row[ref_col]]
-            pairs.extend((row[mr_col], ref) for ref in refs if ref)
+        use_list = "references" in columns and (ref_col is None or split != "train")
+        for where, row in rows:
+            refs = (row["references"] or []) if use_list else [row[ref_col]]
+            if row[mr_col] is None or not str(row[mr_col]).strip():
+                raise DataFileError(f"{path}:{where}: the MR is empty" if os.path.exists(path) else
+                                    f"E2E {split} data {path!r}, row {where}: the MR is empty")
+            mrs[row[mr_col]] = None
+            for ref in refs:
+                if ref is None or not str(ref).strip():
+                    empty.append(where)
+                else:
+                    pairs.append((row[mr_col], ref))
         if not pairs:
-            raise ValueError(f"E2E {split} data {path!r} is empty")
+            raise ValueError(f"E2E {split} data {path!r} is empty"
+                             + (f" (all {len(empty)} references are empty)" if empty else ""))
+        lost = len(mrs) - len({mr for mr, _ in pairs})  # MRs left without any reference
+        self.split_stats[split] = {"rows": len(pairs) + len(empty), "empty_reference": len(empty),
+                                   "mr_without_reference": lost}
+        self.stats["empty_reference"] = sum(s["empty_reference"] for s in self.split_stats.values())
+        if empty:
+            unit = "line" if os.path.exists(path) else "row"
+            log.warning("E2E %s split (%s): skipped %d reference(s) that are empty: %s(s) %s%s%s", split, path,
+                        len(empty), unit, empty[:10], " ..." if len(empty) > 10 else "",
+                        f"; {lost} MR(s) have no reference left and are not used" if lost else "")
         return pairs
 
     def prompt(self, mr: str) -> str:
@@ -143,3 +175,36 @@ class E2EDataModule(CausalLMDataModule):
 
     def format_prediction(self, meta: dict[str, Any], text: str) -> dict[str, Any]:
         return {"index": meta.get("index"), "mr": meta.get("mr"), "output": text.strip()}
+
+
+def read_e2e_csv(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """(header, [(line number, row)]) of an E2E csv file (``mr,ref`` with quoting, as the official files).
+
+    Read with Python's ``csv`` module in strict mode rather than ``datasets``' csv builder (pandas): pandas turns
+    the leading fields of a row with too many fields into an index and keeps the last ones as ``mr, ref``, and
+    lets an unclosed quote swallow the following rows, silently; here both raise ``DataFileError`` with the file
+    and line. Blank lines are skipped.
+    """
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, strict=True)
+        header: list[str] | None = None
+        rows: list[tuple[int, dict[str, str]]] = []
+        start = 1
+        try:
+            for fields in reader:
+                line, start = start, reader.line_num + 1  # a quoted field may span lines: report where it began
+                if not fields:
+                    continue
+                if header is None:
+                    header = fields
+                elif len(fields) != len(header):
+                    raise DataFileError(f"{path}:{line}: {len(fields)} fields, but the header {header} has "
+                                        f"{len(header)}; quote fields that contain commas (\"name[A], food[B]\")")
+                else:
+                    rows.append((line, dict(zip(header, fields))))
+        except csv.Error as err:
+            raise DataFileError(f"{path}:{start}: not valid CSV ({err}); check the quotes on this line") from None
+    if header is None:
+        raise DataFileError(f"{path} is empty: an E2E csv file holds a header line (mr,ref) and one row per "
+                            "(MR, reference); copy the complete file again")
+    return header, rows

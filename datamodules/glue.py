@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kasa_lightning.datamodules.base import BaseDataModule
+from kasa_lightning.datamodules.errors import DataFileError, data_errors
 
 
 @dataclass(frozen=True)
@@ -61,16 +62,21 @@ TASKS: dict[str, GlueTask] = {
 
 def read_glue_tsv(path: str | os.PathLike, task: str) -> list[dict[str, Any]]:
     """Rows ``{"text_a", "text_b", "label"}`` of a GLUE TSV file (quoting off, BOM removed); raises on a missing
-    column or an unknown label value, naming the file and line."""
+    column or an unknown label value, and on an empty file, naming the file and line (``DataFileError``)."""
     spec = TASKS[task]
     with open(path, encoding="utf-8-sig", newline="") as f:
         lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not any(fields and fields != [""] for fields in lines):
+        raise DataFileError(f"{path} is empty: a GLUE {task!r} TSV file holds "
+                            + ("a header line and " if spec.header else "")
+                            + "one tab-separated row per example, as GLUE publishes it; copy the complete file "
+                            "again (or remove it and point data.data_dir at a complete GLUE folder)")
     if spec.header:
         header, lines, first = lines[0], lines[1:], 2
 
         def index(col: str | int) -> int:
             if col not in header:
-                raise ValueError(f"{path}: column {col!r} missing for GLUE task {task!r}; the header has {header}")
+                raise DataFileError(f"{path}: column {col!r} missing for GLUE task {task!r}; the header has {header}")
             return header.index(col)
     else:
         first = 1
@@ -85,7 +91,7 @@ def read_glue_tsv(path: str | os.PathLike, task: str) -> list[dict[str, Any]]:
         if not fields or fields == [""]:
             continue
         if max(text_idx + [label_idx]) >= len(fields):
-            raise ValueError(f"{path}:{n}: {len(fields)} fields, too few for GLUE task {task!r}")
+            raise DataFileError(f"{path}:{n}: {len(fields)} fields, too few for GLUE task {task!r}")
         raw = fields[label_idx].strip()
         rows.append({"text_a": fields[text_idx[0]], "text_b": fields[text_idx[1]] if len(text_idx) > 1 else None,
                      "label": _label(raw, spec, f"{path}:{n}")})
@@ -97,10 +103,10 @@ def _label(raw: Any, spec: GlueTask, where: str) -> float | int:
         try:
             return float(raw)
         except ValueError:
-            raise ValueError(f"{where}: regression label {raw!r} is not a number") from None
+            raise DataFileError(f"{where}: regression label {raw!r} is not a number") from None
     value = str(raw)
     if value not in spec.labels:
-        raise ValueError(f"{where}: unknown label {raw!r} for GLUE task {spec.hub_config!r}; known: {list(spec.labels)}")
+        raise DataFileError(f"{where}: unknown label {raw!r} for GLUE task {spec.hub_config!r}; known: {list(spec.labels)}")
     return spec.labels.index(value)
 
 
@@ -150,9 +156,13 @@ class GLUEDataModule(BaseDataModule):
         self.val_sets: list[Any] = []
 
     # ------------------------------------------------------------------ loading
-    def _raw_splits(self) -> tuple[Any, list[Any]]:
-        """(train, [validation...]) as ``datasets.Dataset`` of ``{"text_a", "text_b", "label"}`` rows."""
+    def _raw_splits(self, with_train: bool = True) -> tuple[Any, list[Any]]:
+        """(train, [validation...]) as ``datasets.Dataset`` of ``{"text_a", "text_b", "label"}`` rows; with
+        ``with_train=False`` (evaluation only) train is None and the training file is not read, unless the
+        validation split is held out of it (``val_from_train``)."""
         import datasets
+
+        with_train = with_train or bool(self.val_from_train)
 
         if self.data_dir is not None:
             folder = Path(self.data_dir) / self.spec.folder
@@ -168,16 +178,19 @@ class GLUEDataModule(BaseDataModule):
                 features = datasets.Features({"text_a": datasets.Value("string"),
                                               "text_b": datasets.Value("string"), "label": label})
                 try:
-                    return datasets.Dataset.from_generator(
-                        _generate, features=features,
-                        gen_kwargs={"path": str(path), "task": self.glue_task,
-                                    "stamp": f"{stat.st_size}-{stat.st_mtime_ns}"})
+                    with data_errors(f"GLUE {self.glue_task} {split} file", [path]):  # the bad row's message last
+                        return datasets.Dataset.from_generator(
+                            _generate, features=features,
+                            gen_kwargs={"path": str(path), "task": self.glue_task,
+                                        "stamp": f"{stat.st_size}-{stat.st_mtime_ns}"})
+                except DataFileError:
+                    raise
                 except ValueError as err:
                     if "corresponds to no data" in str(err):
                         raise ValueError(f"GLUE {self.glue_task}: the {split} split is empty ({path} has no rows)") from None
                     raise
 
-            train = load(self.train_file, "train")
+            train = load(self.train_file, "train") if with_train else None
             vals = [] if self.val_from_train else [load(f, "validation") for f in self.spec.val_files]
         else:
             hub = datasets.load_dataset(self.hub_name, self.spec.hub_config)
@@ -192,12 +205,12 @@ class GLUEDataModule(BaseDataModule):
                                               "label": self._hub_label(row["label"])},
                                  remove_columns=split.column_names)
 
-            train = convert(hub["train"])
+            train = convert(hub["train"]) if with_train else None
             vals = [] if self.val_from_train else [convert(hub[s]) for s in self.spec.val_hub]
         if self.val_from_train:
             parts = train.train_test_split(test_size=self.val_from_train, seed=self.seed)
             train, vals = parts["train"], [parts["test"]]
-        if self.max_train_samples is not None:
+        if self.max_train_samples is not None and train is not None:
             train = train.select(range(min(self.max_train_samples, len(train))))
         if self.max_eval_samples is not None:
             vals = [v.select(range(min(self.max_eval_samples, len(v)))) for v in vals]
@@ -231,12 +244,17 @@ class GLUEDataModule(BaseDataModule):
         return self._check(data.remove_columns("overlong"), split)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        # validate / test / predict need only the validation split(s): the training file is neither read nor
+        # tokenised (a folder holding only dev.tsv is enough), unless the validation rows come out of it
+        need_train = stage in (None, "fit")
+        if self.val_sets and (self.train_set is not None or not need_train):
             return
-        train, vals = self._raw_splits()
-        self.train_set = self._tokenize(train, "train")
-        self.val_sets = [self._tokenize(v, f"validation {i}") for i, v in enumerate(vals)]
-        self.val_set = self.val_sets[0]
+        train, vals = self._raw_splits(with_train=need_train and self.train_set is None)
+        if need_train and self.train_set is None:
+            self.train_set = self._tokenize(train, "train")
+        if not self.val_sets:
+            self.val_sets = [self._tokenize(v, f"validation {i}") for i, v in enumerate(vals)]
+            self.val_set = self.val_sets[0]
 
     # ------------------------------------------------------------------ loaders and metrics
     def val_dataloader(self) -> Any:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from numbers import Real
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -93,6 +95,12 @@ class AdapterConfig:
             raise bad("method", self.method, f"choose one of {list(_METHODS)}")
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise bad("r", self.r, "the rank must be a positive integer, e.g. r=8")
+        for setting in FLOAT_SETTINGS:  # before any comparison: nan < 0 is False, so nan would pass them all
+            value = getattr(self, setting)
+            if value is None and setting in ("beta", "gamma"):
+                continue  # None: the method's default
+            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+                raise bad(setting, value, "give a finite number (not nan, inf or a non-number)")
         if self.alpha < 0:
             raise bad("alpha", self.alpha, "alpha must be >= 0 (the update is scaled by alpha / r)")
         if not 0.0 <= self.dropout < 1.0:
@@ -166,3 +174,7 @@ class AdapterConfig:
             "target_modules": sorted(self.target_modules),
             "modules_to_save": sorted(self.modules_to_save),
         }
+
+
+#: The ``float`` settings of :class:`AdapterConfig`; each must be a finite number (``beta``/``gamma`` may be None).
+FLOAT_SETTINGS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AdapterConfig) if "float" in str(f.type))
