@@ -14,7 +14,9 @@ Data
 
 Splits
     * train: the prompt (``commonsense_prompt(instruction, input)``) is masked in the labels, the target is
-      ``output`` + EOS (``CausalLMDataModule.encode_pair``).
+      ``output`` + EOS (``CausalLMDataModule.encode_pair``). Rows whose ``output`` is missing, null or blank are
+      skipped, counted in ``stats["no_output"]`` and warned about; a test row without an ``answer`` is an error.
+      A file that is empty or not valid JSON raises ``DataFileError`` naming the file and line.
     * val: ``val_size`` rows held out of the training data with ``seed`` (``Dataset.train_test_split``, as
       LLM-Adapters' ``val_set_size``; LLM-Adapters uses seed 42, set ``data.seed`` for the same split). By default
       they are scored by teacher-forced loss, as LLM-Adapters' Trainer does (``val/loss``, ``val/perplexity``;
@@ -48,6 +50,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from kasa_lightning.datamodules.causal import CausalLMDataModule
+from kasa_lightning.datamodules.errors import DataFileError, data_errors
 from kasa_lightning.metrics.commonsense import (
     COMMONSENSE_DATASETS,
     CommonsenseAccuracy,
@@ -58,7 +61,7 @@ from kasa_lightning.metrics.commonsense import (
 DEFAULT_GENERATION: dict[str, Any] = {"num_beams": 4, "max_new_tokens": 32}
 _TRAIN_COLUMNS = ("instruction", "output")
 _TEST_COLUMNS = ("instruction", "answer")
-_FORMAT_VERSION = 1  # bump when the encoding changes, to invalidate cached map results
+_FORMAT_VERSION = 2  # bump when the encoding changes, to invalidate cached map results
 # Which extraction rule reads an answer of a given form (the answerN sets share one rule).
 _RULE_BY_PREFIX = (("true", "boolq"), ("false", "boolq"), ("solution", "piqa"), ("answer", "ARC-Easy"),
                    ("ending", "hellaswag"), ("option", "winogrande"))
@@ -134,11 +137,14 @@ class CommonsenseDataModule(CausalLMDataModule):
         self.split_stats: dict[str, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ loading
-    def _load_json(self, files: list[str]) -> Any:
+    def _load_json(self, files: list[str], setting: str = "data.train_path") -> Any:
         from datasets import load_dataset
 
         try:
-            return load_dataset("json", data_files=files, split="train", cache_dir=self.cache_dir)
+            with data_errors(setting, files):  # a parse error names the file and line
+                return load_dataset("json", data_files=files, split="train", cache_dir=self.cache_dir)
+        except DataFileError:
+            raise
         except ValueError as err:  # e.g. an empty list: 'Instruction "train" corresponds to no data!'
             raise ValueError(f"CommonsenseDataModule: no rows in {files} (empty or not a JSON list / JSON lines "
                              f"of objects): {err}") from err
@@ -181,7 +187,7 @@ class CommonsenseDataModule(CausalLMDataModule):
                 have = sorted(p.parent.name for p in Path(local).glob("*/test.json"))
                 raise FileNotFoundError(f"test set {name!r}: {file} does not exist; {local} has {have}; "
                                         "set data.test_sets to the sets you have")
-            return self._load_json([str(file)])
+            return self._load_json([str(file)], "data.test_dir")
         if self.test_dir.startswith((".", "/", "~")):
             raise FileNotFoundError(f"data.test_dir={self.test_dir!r} is not an existing directory")
         from datasets import load_dataset
@@ -212,8 +218,15 @@ class CommonsenseDataModule(CausalLMDataModule):
                             int(self.generation_kwargs.get("max_new_tokens", 0)), *parts])
 
     def _encode(self, data: Any, split: str, generate: bool, dataset: str | None = None) -> Any:
-        """Tokenise ``data`` with ``Dataset.map``: training rows (``generate=False``) or prompts with targets."""
+        """Tokenise ``data`` with ``Dataset.map``: training rows (``generate=False``) or prompts with targets.
+
+        Training rows without an ``output`` (missing, null or blank) are skipped, counted in ``stats["no_output"]``
+        and logged; an evaluation row without an ``answer`` is an error naming the split and row."""
         columns = data.column_names
+        no_output = [] if generate else [i for i, out in enumerate(data["output"]) if not _text(out)]
+        if no_output:
+            rank_zero_warn(f"CommonsenseDataModule {split} split: skipped {len(no_output)} row(s) without an "
+                           f"output (nothing to learn): rows {no_output[:10]}{' ...' if len(no_output) > 10 else ''}")
 
         def rows(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
             out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "_truncated": []}
@@ -226,6 +239,9 @@ class CommonsenseDataModule(CausalLMDataModule):
                 prompt = commonsense_prompt(batch["instruction"][i], inputs[i] or "")
                 before = self.stats["truncated"]
                 if generate:
+                    if not _text(batch["answer"][i]):
+                        raise DataFileError(f"CommonsenseDataModule {split} split, row {index}: no answer (the "
+                                            "gold answer is missing or empty); fix or remove the row")
                     enc = self.encode_prompt(prompt)
                     answer = str(batch["answer"][i])
                     name = dataset or rule_for_answer(answer)
@@ -233,6 +249,8 @@ class CommonsenseDataModule(CausalLMDataModule):
                     out["meta"].append({"index": index, "dataset": name, "instruction": batch["instruction"][i],
                                         "answer": answer})
                 else:
+                    if not _text(batch["output"][i]):
+                        continue  # no output: counted above
                     enc = self.encode_pair(prompt, batch["output"][i])
                     if enc is None:  # dropped (overlength="drop")
                         continue
@@ -246,11 +264,14 @@ class CommonsenseDataModule(CausalLMDataModule):
                            new_fingerprint=self._fingerprint(data, split, generate, dataset),
                            desc=f"Tokenising commonsense {split}")
         if len(encoded) == 0:
+            if len(no_output) == len(data):
+                raise ValueError(f"CommonsenseDataModule: no row of the {split} split has an output")
             raise ValueError(f"CommonsenseDataModule: every row of the {split} split was dropped as longer than "
                              f"max_length={self.max_length}; raise data.max_length or use overlength='truncate'")
         self.split_stats[split] = {"rows": len(data), "truncated": int(sum(encoded["_truncated"])),
-                                   "dropped": len(data) - len(encoded)}
-        self.stats = {key: sum(s[key] for s in self.split_stats.values()) for key in ("truncated", "dropped")}
+                                   "dropped": len(data) - len(no_output) - len(encoded), "no_output": len(no_output)}
+        self.stats = {key: sum(s.get(key, 0) for s in self.split_stats.values())
+                      for key in ("truncated", "dropped", "no_output")}
         return encoded.remove_columns("_truncated")
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -334,3 +355,8 @@ class CommonsenseDataModule(CausalLMDataModule):
         path = Path(self.results_path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _text(value: Any) -> bool:
+    """Whether a field holds text (not missing, null or blank)."""
+    return value is not None and bool(str(value).strip())

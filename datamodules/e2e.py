@@ -3,7 +3,9 @@
 Sources: the official csv files (``trainset.csv``, ``devset.csv``, ``testset_w_refs.csv`` with columns ``mr``,
 ``ref``; one row per reference, so an MR appears several times), or the Hub (``GEM/e2e_nlg`` with
 ``meaning_representation`` + ``target``/``references``, ``tuetschek/e2e_nlg`` with ``meaning_representation`` +
-``human_reference``). After loading, both are the same (mr, ref) rows.
+``human_reference``). After loading, both are the same (mr, ref) rows. The csv files are read strictly (a row with
+another number of fields than the header, or an unclosed quote, is a ``DataFileError`` naming the file and line);
+rows with an empty reference are skipped, counted in ``stats["empty_reference"]`` / ``split_stats`` and logged.
 
 Training sequence: ``<mr><separator><text><eos>`` with the loss on the text only, tokenised through
 ``datasets.map`` (cached). Evaluation and prediction:

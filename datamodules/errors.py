@@ -45,8 +45,9 @@ def data_errors(what: str, files: Sequence[str | os.PathLike] = ()) -> Iterator[
         if cause is None:
             raise
         where = _first_bad_json(names) if any(f.endswith((".json", ".jsonl", ".json.gz")) for f in names) else None
-        detail = where or f"{type(cause).__name__}: {cause}"
-        raise DataFileError(f"{what}: could not read {names if len(names) != 1 else names[0]}: {detail}") from cause
+        if where is None:
+            where = f"could not read {names if len(names) != 1 else names[0]}: {type(cause).__name__}: {cause}"
+        raise DataFileError(f"{what}: {where}") from cause
 
 
 def _has_content(path: str) -> bool:

@@ -5,7 +5,10 @@ Local layout: ``<data_dir>/<TASK>/{train,dev}.tsv`` as GLUE publishes them (MNLI
 unbalanced quote characters), MRPC's byte-order mark removed, CoLA without a header. Both sources become the
 same rows ``{"text_a", "text_b", "label"}`` with the Hub's label order, then the same tokenisation
 (``datasets.map``, cached) and metrics. GLUE's test splits have no labels, so ``test`` evaluates the validation
-split(s), as the paper reports validation results.
+split(s), as the paper reports validation results. ``validate``, ``test`` and ``predict`` read and tokenise the
+validation file(s) only (a folder holding just ``dev.tsv`` is enough), unless ``val_from_train`` carves the
+validation rows out of the training file. A malformed row or an empty file raises ``DataFileError`` naming the file
+and line, as the last line of the traceback.
 
 Metrics (torchmetrics, as GLUE defines them): CoLA Matthews correlation (``mcc``); SST-2, QNLI, RTE, MNLI
 ``accuracy`` (MNLI matched and mismatched with one metric instance each: ``val/accuracy_matched``,

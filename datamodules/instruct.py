@@ -31,7 +31,7 @@ stop token (eos, or a special end-of-turn token like ``<|im_end|>``/``<|eot_id|>
 appended after the last assistant turn (and labelled) so that generation can stop. Those end-of-turn tokens are
 also added to ``generate``'s ``eos_token_id``.
 
-Rows: a training conversation without an assistant turn is skipped, counted in ``stats["no_assistant"]`` and
+Rows: a training conversation without an assistant turn (Alpaca: an ``output`` that is null or blank) is skipped, counted in ``stats["no_assistant"]`` and
 logged (its row indices); messages after the last assistant turn are dropped. Missing columns raise an error
 naming them. Over-long conversations (``max_length`` tokens) are truncated from the left (the last assistant turn
 is kept whole; earlier context is cut) or dropped, per ``overlength``, and counted (``stats``); a last assistant
@@ -59,6 +59,7 @@ from collections import Counter
 from typing import Any, Literal
 
 from kasa_lightning.datamodules.causal import IGNORE_INDEX, CausalLMDataModule
+from kasa_lightning.datamodules.errors import data_errors
 from kasa_lightning.metrics.mtbench import answer_turns, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_TRAIN_SPLIT = {"llamaduo": "train_sft_gpt4o", "alpaca": "train", "mt_bench": "train"}
 _LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".gz": "json", ".parquet": "parquet"}
-_ENCODING_VERSION = "instruct-v1"  # bump when the encoding changes (invalidates cached map results)
+_ENCODING_VERSION = "instruct-v2"  # bump when the encoding changes (invalidates cached map results)
 
 
 class ChatTemplateError(ValueError):
@@ -233,7 +234,8 @@ class InstructionDataModule(CausalLMDataModule):
             builders = {_LOCAL_SUFFIXES.get(os.path.splitext(f)[1].lower(), "json") for f in files}
             if len(builders) > 1:
                 raise ValueError(f"data.{role}_path mixes JSON and Parquet files: {files}")
-            data = datasets.load_dataset(builders.pop(), data_files=files, split="train", cache_dir=self.cache_dir)
+            with data_errors(f"data.{role}_path", files):  # a parse error or empty file: named, last line
+                data = datasets.load_dataset(builders.pop(), data_files=files, split="train", cache_dir=self.cache_dir)
         else:
             if len(paths) != 1:
                 raise ValueError(f"data.{role}_path: give one Hub dataset name, not {paths}")
@@ -291,7 +293,7 @@ class InstructionDataModule(CausalLMDataModule):
             if extra:
                 user = f"{user}\n\n{extra}"
             conv = [{"role": "user", "content": user}]
-            if row["output"] is not None:
+            if row["output"] is not None and str(row["output"]).strip():  # a blank reply teaches nothing
                 conv.append({"role": "assistant", "content": str(row["output"])})
         else:
             raise ValueError("MT-Bench questions are for prediction only; train on llamaduo or alpaca data")

@@ -136,7 +136,7 @@ def test_training_rows_mask_exactly_the_prompt(cache: Path) -> None:
     dm = _data(cache, val_size=0)
     dm.setup("fit")
     rows = json.loads((COMMONSENSE / "ARC-Challenge" / "train.json").read_text())
-    assert len(dm.train_set) == len(rows) and dm.stats == {"truncated": 0, "dropped": 0}
+    assert len(dm.train_set) == len(rows) and dm.stats == {"truncated": 0, "dropped": 0, "no_output": 0}
     tok = dm.tokenizer
     batch = dm.collate([dm.train_set[i] for i in range(6)])
     width = max(len(dm.train_set[i]["input_ids"]) for i in range(6))
