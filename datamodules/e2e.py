@@ -182,10 +182,10 @@ class E2EDataModule(CausalLMDataModule):
 def read_e2e_csv(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """(header, [(line number, row)]) of an E2E csv file (``mr,ref`` with quoting, as the official files).
 
-    Read with Python's ``csv`` module in strict mode rather than ``datasets``' csv builder (pandas): pandas turns
-    the leading fields of a row with too many fields into an index and keeps the last ones as ``mr, ref``, and
-    lets an unclosed quote swallow the following rows, silently; here both raise ``DataFileError`` with the file
-    and line. Blank lines are skipped.
+    Read with Python's ``csv`` module in strict mode rather than ``datasets``' csv builder (pandas), which, when the
+    first row has more fields than the header, silently makes the leading fields an index and keeps the last two
+    as ``mr, ref``, lets an unclosed quote swallow the following rows, and buries its other parse errors under a
+    ``DatasetGenerationError``; here each raises ``DataFileError`` with the file and line. Blank lines are skipped.
     """
     with open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, strict=True)

@@ -78,7 +78,11 @@ def test_e2e_empty_references_are_counted_and_logged(tmp_path, caplog):
 
 
 def test_e2e_csv_rows_pandas_would_misread_are_errors_with_the_line(tmp_path):
-    # too many fields (an unquoted MR): pandas made the leading fields an index and kept 'ref, ...' as mr, ref
+    # an unquoted MR in the first row: pandas made the leading fields an index and kept the last two as mr, ref
+    first = _write(tmp_path / "first.csv", "mr,ref\nname[B], food[Thai],B serves Thai.\n")
+    with pytest.raises(DataFileError, match=re.escape(f"{first}:2: 3 fields, but the header ['mr', 'ref'] has 2")):
+        E2EDataModule(train_path=str(first), tokenizer=MINILM).load_pairs("train")
+    # the same in a later row: pandas raised, buried under DatasetGenerationError
     extra = _write(tmp_path / "extra.csv", 'mr,ref\n"name[A]","A is nice."\nname[B], food[Thai],B serves Thai.\n')
     with pytest.raises(DataFileError, match=re.escape(f"{extra}:3: 3 fields, but the header ['mr', 'ref'] has 2")):
         E2EDataModule(train_path=str(extra), tokenizer=MINILM).load_pairs("train")
@@ -337,3 +341,15 @@ def test_instruct_blank_alpaca_output_is_counted_as_no_assistant(tmp_path, caplo
         dm.setup("fit")
     assert len(dm.train_set) == 1 and dm.stats["no_assistant"] == 1
     assert "skipped 1 row(s) without an assistant turn" in caplog.text
+
+
+def test_instruct_bad_previous_answers_line_names_file_and_line(tmp_path):
+    questions = _write(tmp_path / "question.jsonl", json.dumps(
+        {"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Make it shorter."]}) + "\n")
+    answers = _write(tmp_path / "turn1.jsonl", json.dumps(
+        {"question_id": 80, "choices": [{"index": 0, "turns": ["ok"]}]}) + "\n" + '{"question_id": 81, "choi\n')
+    dm = InstructionDataModule(source="mt_bench", test_path=str(questions), mt_bench_turn=2,
+                               previous_answers=str(answers), tokenizer=MINILM, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError) as info:  # before: a bare JSONDecodeError naming neither file nor line
+        dm.setup("predict")
+    assert f"{answers}:2: not a JSON line" in _last_line(info.value)
