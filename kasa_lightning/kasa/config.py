@@ -20,8 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from numbers import Real
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any, Literal
 
 Method = Literal["kasa", "lora", "pissa", "milora"]
