@@ -52,7 +52,13 @@ class ResumableSampler(DistributedSampler):
 class BaseDataModule(L.LightningDataModule):
     """Tokenizer, loaders and resume state; subclasses build ``self.train_set`` / ``self.val_set`` /
     ``self.test_set`` (lists or ``datasets.Dataset`` of tokenised rows) in ``setup`` and set ``task`` and
-    ``num_labels`` (which the CLI links to the model)."""
+    ``num_labels`` (which the CLI links to the model).
+
+    ``batch_size`` is the micro-batch of one process. ``global_batch_size`` (optional) is the effective batch
+    (``batch_size x processes x trainer.accumulate_grad_batches``) to keep on any number of devices: ``KaSAModule``
+    sets ``trainer.accumulate_grad_batches`` from it before fitting and refuses a number of processes that does not
+    divide it (see ``kasa_lightning.batching``). ``None``: the trainer's ``accumulate_grad_batches`` is used as given.
+    """
 
     task: str = "classification"
 
@@ -64,12 +70,18 @@ class BaseDataModule(L.LightningDataModule):
         max_length: int = 128,
         num_workers: int = 0,
         seed: int = 0,
+        global_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size} must be >= 1")
+        if global_batch_size is not None and (global_batch_size < 1 or global_batch_size % batch_size):
+            raise ValueError(f"data.global_batch_size={global_batch_size} must be a positive multiple of "
+                             f"data.batch_size={batch_size} (the effective batch is batch_size x processes x "
+                             "accumulation steps)")
         self.tokenizer_name = tokenizer
         self.batch_size = batch_size
+        self.global_batch_size = global_batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.max_length = max_length
         self.num_workers = num_workers

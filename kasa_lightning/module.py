@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from kasa_lightning.batching import apply_global_batch_size
 from kasa_lightning.evaluation import EvaluationMixin
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.kasa import (
@@ -140,6 +141,12 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         self._best: dict[str, float] = {}
 
     # ------------------------------------------------------------------ model
+    def setup(self, stage: str) -> None:
+        """Before ``fit``: derive ``trainer.accumulate_grad_batches`` from the DataModule's ``global_batch_size``
+        (if set), so that the effective batch stays the same on any number of devices (``kasa_lightning.batching``)."""
+        if stage == "fit" and self._trainer is not None:
+            apply_global_batch_size(self.trainer)
+
     def build_backbone(self) -> nn.Module:
         """The Hugging Face model for ``task`` (hook for subclasses)."""
         import transformers

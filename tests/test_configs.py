@@ -10,7 +10,7 @@ from kasa_lightning.cli import KaSACLI
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-OVERLAYS = ("strategies", "methods", "ablation")
+OVERLAYS = ("strategies", "methods", "ablation", "variants")
 TINY = {
     "roberta": {"model_type": "roberta", "max_position_embeddings": 64},
     "deberta": {"model_type": "deberta-v2", "max_position_embeddings": 64},

@@ -105,7 +105,7 @@ def find_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
     return names
 
 
-def _validate(model: nn.Module, name: str, config: AdapterConfig) -> None:
+def _validate(model: nn.Module, name: str, config: AdapterConfig, initialize: bool = True) -> None:
     module = model.get_submodule(name)
     out_f, in_f = linear_shape(module)
     k = min(out_f, in_f)
@@ -126,7 +126,7 @@ def _validate(model: nn.Module, name: str, config: AdapterConfig) -> None:
                 f"layer {name!r} has a {w.dtype} weight: its singular triplets need a floating-point weight. "
                 "Load the model in float32/bfloat16/float16 or use method='lora'."
             )
-    if w.device.type == "meta" and config.removes_triplets:
+    if initialize and w.device.type == "meta" and config.removes_triplets:
         raise ValueError(
             f"layer {name!r} is on the meta device: the truncation needs real weights. "
             "Materialise the model (e.g. load it with from_pretrained) before apply_adapters."
@@ -137,7 +137,8 @@ def apply_adapters(model: nn.Module, config: AdapterConfig, *, initialize: bool 
     """Replace the target layers of ``model`` by ``AdaptedLayer``s, in place, and return ``model``.
 
     Freezes every parameter except the adapters and ``config.modules_to_save``. With ``initialize=False`` no
-    SVD is computed and no weight changes: the layers wait for ``load_adapter_state_dict``.
+    SVD is computed and no weight changes: the layers wait for ``load_adapter_state_dict``. That also works on a
+    model on the meta device (no weights), e.g. to count the trainable parameters of a full-size architecture.
     """
     if getattr(model, _STATE_ATTR, None) is not None or any(True for _ in adapted_layers(model)):
         raise RuntimeError(
@@ -145,7 +146,7 @@ def apply_adapters(model: nn.Module, config: AdapterConfig, *, initialize: bool 
         )
     targets = find_targets(model, config)
     for name in targets:
-        _validate(model, name, config)
+        _validate(model, name, config, initialize)
     saved = [n for n, _ in _plain_modules(model) if n and config.modules_to_save and _matches(n, config.modules_to_save)]
     if config.modules_to_save and not saved:
         raise ValueError(f"modules_to_save={config.modules_to_save} matched no module of {type(model).__name__}")
