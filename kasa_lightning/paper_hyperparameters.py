@@ -51,7 +51,7 @@ class Deviation:
 
 @lru_cache(maxsize=1)
 def _raw() -> dict[str, Any]:
-    text = resources.files("kasa_lightning").joinpath("data", "paper_hyperparameters.json").read_text()
+    text = resources.files("kasa_lightning").joinpath("data").joinpath("paper_hyperparameters.json").read_text()
     return json.loads(text)
 
 
