@@ -23,6 +23,7 @@ def test_wheel_contains_mapped_packages_only(tmp_path):
     assert "kasa_lightning/callbacks/__init__.py" in names
     assert "kasa_lightning/datamodules/__init__.py" in names
     assert "kasa_lightning/kasa/layer.py" in names
+    assert "kasa_lightning/data/paper_hyperparameters.json" in names  # read by kasa_lightning.paper_hyperparameters
     tops = {n.split("/")[0] for n in names}
     assert "callbacks" not in tops and "datamodules" not in tops and "tests" not in tops
     # import from the unpacked wheel alone, outside the repository
