@@ -50,7 +50,7 @@ def apply_global_batch_size(trainer: Any) -> int | None:
         return None
     batch_size = getattr(datamodule, "batch_size", None)
     if not isinstance(batch_size, int):
-        raise ValueError(f"data.global_batch_size={global_batch} needs a DataModule with an integer batch_size "
+        raise TypeError(f"data.global_batch_size={global_batch} needs a DataModule with an integer batch_size "
                          f"(the per-process micro-batch); {type(datamodule).__name__} has {batch_size!r}")
     if any(isinstance(c, GradientAccumulationScheduler) for c in trainer.callbacks):
         raise ValueError("data.global_batch_size sets trainer.accumulate_grad_batches and cannot be combined with "

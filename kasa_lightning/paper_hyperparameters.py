@@ -17,9 +17,9 @@ import json
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any, Union
+from typing import Any
 
-Value = Union[int, float, str, list, None]
+Value = int | float | str | list | None
 
 
 @dataclass(frozen=True)

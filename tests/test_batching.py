@@ -17,14 +17,14 @@ import lightning as L
 import pytest
 import yaml
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
+from lightning_helpers import MINILM, TINY_BERT, tiny_data, tiny_module
 
 from kasa_lightning.batching import accumulation_steps, apply_global_batch_size
-from lightning_helpers import MINILM, TINY_BERT, tiny_data, tiny_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _trainer(**kwargs) -> L.Trainer:  # noqa: ANN003
+def _trainer(**kwargs) -> L.Trainer:
     return L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                      limit_val_batches=0, **kwargs)
@@ -47,7 +47,7 @@ def test_a_number_of_processes_that_does_not_divide_is_refused_with_the_fix():
         tiny_data(batch_size=4, global_batch_size=6)
 
 
-def _fake_trainer(world_size: int, accumulate: int = 1, callbacks=()):  # noqa: ANN001, ANN202
+def _fake_trainer(world_size: int, accumulate: int = 1, callbacks=()):
     """A stand-in with the attributes ``apply_global_batch_size`` reads (a world size without processes)."""
     return SimpleNamespace(datamodule=tiny_data(batch_size=4, global_batch_size=16), world_size=world_size,
                            accumulate_grad_batches=accumulate, callbacks=list(callbacks))
@@ -104,7 +104,7 @@ def test_ddp_two_processes_keep_the_effective_batch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "kasa_lightning", "fit", "--config", str(cfg),
                            "--config", str(ROOT / "configs/strategies/ddp.yaml")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = sorted(p.name for p in (tmp_path / "run").rglob("*.ckpt") if p.name != "last.ckpt")
     assert steps == ["epoch=0-step=4.ckpt"]

@@ -26,7 +26,11 @@ import torch
 
 from kasa_lightning.batching import accumulation_steps
 from kasa_lightning.cli import KaSACLI
-from kasa_lightning.paper_hyperparameters import deviations, experiment_for, paper_hyperparameters
+from kasa_lightning.paper_hyperparameters import (
+    deviations,
+    experiment_for,
+    paper_hyperparameters,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -41,13 +45,13 @@ def _cli(*configs: str, extra: tuple[str, ...] = ()) -> KaSACLI:
     return KaSACLI(args=[*args, "--trainer.logger", "false", "--trainer.accelerator", "cpu", *extra], run=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolved(name: str) -> KaSACLI:
     """The CLI of one config as shipped (instantiated once per test session; the tests only read it)."""
     return _cli(name)
 
 
-def _config_value(cli: KaSACLI, setting: str):  # noqa: ANN202
+def _config_value(cli: KaSACLI, setting: str):
     """What the resolved config sets for one of the tables' settings (names: ``setting_descriptions()``)."""
     model, data, trainer = cli.config.model.init_args, cli.config.data.init_args, cli.config.trainer
     adapter = cli.model.adapter_config
@@ -82,7 +86,7 @@ def _config_value(cli: KaSACLI, setting: str):  # noqa: ANN202
     }[setting]()
 
 
-def _same(a, b) -> bool:  # noqa: ANN001
+def _same(a, b) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9)
     if isinstance(a, list) and isinstance(b, list):
@@ -231,7 +235,7 @@ TABLE1_11 = {"roberta-base": (0.3e6, 125.0e6), "roberta-large": (0.8e6, 355.0e6)
 AUTHORS_LOG = {"deberta-v3-base": (295_104, 184_717_248)}
 
 
-def _meta_model(name: str, extra: tuple[str, ...] = ()):  # noqa: ANN202
+def _meta_model(name: str, extra: tuple[str, ...] = ()):
     import yaml
 
     arch = ARCHITECTURES[yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"]["backbone"]]
@@ -294,8 +298,8 @@ def test_deberta_pooler_was_trained_by_the_old_config_count():
 def test_generator_rewrites_every_config_byte_for_byte(tmp_path):
     copy = tmp_path / "configs"
     shutil.copytree(CONFIGS, copy, ignore=shutil.ignore_patterns("*.yaml"))
-    proc = subprocess.run([sys.executable, str(copy / "make_paper_configs.py")], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, str(copy / "make_paper_configs.py")], check=False, capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     generated = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*.yaml"))
     committed = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")
