@@ -40,4 +40,4 @@ class AdapterExport(L.Callback):
             module, which = type(pl_module).load_from_checkpoint(best, map_location="cpu"), "best"
         root = log_dir / "export" / which
         for fmt in self.formats:
-            self.written.append(export_module(module, fmt, root / fmt))
+            self.written.append(export_module(module, fmt, root / fmt, overwrite=True))  # this run's own folder

@@ -98,7 +98,7 @@ class BaseDataModule(L.LightningDataModule):
                 raise ValueError("data.tokenizer is not set: give a Hub name or local path (the CLI links model.backbone)")
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(self.tokenizer_name))
+            self._tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(self.tokenizer_name, "data.tokenizer"))
             tok = self._tokenizer
             if tok.eos_token is None and tok.sep_token is not None:  # BERT-style vocabularies used with a decoder
                 tok.eos_token = tok.sep_token

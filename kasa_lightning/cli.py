@@ -6,20 +6,30 @@
   them over the trainable parameters only.
 * ``model.backbone`` is linked to ``data.tokenizer``; the DataModule's ``task`` and ``num_labels`` are linked
   to the model when both are instantiated.
-* The resolved config is saved next to the logs (overwriting on re-runs); TensorBoard is the default logger.
+* The resolved config is saved next to the logs (overwriting on re-runs); TensorBoard is the default logger, as
+  ``kasa_lightning.loggers.AtomicTensorBoardLogger``: runs started together into one ``default_root_dir`` get
+  distinct ``version_N`` folders, and a run that fails before logging anything leaves no empty folder.
+* ``model.backbone`` is checked before anything is built or written (a Hub name that cannot be loaded offline or
+  without network is refused at once, naming the setting).
+* Commands besides LightningCLI's (``export``, ...) are rows of ``COMMANDS``; ``--help`` lists them all.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from kasa_lightning.datamodules.base import BaseDataModule
 from kasa_lightning.exporting import ExportFormat
+from kasa_lightning.hub import resolve_pretrained
+from kasa_lightning.loggers import AtomicTensorBoardLogger
 from kasa_lightning.module import KaSAModule
-
 
 
 class KaSACLI(LightningCLI):
@@ -39,12 +49,48 @@ class KaSACLI(LightningCLI):
         parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
 
+    def _add_subcommands(self, parser, **kwargs: Any) -> None:  # noqa: ANN001
+        """LightningCLI's subcommands, then the rows of ``COMMANDS``, so that ``--help`` lists every command.
+        (``main`` runs those before LightningCLI parses anything; their parsers here only carry the help line.)"""
+        super()._add_subcommands(parser, **kwargs)
+        from jsonargparse import ArgumentParser
+
+        subcommands = parser._subcommands_action  # jsonargparse's action that add_subcommands() created above
+        for name, command in COMMANDS.items():
+            description = f"{command.help} Options: python -m kasa_lightning {name} --help"
+            subcommands.add_subcommand(name, ArgumentParser(description=description), help=command.help)
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand in COMMANDS:
+            raise ValueError(f"{self.subcommand!r} is not a Trainer command; run it with kasa_lightning.cli.main")
+        # a backbone that cannot be loaded is refused now, before any run folder exists
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        model = config.get("model") if config is not None else None
+        init = model.get("init_args", model) if hasattr(model, "get") else None
+        backbone = init.get("backbone") if hasattr(init, "get") else None
+        if isinstance(backbone, str):
+            resolve_pretrained(backbone, "model.backbone")
+
+    def instantiate_trainer(self, **kwargs: Any):  # noqa: ANN201
+        """Lightning's Trainer, with ``AtomicTensorBoardLogger`` where Lightning would make its default
+        TensorBoard logger (``trainer.logger`` unset or true), with the same arguments."""
+        trainer = super().instantiate_trainer(**kwargs)
+        configured = self._get(self.config_init, "trainer", default={}).get("logger")
+        default = type(trainer.logger) is TensorBoardLogger and configured in (None, True) and "logger" not in kwargs
+        if default and not isinstance(trainer.logger, AtomicTensorBoardLogger):
+            from lightning.fabric.plugins.environments import SLURMEnvironment
+
+            trainer.loggers = [AtomicTensorBoardLogger(save_dir=trainer.default_root_dir,
+                                                       version=SLURMEnvironment.job_id())]
+        return trainer
+
 
 def export(
     ckpt_path: Path | None = None,
     output_dir: Path | None = None,
     format: ExportFormat = "peft-lora",
     model_class: str = "kasa_lightning.module.KaSAModule",
+    overwrite: bool = False,
 ) -> Path:
     """Turn a trained checkpoint into a deployable artefact.
 
@@ -55,15 +101,19 @@ def export(
             ``merged`` (a Hugging Face model directory with the update merged, via ``save_pretrained``, plus
             the tokenizer) or ``adapter`` (this project's safetensors adapter file).
         model_class: the LightningModule class that wrote the checkpoint (for subclasses).
+        overwrite: export into a non-empty ``output_dir`` after deleting its contents (never a folder that holds
+            the checkpoint, the current directory or the home directory). Without it a non-empty folder is refused:
+            an adapter written next to an older merged model would be applied on top of the merged weights.
     """
     import importlib
 
-    from kasa_lightning.exporting import export_module
+    from kasa_lightning.exporting import export_module, prepare_output_dir
 
     if ckpt_path is None or output_dir is None:
         raise ValueError("export needs --ckpt_path <fit checkpoint> and --output_dir <directory>")
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist")
+    prepare_output_dir(output_dir, overwrite, keep=[ckpt_path])  # before the (slow) load: refuse or clear now
     module_name, _, cls_name = model_class.rpartition(".")
     cls = getattr(importlib.import_module(module_name), cls_name)
     module = cls.load_from_checkpoint(str(ckpt_path), map_location="cpu")
@@ -72,12 +122,45 @@ def export(
     return output_dir
 
 
-def main(argv: list[str] | None = None) -> KaSACLI | None:
-    """Entry point; ``argv`` defaults to ``sys.argv[1:]``. Returns the CLI object (None for ``export``)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] == "export":
-        from jsonargparse import auto_cli
+@dataclass(frozen=True)
+class Command:
+    """A command of ``python -m kasa_lightning`` besides LightningCLI's fit/validate/test/predict.
 
-        auto_cli(export, args=args[1:])
+    Attributes:
+        run: called with the arguments after the command's name (``sys.argv[2:]``); parses and runs it.
+        help: one line for ``python -m kasa_lightning --help``.
+    """
+
+    run: Callable[[list[str]], Any]
+    help: str
+
+
+def _run_export(args: list[str]) -> Any:
+    """``export``'s options from ``export``'s signature and docstring; ``--overwrite`` is a flag."""
+    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+
+    parser = ArgumentParser(prog="python -m kasa_lightning export", description=COMMANDS["export"].help)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="Path to a configuration file (yaml).")
+    parser.add_function_arguments(export, skip={"overwrite"})
+    parser.add_argument("--overwrite", action=ActionYesNo, default=False,
+                        help="Export into a non-empty --output_dir after deleting its contents (never a folder that "
+                             "holds the checkpoint, the current directory or the home directory).")
+    config = parser.parse_args(args).as_dict()
+    config.pop("config", None)
+    config.pop("__path__", None)
+    return export(**config)
+
+
+#: the extra commands, by name (add a row for a new one; ``main`` dispatches, ``--help`` lists them)
+COMMANDS: dict[str, Command] = {
+    "export": Command(_run_export, "Turn a fit checkpoint into a PEFT adapter, a merged model or an adapter file."),
+}
+
+
+def main(argv: list[str] | None = None) -> KaSACLI | None:
+    """Entry point; ``argv`` defaults to ``sys.argv[1:]``. Returns the CLI object (None for ``COMMANDS``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        COMMANDS[args[0]].run(args[1:])
         return None
     return KaSACLI(args=argv)

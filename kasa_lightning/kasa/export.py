@@ -95,6 +95,8 @@ def export_peft(
     peft_config = {
         "peft_type": "LORA",
         "task_type": None,
+        # what PEFT itself writes for task_type None: lets peft.AutoPeftModel* rebuild the base model's class
+        "auto_mapping": {"base_model_class": type(model).__name__, "parent_library": type(model).__module__},
         "base_model_name_or_path": base_model_name_or_path,
         "r": rank,
         "lora_alpha": config.alpha if format == "kasa" else rank,
