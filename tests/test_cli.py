@@ -90,7 +90,7 @@ def test_export_formats_reload_to_the_same_outputs(tmp_path):
         main(["export", "--ckpt_path", str(ckpt), "--format", fmt, "--output_dir", str(out)])
         if fmt.startswith("peft"):
             config = json.loads((out / "adapter_config.json").read_text())
-            assert config["base_model_name_or_path"] == MINILM
+            assert config["base_model_name_or_path"] == base_path  # pkg:// resolved: transformers loads it
             model = peft.PeftModel.from_pretrained(base(), str(out)).eval()
         elif fmt == "merged":
             model = AutoModelForSequenceClassification.from_pretrained(out).eval()
