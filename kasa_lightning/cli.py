@@ -49,7 +49,7 @@ class KaSACLI(LightningCLI):
         parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
 
-    def _add_subcommands(self, parser, **kwargs: Any) -> None:  # noqa: ANN001
+    def _add_subcommands(self, parser, **kwargs: Any) -> None:
         """LightningCLI's subcommands, then the rows of ``COMMANDS``, so that ``--help`` lists every command.
         (``main`` runs those before LightningCLI parses anything; their parsers here only carry the help line.)"""
         super()._add_subcommands(parser, **kwargs)
@@ -71,7 +71,7 @@ class KaSACLI(LightningCLI):
         if isinstance(backbone, str):
             resolve_pretrained(backbone, "model.backbone")
 
-    def instantiate_trainer(self, **kwargs: Any):  # noqa: ANN201
+    def instantiate_trainer(self, **kwargs: Any):
         """Lightning's Trainer, with ``AtomicTensorBoardLogger`` where Lightning would make its default
         TensorBoard logger (``trainer.logger`` unset or true), with the same arguments."""
         trainer = super().instantiate_trainer(**kwargs)

@@ -61,7 +61,7 @@ def prepare_output_dir(output_dir: str | Path, overwrite: bool = False, keep: It
     return out
 
 
-def export_module(module, format: ExportFormat, output_dir: str | Path, overwrite: bool = False) -> Path:  # noqa: ANN001
+def export_module(module, format: ExportFormat, output_dir: str | Path, overwrite: bool = False) -> Path:
     """Write ``module``'s adapted model as ``format`` into ``output_dir`` (which must be new or empty, unless
     ``overwrite``: see ``prepare_output_dir``):
 

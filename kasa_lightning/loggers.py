@@ -91,10 +91,10 @@ class AtomicTensorBoardLogger(TensorBoardLogger):
 
     def finalize(self, status: str) -> None:
         super().finalize(status)
-        if status == "failed" and self._claimed is not None and not self._logged_metrics:
-            if remove_unused_run_dir(self._claimed) and self._created_parent:
-                with contextlib.suppress(OSError):  # only while empty: another run may have claimed a version
-                    os.rmdir(os.path.dirname(self._claimed))
+        unused = status == "failed" and self._claimed is not None and not self._logged_metrics
+        if unused and remove_unused_run_dir(self._claimed) and self._created_parent:
+            with contextlib.suppress(OSError):  # only while empty: another run may have claimed a version
+                os.rmdir(os.path.dirname(self._claimed))
 
 
 def remove_unused_run_dir(path: str | os.PathLike) -> bool:

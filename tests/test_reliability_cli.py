@@ -17,7 +17,11 @@ import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning_helpers import MINILM, TINY_BERT
 
-from kasa_lightning.loggers import AtomicTensorBoardLogger, claim_next_version, remove_unused_run_dir
+from kasa_lightning.loggers import (
+    AtomicTensorBoardLogger,
+    claim_next_version,
+    remove_unused_run_dir,
+)
 
 TESTS = Path(__file__).resolve().parent
 
@@ -30,7 +34,7 @@ def _env(**extra: str) -> dict[str, str]:
     return {k: v for k, v in env.items() if v is not None}
 
 
-def _tiny_config(path: Path, root: Path, seed: int = 0, **trainer) -> Path:  # noqa: ANN003
+def _tiny_config(path: Path, root: Path, seed: int = 0, **trainer) -> Path:
     config = {
         "seed_everything": seed,
         "trainer": {"default_root_dir": str(root), "accelerator": "cpu", "devices": 1, "max_steps": 2,
@@ -45,9 +49,9 @@ def _tiny_config(path: Path, root: Path, seed: int = 0, **trainer) -> Path:  # n
     return path
 
 
-def _cli(*args: str, cwd: Path, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:  # noqa: ANN003
+def _cli(*args: str, cwd: Path, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kasa_lightning", *args], cwd=cwd, env=_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 # ---------------------------------------------------------------- item 3: atomic run-folder claims
@@ -131,7 +135,7 @@ def test_failed_start_leaves_no_run_folder(tmp_path):
 
 
 def test_failed_run_removes_only_its_own_unused_folder(tmp_path):
-    def started(**kwargs) -> AtomicTensorBoardLogger:  # noqa: ANN003
+    def started(**kwargs) -> AtomicTensorBoardLogger:
         logger = AtomicTensorBoardLogger(tmp_path, **kwargs)
         logger.log_hyperparams({"r": 4})  # event file + hp_metric placeholder, as at a start
         logger.save()  # hparams.yaml
@@ -170,7 +174,7 @@ def test_top_level_help_lists_every_command(tmp_path):
 
     proc = _cli("--help", cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    listed = set(re.findall(r"^ {4}(\w+) ", proc.stdout, flags=re.M))
+    listed = set(re.findall(r"^ {4}(\w+) ", proc.stdout, flags=re.MULTILINE))
     expected = {"fit", "validate", "test", "predict", "export"} | set(getattr(kasa_lightning.cli, "COMMANDS", {}))
     assert expected <= listed, proc.stdout
     choices = re.search(r"\{([\w,]+)\}", proc.stdout).group(1).split(",")

@@ -41,7 +41,7 @@ def _export(ckpt: Path, fmt: str, out: Path, *extra: str) -> None:
     main(["export", "--ckpt_path", str(ckpt), "--format", fmt, "--output_dir", str(out), *extra])
 
 
-def _logits(model) -> torch.Tensor:  # noqa: ANN001
+def _logits(model) -> torch.Tensor:
     with torch.no_grad():
         return model.eval()(input_ids=IDS).logits
 
