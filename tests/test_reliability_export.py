@@ -63,7 +63,7 @@ def test_adapter_export_into_a_merged_model_folder_needs_overwrite(trained, tmp_
     export_peft(KaSAModule.load_from_checkpoint(ckpt, map_location="cpu").model, mixed, format="lora",
                 base_model_name_or_path=resolve_pretrained(MINILM))
     off = (_logits(AutoModelForSequenceClassification.from_pretrained(mixed)) - expected).abs().max()
-    assert off > 1e-3, off
+    assert off > 5e-4, off  # 1.5e-3 here (2 steps, r=4); the correct loads below agree within 1e-4
 
     with pytest.raises(FileExistsError, match=r"not empty .*--overwrite"):
         _export(ckpt, "peft-lora", out)
