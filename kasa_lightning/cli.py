@@ -9,8 +9,9 @@
 * The resolved config is saved next to the logs (overwriting on re-runs); TensorBoard is the default logger, as
   ``kasa_lightning.loggers.AtomicTensorBoardLogger``: runs started together into one ``default_root_dir`` get
   distinct ``version_N`` folders, and a run that fails before logging anything leaves no empty folder.
-* ``model.backbone`` is checked before anything is built or written (a Hub name that cannot be loaded offline or
-  without network is refused at once, naming the setting).
+* ``model.backbone`` (when the backbone is loaded from it, i.e. without ``backbone_config``) is checked before
+  anything is built or written: a Hub name that cannot be loaded offline or without network is refused at once,
+  naming the setting.
 * Commands besides LightningCLI's (``export``, ...) are rows of ``COMMANDS``; ``--help`` lists them all.
 """
 
@@ -63,12 +64,14 @@ class KaSACLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand in COMMANDS:
             raise ValueError(f"{self.subcommand!r} is not a Trainer command; run it with kasa_lightning.cli.main")
-        # a backbone that cannot be loaded is refused now, before any run folder exists
-        config = self.config.get(self.subcommand) if self.subcommand else self.config
-        model = config.get("model") if config is not None else None
+        if self.subcommand is None:  # run=False: objects only, nothing is loaded or written
+            return
+        # a backbone that the run will load by name and cannot be loaded is refused now, before any run folder
+        # exists (with backbone_config the name only gives the tokenizer, which the DataModule checks when used)
+        model = self.config.get(self.subcommand).get("model")
         init = model.get("init_args", model) if hasattr(model, "get") else None
         backbone = init.get("backbone") if hasattr(init, "get") else None
-        if isinstance(backbone, str):
+        if isinstance(backbone, str) and init.get("backbone_config") is None:
             resolve_pretrained(backbone, "model.backbone")
 
     def instantiate_trainer(self, **kwargs: Any):

@@ -195,8 +195,8 @@ def test_export_help_shows_the_overwrite_flag(capsys):
 # ---------------------------------------------------------------- item 13: a Hub name that cannot be loaded
 def test_hub_name_offline_names_the_setting_and_the_ways_out(tmp_path):
     cfg = _tiny_config(tmp_path / "run.yaml", tmp_path / "root")
-    proc = _cli("fit", "--config", str(cfg), "--model.backbone", "foo/bar", cwd=tmp_path,
-                HF_HUB_CACHE=str(tmp_path / "empty_cache"))
+    proc = _cli("fit", "--config", str(cfg), "--model.backbone", "foo/bar", "--model.backbone_config", "null",
+                cwd=tmp_path, HF_HUB_CACHE=str(tmp_path / "empty_cache"))
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "model.backbone='foo/bar'" in last, last
@@ -230,3 +230,14 @@ def test_hub_name_without_network_fails_at_once_without_retries(tmp_path, monkey
     snapshot = tmp_path / "empty_cache/models--foo--cached/snapshots/abc"
     snapshot.mkdir(parents=True)
     assert resolve_pretrained("foo/cached") == "foo/cached"
+
+
+def test_tokenizer_hub_name_offline_names_data_tokenizer(tmp_path, monkeypatch):
+    """With ``backbone_config`` the name only gives the tokenizer: the DataModule's error names its setting."""
+    from huggingface_hub import constants
+    from kasa_lightning.datamodules import SentimentDemoDataModule
+
+    assert constants.HF_HUB_OFFLINE  # conftest
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    with pytest.raises(OSError, match=r"data.tokenizer='foo/bar' .*offline mode is on.*local model directory"):
+        SentimentDemoDataModule(tokenizer="foo/bar").tokenizer  # noqa: B018 - the property loads it
