@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader
 
 from kasa_lightning.datamodules.causal import CausalLMDataModule
 from kasa_lightning.datamodules.errors import DataFileError, data_errors
+from kasa_lightning.hub import is_local_path
 from kasa_lightning.metrics.commonsense import (
     COMMONSENSE_DATASETS,
     CommonsenseAccuracy,
@@ -161,7 +162,7 @@ class CommonsenseDataModule(CausalLMDataModule):
                 if files:
                     return self._load_json(files)
             raise FileNotFoundError(f"data.train_path={path!r}: no train.json or <name>/train.json in this directory")
-        if path.startswith((".", "/", "~")) or path.endswith((".json", ".jsonl")):
+        if is_local_path(path):
             raise FileNotFoundError(f"data.train_path={path!r} does not exist (give a Hub dataset name or a local "
                                     "JSON file / directory)")
         from datasets import load_dataset
@@ -188,7 +189,7 @@ class CommonsenseDataModule(CausalLMDataModule):
                 raise FileNotFoundError(f"test set {name!r}: {file} does not exist; {local} has {have}; "
                                         "set data.test_sets to the sets you have")
             return self._load_json([str(file)], "data.test_dir")
-        if self.test_dir.startswith((".", "/", "~")):
+        if is_local_path(self.test_dir):
             raise FileNotFoundError(f"data.test_dir={self.test_dir!r} is not an existing directory")
         from datasets import load_dataset
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from kasa_lightning.datamodules.causal import CausalLMDataModule
 from kasa_lightning.datamodules.errors import DataFileError
+from kasa_lightning.hub import is_local_path
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,9 @@ class E2EDataModule(CausalLMDataModule):
         path, hub_split = self.paths[split]
         if os.path.exists(path):
             columns, rows = read_e2e_csv(path)
+        elif is_local_path(path):
+            raise FileNotFoundError(f"data.{split}_path={path!r} does not exist (give an E2E csv file or a Hub "
+                                    "dataset name such as 'GEM/e2e_nlg')")
         else:
             import datasets
 

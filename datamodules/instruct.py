@@ -60,6 +60,7 @@ from typing import Any, Literal
 
 from kasa_lightning.datamodules.causal import IGNORE_INDEX, CausalLMDataModule
 from kasa_lightning.datamodules.errors import data_errors
+from kasa_lightning.hub import is_local_path
 from kasa_lightning.metrics.mtbench import answer_turns, read_jsonl
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ class InstructionDataModule(CausalLMDataModule):
         import datasets
 
         paths = [path] if isinstance(path, str) else list(path)
-        local = [p for p in paths if _looks_local(p)]
+        local = [p for p in paths if is_local_path(p)]
         if local and len(local) != len(paths):
             raise ValueError(f"data.{role}_path={path!r} mixes local files and Hub names; give one kind")
         if local:
@@ -257,7 +258,7 @@ class InstructionDataModule(CausalLMDataModule):
         """Download Hub datasets once (rank 0); ``setup`` then reads them from the cache."""
         for path, split, role in ((self.train_path, self.train_split, "train"),
                                   (self.test_path, self.test_split, "test")):
-            if isinstance(path, str) and not _looks_local(path):
+            if isinstance(path, str) and not is_local_path(path):
                 self._load(path, split, role)
 
     def _format_of(self, data: Any, declared: str | None, role: str) -> str:
@@ -537,12 +538,6 @@ class InstructionDataModule(CausalLMDataModule):
                 "tstamp": time.time(),
             }
         return {**meta, "output": text}
-
-
-def _looks_local(path: str) -> bool:
-    expanded = os.path.expanduser(path)
-    return (os.path.exists(expanded) or glob.has_magic(path) or path.startswith((".", "/", "~"))
-            or os.path.splitext(path)[1].lower() in _LOCAL_SUFFIXES)
 
 
 def _count(size: int | float, total: int) -> int:

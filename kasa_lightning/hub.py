@@ -16,6 +16,7 @@ A Hub name that is not in the local Hugging Face cache is checked before ``from_
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 from pathlib import Path
@@ -50,14 +51,35 @@ def resolve_pretrained(name_or_path: str, setting: str = "model.backbone") -> st
     expanded = os.path.expanduser(name_or_path)
     if os.path.isdir(expanded):
         return expanded
-    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or os.sep + os.sep in name_or_path
-    if looks_local:
+    if is_local_path(name_or_path):
         raise FileNotFoundError(
             f"{setting}={name_or_path!r} is not an existing directory; give a Hub name like 'roberta-base', a local "
             "model directory, or pkg://<package>/<dir>"
         )
     _check_hub_name(name_or_path, setting)
     return name_or_path
+
+
+# file endings that only local data or model files have (a Hub repository id never ends in one)
+LOCAL_SUFFIXES = (".json", ".jsonl", ".gz", ".parquet", ".csv", ".tsv", ".txt", ".safetensors", ".bin")
+
+
+def is_local_path(value: str) -> bool:
+    """The one rule of the project for "is this a local path, or a Hugging Face Hub name?", for models and data.
+
+    A local path: it exists, or it is plainly meant as one although it does not exist: it starts with ``.``, ``/``
+    or ``~``, holds glob characters, has more than one ``/`` (a Hub id is ``name`` or ``org/name``), or ends in a
+    local file suffix (``LOCAL_SUFFIXES``). Callers read what exists and report a missing local path as missing,
+    rather than asking the Hub for it.
+    """
+    expanded = os.path.expanduser(value)
+    return (
+        os.path.exists(expanded)
+        or value.startswith((".", "/", "~"))
+        or glob.has_magic(value)
+        or value.count("/") > 1
+        or value.lower().endswith(LOCAL_SUFFIXES)
+    )
 
 
 def resolve_for_export(name_or_path: str) -> str:
