@@ -11,6 +11,7 @@ from typing import Literal
 
 from kasa_lightning.hub import resolve_for_export, resolve_pretrained
 from kasa_lightning.kasa import export_peft, merge_and_unload, save_adapter
+from kasa_lightning.kasa.atomic import default_file_mode
 
 ExportFormat = Literal["peft-kasa", "peft-lora", "merged", "adapter"]
 FORMATS = ("peft-kasa", "peft-lora", "merged", "adapter")
@@ -86,5 +87,8 @@ def export_module(module, format: ExportFormat, output_dir: str | Path, overwrit
             from transformers import AutoTokenizer
 
             AutoTokenizer.from_pretrained(resolve_pretrained(base_name)).save_pretrained(output_dir)
+        # transformers writes model.safetensors through safetensors, which creates it 0600: give it the usual mode
+        for file in output_dir.rglob("*.safetensors"):
+            file.chmod(default_file_mode())
     return output_dir
 

@@ -29,7 +29,9 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
+from kasa_lightning import checkpoint_io
 from kasa_lightning.batching import apply_global_batch_size
+from kasa_lightning.divergence import DivergedAdaptersError, FiniteWatch, NonFiniteLossError, blame, checkpoint_problem
 from kasa_lightning.evaluation import EvaluationMixin
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.kasa import (
@@ -46,10 +48,6 @@ from kasa_lightning.kasa.inject import plain_name
 
 Task = Literal["classification", "regression", "causal_lm"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; raised before any optimiser step or checkpoint uses it."""
 
 
 class KaSAModule(EvaluationMixin, L.LightningModule):
@@ -139,6 +137,7 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         self._metrics: dict[str, nn.ModuleDict] = {}
         self._val_losses: list[torch.Tensor] = []
         self._best: dict[str, float] = {}
+        self._finite = FiniteWatch()
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
@@ -232,8 +231,8 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         task = self.task_loss(batch, outputs)
         reg = self.regularizer()
         loss = self.combine_losses(task, reg)
-        if not torch.isfinite(loss):
-            self._raise_non_finite(task, reg)
+        # recorded on the device; the host looks every log_every_n_steps batches and before any checkpoint
+        self._finite.update(self.global_step, loss, task, reg.l2, reg.l3)
         bs = batch["input_ids"].shape[0] if "input_ids" in batch else None
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/task_loss", task, batch_size=bs)
@@ -244,16 +243,69 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         return loss
 
-    def _raise_non_finite(self, task: torch.Tensor, reg: AdapterLossTerms) -> None:
-        bad = [name for name, layer in adapted_layers(self.model)
-               if any(not torch.isfinite(p).all() for p in layer.adapter_parameters())]
-        layers = {name: (round(t.l2.item(), 4), round(t.l3.item(), 4)) for name, t in list(reg.per_layer.items())[:4]}
+    # ------------------------------------------------------------------ divergence
+    #: a checkpoint whose adapter (or other saved) tensors exceed this in absolute value, or are not finite, is
+    #: refused with `DivergedAdaptersError`. Adam moves a parameter by about lr per step from values of order 1, so
+    #: no converging run gets near 1e6; set ``math.inf`` to turn the check off.
+    max_checkpoint_abs: float = 1e6
+
+    def setup(self, stage: str) -> None:
+        # atomic writes and weights-only reads for every run, unless the user configured a CheckpointIO
+        checkpoint_io.install(self.trainer.strategy)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._finite.unchecked >= max(1, self.trainer.log_every_n_steps):
+            self.check_finite()
+
+    def on_train_epoch_end(self) -> None:
+        self.check_finite()
+
+    def on_train_end(self) -> None:
+        self.check_finite()
+
+    def check_finite(self) -> None:
+        """Raise `NonFiniteLossError` if a training step since the start had a non-finite loss (one host-device
+        sync; under several processes also one all-reduce, so every rank must call it)."""
+        mine = self._finite.seen()
+        bad = mine
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(mine, all=False)
+        if not bad:
+            return
+        if not mine:
+            raise NonFiniteLossError("another process had a non-finite training loss; see its error message")
+        step, values = self._finite.first()
+        term, hint = blame(values, self.adapter_config.beta, self.adapter_config.gamma)
+        bad_layers = [name for name, layer in adapted_layers(self.model)
+                      if any(not torch.isfinite(p).all() for p in layer.adapter_parameters())]
         raise NonFiniteLossError(
-            f"non-finite loss at global step {self.global_step} (task loss {task.item()}, L2 {reg.l2.item()}, "
-            f"L3 {reg.l3.item()}); layers with non-finite adapter values: {bad[:5] or 'none'}; "
-            f"(L2, L3) of the first layers: {layers}. Try a lower learning rate, gradient clipping "
-            "(trainer.gradient_clip_val), or bf16-mixed instead of 16-mixed. No checkpoint was written for this step."
+            f"non-finite loss at global step {step} (loss {values[0]}, task loss {values[1]}, L2 {values[2]}, "
+            f"L3 {values[3]}); the term that blew up: {term}. {hint} Now at global step {self.global_step}, layers "
+            f"with non-finite adapter values: {bad_layers[:5] or 'none'}. No checkpoint was written for step "
+            f"{step} or later. {self._last_good_checkpoint()}"
         )
+
+    def _refuse_diverged_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Before a checkpoint is written: no non-finite loss so far, and no tensor beyond ``max_checkpoint_abs``."""
+        self.check_finite()
+        problem = checkpoint_problem(checkpoint.get("state_dict", {}), self.max_checkpoint_abs)
+        refused = problem is not None
+        if self._trainer is not None and self.trainer.world_size > 1:
+            refused = self.trainer.strategy.reduce_boolean_decision(refused, all=False)
+        if refused:
+            raise DivergedAdaptersError(
+                f"refusing to save a checkpoint at global step {self.global_step}: "
+                f"{problem or 'another process found diverged tensors'} (KaSAModule.max_checkpoint_abs = "
+                f"{self.max_checkpoint_abs:g}). Training diverged; lower the learning rate or clip gradients "
+                f"(trainer.gradient_clip_val). {self._last_good_checkpoint()}"
+            )
+
+    def _last_good_checkpoint(self) -> str:
+        io = self.trainer.strategy.checkpoint_io if self._trainer is not None else None
+        last = io.last_saved() if isinstance(io, checkpoint_io.AtomicCheckpointIO) else None
+        if last is None:
+            return "No checkpoint of this run was written before."
+        return f"The last good checkpoint is {last[0]} (global step {last[1]}); resume with --ckpt_path {last[0]}."
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
@@ -333,8 +385,37 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         return copy
 
     # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> KaSAModule:
+        """Lightning's ``load_from_checkpoint``, reading the file with ``weights_only=True`` (local paths, fsspec
+        and ``http(s)://`` URLs alike; Lightning would read URLs with ``weights_only=False``). A file that is not a
+        checkpoint or that asks to run code raises ``kasa_lightning.checkpoint_io.UnsafeCheckpointError``. Pass
+        ``weights_only=False`` only for a file you trust."""
+        import pickle
+
+        if weights_only is False:
+            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, False, **kwargs)
+        source = checkpoint_path
+        if isinstance(checkpoint_path, str) and checkpoint_io.is_url(checkpoint_path):
+            checkpoint_path = checkpoint_io.read_url(checkpoint_path)  # BytesIO: read below with weights_only=True
+        try:
+            with torch.serialization.safe_globals(checkpoint_io.SAFE_GLOBALS):
+                return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, True,
+                                                    **kwargs)
+        except pickle.UnpicklingError as err:
+            raise checkpoint_io.explain(str(source), err) from None
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._keep_trained_state(checkpoint)
+        self._refuse_diverged_checkpoint(checkpoint)  # before anything is written
         checkpoint["kasa"]["rng_per_rank"] = self._gather_rng_states()  # a collective: every rank is here
 
     def _keep_trained_state(self, checkpoint: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .atomic import write_bytes_atomically
 from .inject import _STATE_ATTR, adapted_layers, adapter_config
 from .layer import is_conv1d
 
@@ -49,7 +50,7 @@ def export_peft(
 ) -> Path:
     """Write ``adapter_config.json`` and ``adapter_model.safetensors`` that ``peft.PeftModel.from_pretrained``
     loads on the ORIGINAL (untruncated) base model to the same outputs as ``model``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     config = adapter_config(model)
     layers = list(adapted_layers(model))
@@ -111,6 +112,7 @@ def export_peft(
     }
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(json.dumps(peft_config, indent=2) + "\n")
+    # written atomically with the usual file mode (safetensors' own save_file creates 0600 files)
+    write_bytes_atomically(out / "adapter_model.safetensors", save({k: v.cpu().contiguous() for k, v in tensors.items()}))
+    write_bytes_atomically(out / "adapter_config.json", (json.dumps(peft_config, indent=2) + "\n").encode())
     return out

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .atomic import write_bytes_atomically
 from .config import AdapterConfig
 from .inject import _STATE_ATTR, adapted_layers, adapter_config, apply_adapters
 
@@ -36,16 +37,12 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, path: str | os.PathLike) -> Path:
-    """Write ``adapter_state_dict(model)`` and its config to a safetensors file (atomically)."""
-    from safetensors.torch import save_file
+    """Write ``adapter_state_dict(model)`` and its config to a safetensors file (atomically, mode 0o666 & ~umask)."""
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.cpu().contiguous() for k, v in adapter_state_dict(model).items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "adapter_config": adapter_config(model).to_json()})
-    os.replace(tmp, path)
-    return path
+    data = save(tensors, metadata={"format": FORMAT, "adapter_config": adapter_config(model).to_json()})
+    return write_bytes_atomically(path, data)
 
 
 def read_adapter(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str, torch.Tensor]]:
