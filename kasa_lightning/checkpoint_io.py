@@ -117,7 +117,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or not _is_local_file_protocol(path):
             super().save_checkpoint(checkpoint, path, storage_options=storage_options)
         else:
-            write_atomically(path, lambda f: torch.save(checkpoint, f))
+            # serialised in memory first (as Lightning does): a full disk then surfaces as OSError(ENOSPC), not as
+            # torch's zip writer's RuntimeError
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
+            write_atomically(path, lambda f: f.write(buffer.getbuffer()))
         self._saved[str(path)] = int(checkpoint.get("global_step", -1))
 
     def remove_checkpoint(self, path: Any) -> None:
@@ -143,10 +147,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return load_checkpoint_safely(path, map_location=map_location)
 
 
-def install(strategy: Any) -> None:
-    """Give ``strategy`` an `AtomicCheckpointIO` unless it uses a CheckpointIO of the user's choice: replaces
-    Lightning's default ``TorchCheckpointIO``, also as the base of a wrapping ``AsyncCheckpointIO``."""
+def install(trainer: Any) -> None:
+    """Give ``trainer.strategy`` an `AtomicCheckpointIO` unless the user chose a CheckpointIO
+    (``Trainer(plugins=[...])``): replaces Lightning's default ``TorchCheckpointIO``, also as the base of a wrapping
+    ``AsyncCheckpointIO``."""
     from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
+
+    strategy = trainer.strategy
+    chosen = getattr(getattr(trainer, "_accelerator_connector", None), "checkpoint_io", None)
 
     from lightning.pytorch.strategies import Strategy
 
@@ -156,6 +164,8 @@ def install(strategy: Any) -> None:
         strategy.load_checkpoint = _verified(strategy.load_checkpoint)
         strategy._kasa_verified = True
     current = getattr(strategy, "_checkpoint_io", None)
+    if chosen is not None and not isinstance(chosen, _WrappingCheckpointIO):
+        return
     if current is None or type(current) is TorchCheckpointIO:
         strategy.checkpoint_io = AtomicCheckpointIO()
     elif isinstance(current, _WrappingCheckpointIO):

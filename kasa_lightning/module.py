@@ -251,7 +251,7 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
 
     def setup(self, stage: str) -> None:
         # atomic writes and weights-only reads for every run, unless the user configured a CheckpointIO
-        checkpoint_io.install(self.trainer.strategy)
+        checkpoint_io.install(self.trainer)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._finite.unchecked >= max(1, self.trainer.log_every_n_steps):

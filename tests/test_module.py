@@ -175,11 +175,12 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     t.save_checkpoint(path)
     good = path.read_bytes()
 
-    def broken_save(obj, f, *args, **kwargs):
-        f.write(good[:1000])  # part of a checkpoint reaches the disk, then the disk is full
+    import kasa_lightning.kasa.atomic as atomic
+
+    def broken_fsync(fd):  # the bytes are in the temporary file, then the disk reports it full
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(torch, "save", broken_save)
+    monkeypatch.setattr(atomic.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="simulated"):
         t.save_checkpoint(path)
     monkeypatch.undo()

@@ -3,7 +3,8 @@
 The temporary file is created in the destination folder (so the final ``os.replace`` is a rename on one
 filesystem, whatever ``TMPDIR`` is), flushed and fsynced, then renamed over the destination, and the folder is
 fsynced so the rename survives a power cut. On any error (a full disk, an interrupt) the temporary file is removed
-and the previous file is left as it was. New files get the usual mode ``0o666 & ~umask`` (0644 under umask 022),
+and the previous file is left as it was (a process killed mid-write cannot clean up: its hidden temporary
+``.<name>.<random>.tmp`` is never read, and the next successful write of the same name removes it). New files get the usual mode ``0o666 & ~umask`` (0644 under umask 022),
 not the 0600 of ``tempfile.mkstemp``.
 
 Pure Python (no torch needed): ``kasa_lightning.checkpoint_io`` writes Lightning checkpoints through it, and the
@@ -63,6 +64,11 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None])
             pass
         raise
     _fsync_dir(path.parent)
+    for orphan in path.parent.glob(f"{temporary_name(path)}*{TMP_SUFFIX}"):  # left by a process killed mid-write
+        try:
+            orphan.unlink()
+        except OSError:
+            pass
     return path
 
 
