@@ -72,7 +72,8 @@ def explain(source: str, err: Exception) -> UnsafeCheckpointError:
             "Load checkpoints written by `fit` (tensors, numbers and plain containers only)."
         )
     first = next((line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line
-                  and "Weights only load failed" not in line), text.strip()[:200])
+                  and "Weights only load failed" not in line), "")
+    first = f"{type(err).__name__}: {first}" if first else type(err).__name__
     return UnsafeCheckpointError(
         f"{source} is not a readable PyTorch checkpoint ({first[:300]}). Pass a .ckpt file written by `fit`."
     )
@@ -82,26 +83,30 @@ def load_checkpoint_safely(
     path_or_url: str | os.PathLike | IO[bytes],
     map_location: Any = "cpu",
     safe_globals: list[Any] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Read a checkpoint with ``torch.load(weights_only=True)``: a local path, an fsspec URL, or ``http(s)://``
     (downloaded, never with ``weights_only=False``). ``safe_globals`` adds classes to allow (none by default).
     Raises ``FileNotFoundError`` for a missing local file and `UnsafeCheckpointError` for anything that is not plain
-    checkpoint data."""
-    source = str(path_or_url) if isinstance(path_or_url, (str, os.PathLike)) else "the checkpoint stream"
-    allowed = SAFE_GLOBALS + list(safe_globals or [])
+    checkpoint data; ``name`` names a stream in that message."""
+    source = str(path_or_url) if isinstance(path_or_url, (str, os.PathLike)) else (name or "the checkpoint stream")
+    if isinstance(path_or_url, (str, os.PathLike)) and is_url(str(path_or_url)):
+        return _load(read_url(str(path_or_url)), source, map_location, safe_globals)
+    if isinstance(path_or_url, (str, os.PathLike)):
+        fs = get_filesystem(path_or_url)
+        if not fs.exists(str(path_or_url)):
+            raise FileNotFoundError(f"Checkpoint file not found: {path_or_url}")
+        with fs.open(str(path_or_url), "rb") as f:
+            return _load(f, source, map_location, safe_globals)
+    return _load(path_or_url, source, map_location, safe_globals)
+
+
+def _load(f: IO[bytes], source: str, map_location: Any, safe_globals: list[Any] | None) -> dict[str, Any]:
     try:
-        with torch.serialization.safe_globals(allowed):
-            if isinstance(path_or_url, (str, os.PathLike)) and is_url(str(path_or_url)):
-                return torch.load(read_url(str(path_or_url)), map_location=map_location, weights_only=True)
-            if isinstance(path_or_url, (str, os.PathLike)):
-                fs = get_filesystem(path_or_url)
-                if not fs.exists(str(path_or_url)):
-                    raise FileNotFoundError(f"Checkpoint file not found: {path_or_url}")
-                with fs.open(str(path_or_url), "rb") as f:
-                    return torch.load(f, map_location=map_location, weights_only=True)
-            return torch.load(path_or_url, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise explain(source, err) from None  # torch's text suggests weights_only=False: never do that here
+        with torch.serialization.safe_globals(SAFE_GLOBALS + list(safe_globals or [])):
+            return torch.load(f, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 (a non-checkpoint file fails in many ways: zip, pickle, index errors)
+        raise explain(source, err) from None  # not torch's text: it advises turning the protection off
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

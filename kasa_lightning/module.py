@@ -399,19 +399,18 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         and ``http(s)://`` URLs alike; Lightning would read URLs with ``weights_only=False``). A file that is not a
         checkpoint or that asks to run code raises ``kasa_lightning.checkpoint_io.UnsafeCheckpointError``. Pass
         ``weights_only=False`` only for a file you trust."""
-        import pickle
-
-        if weights_only is False:
-            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, False, **kwargs)
-        source = checkpoint_path
-        if isinstance(checkpoint_path, str) and checkpoint_io.is_url(checkpoint_path):
-            checkpoint_path = checkpoint_io.read_url(checkpoint_path)  # BytesIO: read below with weights_only=True
-        try:
-            with torch.serialization.safe_globals(checkpoint_io.SAFE_GLOBALS):
-                return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict, True,
-                                                    **kwargs)
-        except pickle.UnpicklingError as err:
-            raise checkpoint_io.explain(str(source), err) from None
+        if weights_only is not False:
+            name = str(checkpoint_path)
+            if isinstance(checkpoint_path, str) and checkpoint_io.is_url(checkpoint_path):
+                checkpoint_path = checkpoint_io.read_url(checkpoint_path)  # downloaded once, read twice below
+            # read it safely first, so that a bad file gets our message (and never torch's advice to set
+            # weights_only=False); Lightning then reads the same bytes, weights-only too
+            checkpoint_io.load_checkpoint_safely(checkpoint_path, map_location="cpu", name=name)
+            if hasattr(checkpoint_path, "seek"):
+                checkpoint_path.seek(0)
+        with torch.serialization.safe_globals(checkpoint_io.SAFE_GLOBALS):
+            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict,
+                                                weights_only is not False, **kwargs)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._keep_trained_state(checkpoint)

@@ -57,7 +57,8 @@ class _Server:
         self.thread.join(timeout=10)
 
 
-def test_fit_refuses_a_malicious_checkpoint_url_and_the_payload_does_not_run(tmp_path):
+def test_fit_refuses_a_malicious_checkpoint_url_and_the_payload_does_not_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))  # torch.hub caches downloads there
     served = tmp_path / "served"
     served.mkdir()
     marker = tmp_path / "PWNED"
