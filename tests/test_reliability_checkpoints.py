@@ -274,6 +274,7 @@ def test_non_finite_loss_between_checks_names_its_step_and_term(tmp_path):
 # ---------------------------------------------------------------- the kill -9 soak, 2 trials
 
 
+@pytest.mark.slow  # three CLI processes (each imports torch, Lightning, transformers) and one reference fit
 def test_kill_soak_two_trials(tmp_path):
     """`benchmarks/kill_soak.py --trials 2`: kill -9 a CLI fit twice (one kill timed on a checkpoint write), resume
     with --ckpt_path last.ckpt each time, and end with the uninterrupted run's adapters exactly."""
@@ -281,7 +282,7 @@ def test_kill_soak_two_trials(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kill_soak.py"), "--trials", "2", "--tiny",
-                           "--seed", "1", "--workdir", str(tmp_path / "w"), "--json", str(out)],
+                           "--seed", "1", "--reference", "inprocess", "--workdir", str(tmp_path / "w"), "--json", str(out)],
                           capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
