@@ -99,7 +99,7 @@ def trained_state(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def wait_for(proc: subprocess.Popen, until: float, poll: float, condition) -> bool:  # noqa: ANN001
+def wait_for(proc: subprocess.Popen, until: float, poll: float, condition) -> bool:
     """Poll until ``condition()`` holds (True), the process exits or the deadline passes (False)."""
     while time.monotonic() < until:
         if condition():
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
         deadline = time.monotonic() + args.timeout
         on_write = trial % 2 == 1
         # wait for this process to write a checkpoint (then it resumed and trains)
-        wrote = wait_for(proc, deadline, 0.01, lambda: any(before.get(k) != m for k, m in checkpoints(ckpt_dir).items()))
+        wrote = wait_for(proc, deadline, 0.01,
+                         lambda b=before: any(b.get(k) != m for k, m in checkpoints(ckpt_dir).items()))
         if on_write:
             result["kills_timed_on_a_write"] += 1
             wait_for(proc, deadline, 0.0005, lambda: bool(temporaries(ckpt_dir)))

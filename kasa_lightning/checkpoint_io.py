@@ -27,7 +27,8 @@ import os
 import pickle
 import re
 import urllib.request
-from typing import IO, Any, Callable
+from collections.abc import Callable
+from typing import IO, Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol, get_filesystem
@@ -53,7 +54,7 @@ def is_url(path: Any) -> bool:
 def read_url(url: str) -> io.BytesIO:
     """The bytes at ``url`` (timeout `URL_TIMEOUT_S`)."""
     try:
-        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:  # noqa: S310 (http(s) only)
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
             return io.BytesIO(response.read())
     except OSError as err:  # URLError, HTTPError and timeouts are OSErrors
         raise OSError(f"could not download the checkpoint {url}: {err}") from err

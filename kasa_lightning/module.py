@@ -31,7 +31,13 @@ from torch import nn
 
 from kasa_lightning import checkpoint_io
 from kasa_lightning.batching import apply_global_batch_size
-from kasa_lightning.divergence import DivergedAdaptersError, FiniteWatch, NonFiniteLossError, blame, checkpoint_problem
+from kasa_lightning.divergence import (
+    DivergedAdaptersError,
+    FiniteWatch,
+    NonFiniteLossError,
+    blame,
+    checkpoint_problem,
+)
 from kasa_lightning.evaluation import EvaluationMixin
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.kasa import (
@@ -142,7 +148,11 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
         """Before ``fit``: derive ``trainer.accumulate_grad_batches`` from the DataModule's ``global_batch_size``
-        (if set), so that the effective batch stays the same on any number of devices (``kasa_lightning.batching``)."""
+        (if set), so that the effective batch stays the same on any number of devices (``kasa_lightning.batching``).
+        Every stage: checkpoints are written atomically and read weights-only (``kasa_lightning.checkpoint_io``),
+        unless the user configured a CheckpointIO."""
+        if self._trainer is not None:
+            checkpoint_io.install(self.trainer)
         if stage == "fit" and self._trainer is not None:
             apply_global_batch_size(self.trainer)
 
@@ -249,10 +259,6 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
     #: no converging run gets near 1e6; set ``math.inf`` to turn the check off.
     max_checkpoint_abs: float = 1e6
 
-    def setup(self, stage: str) -> None:
-        # atomic writes and weights-only reads for every run, unless the user configured a CheckpointIO
-        checkpoint_io.install(self.trainer)
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._finite.unchecked >= max(1, self.trainer.log_every_n_steps):
             self.check_finite()
@@ -333,7 +339,10 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
         else:
-            from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+            from transformers import (
+                get_cosine_schedule_with_warmup,
+                get_linear_schedule_with_warmup,
+            )
 
             total = max(1, int(self.trainer.estimated_stepping_batches))
             warmup = self.warmup_steps if self.warmup_steps is not None else math.ceil(self.warmup_ratio * total)
@@ -480,7 +489,11 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
 
 def shards_parameters(strategy: Any) -> bool:
     """Whether ``strategy`` shards parameters across processes (FSDP, FSDP2 via ModelParallel, DeepSpeed)."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+    from lightning.pytorch.strategies import (
+        DeepSpeedStrategy,
+        FSDPStrategy,
+        ModelParallelStrategy,
+    )
 
     return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))
 

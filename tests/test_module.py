@@ -6,9 +6,23 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning_helpers import MINILM, TINY_BERT, RecordLosses, ready, tiny_data, tiny_module, trainer
+from lightning_helpers import (
+    MINILM,
+    TINY_BERT,
+    RecordLosses,
+    ready,
+    tiny_data,
+    tiny_module,
+    trainer,
+)
 
-from kasa_lightning import AdapterConfig, KaSAModule, NonFiniteLossError, adapted_layers, adapter_state_dict
+from kasa_lightning import (
+    AdapterConfig,
+    KaSAModule,
+    NonFiniteLossError,
+    adapted_layers,
+    adapter_state_dict,
+)
 
 
 def _adapters(module):
@@ -175,7 +189,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     t.save_checkpoint(path)
     good = path.read_bytes()
 
-    import kasa_lightning.kasa.atomic as atomic
+    from kasa_lightning.kasa import atomic
 
     def broken_fsync(fd):  # the bytes are in the temporary file, then the disk reports it full
         raise OSError("disk full (simulated)")
@@ -305,9 +319,8 @@ def test_default_adamw_is_fused_unless_clipping(tmp_path):
 
 
 def test_resumable_sampler_shards_like_distributed_sampler_and_skips_per_rank():
-    from torch.utils.data import DistributedSampler
-
     from kasa_lightning.datamodules import ResumableSampler
+    from torch.utils.data import DistributedSampler
 
     data = list(range(11))
     single = ResumableSampler(data, seed=3)

@@ -4,6 +4,7 @@ refused, and no per-step host-device sync for the non-finite-loss check."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ def tiny_tmpfs(tmp_path):
     mnt.mkdir()
     try:
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                              capture_output=True, text=True, timeout=10)
+                              capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         pytest.skip(f"cannot mount a tmpfs here: {err}")
     if proc.returncode != 0:
@@ -41,7 +42,7 @@ def tiny_tmpfs(tmp_path):
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10)
+        subprocess.run(["umount", str(mnt)], capture_output=True, timeout=10, check=False)
 
 
 def _payload(mib: float) -> dict:
@@ -63,7 +64,7 @@ def test_full_disk_keeps_previous_checkpoint_whatever_tmpdir_is(tiny_tmpfs, tmp_
     TorchCheckpointIO().save_checkpoint(_payload(0.5), target)
     with pytest.raises(OSError):
         TorchCheckpointIO().save_checkpoint(_payload(3), target)  # 3 MiB onto a 2 MiB disk
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         torch.load(target, weights_only=True)  # truncated under its real name
     target.unlink()
     for orphan in elsewhere.iterdir():  # fsspec's temporary copy, left in TMPDIR
@@ -135,7 +136,7 @@ def test_every_fit_writes_through_the_atomic_plugin(tmp_path, monkeypatch):
     t.save_checkpoint(path)
     good = path.read_bytes()
 
-    import kasa_lightning.kasa.atomic as atomic
+    from kasa_lightning.kasa import atomic
 
     def broken_fsync(fd):  # the bytes went to the temporary file, then the disk reports it full
         raise OSError(28, "No space left on device (simulated)")
@@ -283,7 +284,7 @@ def test_kill_soak_two_trials(tmp_path):
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kill_soak.py"), "--trials", "2", "--tiny",
                            "--seed", "1", "--reference", "inprocess", "--workdir", str(tmp_path / "w"), "--json", str(out)],
-                          capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
+                          capture_output=True, text=True, timeout=400, env=env, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
 

@@ -30,7 +30,7 @@ from .layer import is_conv1d
 _PREFIX = "base_model.model."
 
 
-def _lora_factors(layer) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+def _lora_factors(layer) -> tuple[torch.Tensor, torch.Tensor]:
     """(B (out, rank), A (rank, in)) with B A = W' - W, in float32."""
     u = layer.delta_u.detach().float() * layer.scaling
     if layer.delta_sigma is not None:
