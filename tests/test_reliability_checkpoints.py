@@ -64,7 +64,7 @@ def test_full_disk_keeps_previous_checkpoint_whatever_tmpdir_is(tiny_tmpfs, tmp_
     TorchCheckpointIO().save_checkpoint(_payload(0.5), target)
     with pytest.raises(OSError):
         TorchCheckpointIO().save_checkpoint(_payload(3), target)  # 3 MiB onto a 2 MiB disk
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises((RuntimeError, pickle.UnpicklingError), match="zip archive|central directory|Unpickl"):
         torch.load(target, weights_only=True)  # truncated under its real name
     target.unlink()
     for orphan in elsewhere.iterdir():  # fsspec's temporary copy, left in TMPDIR
