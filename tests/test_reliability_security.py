@@ -146,3 +146,26 @@ def test_exported_safetensors_files_get_the_usual_mode(tmp_path, umask):
         assert oct(f.stat().st_mode & 0o777) == oct(0o666 & ~umask), f
     # and no temporary file is left next to them
     assert not [p for p in tmp_path.glob("*/.*") if p.is_file()]
+
+
+def test_fsdp_full_checkpoint_is_checked_before_its_unrestricted_reader(tmp_path):
+    """FSDP reads full checkpoints with Lightning's `_lazy_load`, an unrestricted unpickler that bypasses the
+    CheckpointIO: the installed plugin makes the strategy read the file weights-only first."""
+    from types import SimpleNamespace
+
+    from lightning.fabric.utilities.load import _lazy_load
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from kasa_lightning.checkpoint_io import AtomicCheckpointIO, install
+
+    marker = tmp_path / "PWNED"
+    evil = _evil_checkpoint(tmp_path / "evil.ckpt", marker)
+    _lazy_load(evil)  # the failure, reproduced: FSDP's reader runs the payload
+    assert marker.exists()
+    marker.unlink()
+    strategy = FSDPStrategy()
+    install(SimpleNamespace(strategy=strategy, _accelerator_connector=SimpleNamespace(checkpoint_io=None)))
+    assert isinstance(strategy.checkpoint_io, AtomicCheckpointIO)
+    with pytest.raises(UnsafeCheckpointError, match="refusing to load"):
+        strategy.load_checkpoint(evil)
+    assert not marker.exists()
