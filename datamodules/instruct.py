@@ -82,7 +82,6 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
 }
 DEFAULT_TRAIN_SPLIT = {"llamaduo": "train_sft_gpt4o", "alpaca": "train", "mt_bench": "train"}
 _LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".gz": "json", ".parquet": "parquet"}
-_ENCODING_VERSION = "instruct-v2"  # bump when the encoding changes (invalidates cached map results)
 
 
 class ChatTemplateError(ValueError):
@@ -114,6 +113,8 @@ class InstructionDataModule(CausalLMDataModule):
             ``CausalLMDataModule`` / ``BaseDataModule``; ``generation`` defaults to ``max_new_tokens=512`` and
             ``max_length`` to 1024.
     """
+
+    ENCODING_VERSION = 2  # bump when the encoding changes (cached map results are then not reused)
 
     def __init__(
         self,
@@ -385,13 +386,8 @@ class InstructionDataModule(CausalLMDataModule):
         return self._prev_cache
 
     # ------------------------------------------------------------------ Dataset.map
-    def _fingerprint(self, data: Any, *parts: Any) -> str:
-        from datasets.fingerprint import Hasher
-
-        tok = self.tokenizer
-        return Hasher.hash([_ENCODING_VERSION, getattr(data, "_fingerprint", None), type(tok).__name__,
-                            tok.name_or_path, len(tok), tok.eos_token_id, self.chat_template, self.system_prompt,
-                            self.max_length, self.overlength, *parts])
+    def _fingerprint_of(self, data: Any, *parts: Any) -> str:
+        return self.map_fingerprint(data, self.chat_template, self.system_prompt, *parts)
 
     def _encode_train(self, data: Any, fmt: str, split: str) -> Any:
         def encode(batch: dict[str, list]) -> dict[str, list]:
@@ -406,7 +402,7 @@ class InstructionDataModule(CausalLMDataModule):
             return out
 
         encoded = data.map(encode, batched=True, remove_columns=data.column_names,
-                           new_fingerprint=self._fingerprint(data, "train", fmt), desc=f"tokenize {split}")
+                           new_fingerprint=self._fingerprint_of(data, "train", fmt), desc=f"tokenize {split}")
         return self._keep(encoded, split)
 
     def _encode_eval(self, data: Any, fmt: str, split: str) -> Any:
@@ -431,7 +427,7 @@ class InstructionDataModule(CausalLMDataModule):
             return out
 
         encoded = data.map(encode, batched=True, with_indices=True, remove_columns=data.column_names,
-                           new_fingerprint=self._fingerprint(data, "eval", fmt, budget, self.mt_bench_turn,
+                           new_fingerprint=self._fingerprint_of(data, "eval", fmt, budget, self.mt_bench_turn,
                                                              self._prev_key()), desc=f"tokenize {split}")
         return self._keep(encoded, split)
 
