@@ -34,7 +34,12 @@ class StopCheckpoint(L.Callback):
             _save_last(trainer, callback)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
+        if not isinstance(exception, SIGTERMException):
+            return
+        exception.code = SIGTERM_EXIT_STATUS
+        if trainer.global_step == 0 or trainer.sanity_checking:
+            print(f"SIGTERM before the first optimiser step: nothing to save; exiting with status "
+                  f"{SIGTERM_EXIT_STATUS}", file=sys.stderr, flush=True)
             return
         paths = []
         savers = _last_savers(trainer)
@@ -45,7 +50,6 @@ class StopCheckpoint(L.Callback):
             path = str(Path(trainer.default_root_dir) / "last.ckpt")
             trainer.save_checkpoint(path)
             paths.append(path)
-        exception.code = SIGTERM_EXIT_STATUS
         if trainer.is_global_zero:
             print(
                 f"SIGTERM at global step {trainer.global_step}: saved {', '.join(paths)}; exiting with status "

@@ -51,6 +51,7 @@ from kasa_lightning.resume import (
     structural_differences,
     uncount_unfinished_epoch,
     warn_changed,
+    warn_changed_limits,
 )
 
 Task = Literal["classification", "regression", "causal_lm"]
@@ -359,6 +360,8 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         uncount_unfinished_epoch(self._trainer, checkpoint)
         # the settings as trained (load_from_checkpoint overwrites "hyper_parameters" with its keyword arguments)
         checkpoint["kasa"]["hparams"] = dict(self.hparams)
+        if self._trainer is not None:  # the run's limits, to say on resume where they changed
+            checkpoint["kasa"]["limits"] = {"max_epochs": self.trainer.max_epochs, "max_steps": self.trainer.max_steps}
         checkpoint["kasa"]["rng_per_rank"] = self._gather_rng_states()  # a collective: every rank is here
 
     def _keep_trained_state(self, checkpoint: dict[str, Any]) -> None:
@@ -430,6 +433,7 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
             raise ValueError(refusal(structural))
         if self._trainer is not None and self.trainer.state.fn == "fit":
             warn_changed(changed_settings(saved_hparams, mine))
+            warn_changed_limits(info.get("limits") or {}, self.trainer)
         self.configure_model(initialize=False)  # no-op when the Trainer already configured the model
         model_type = getattr(getattr(self.model, "config", None), "model_type", None)
         if info.get("model_type") != model_type:

@@ -86,6 +86,18 @@ def warn_changed(diffs: list[tuple[str, Any, Any]]) -> None:
                        "(your value is used from here on)")
 
 
+def warn_changed_limits(saved: dict[str, Any], trainer: L.Trainer) -> None:
+    """Warn where ``max_epochs``/``max_steps`` differ from the run that wrote the checkpoint (the new ones apply)."""
+    for key, value in saved.items():
+        current = getattr(trainer, key, value)
+        if current != value:
+            rank_zero_warn(
+                f"resuming with trainer.{key}={current!r}; the checkpoint's run had {value!r} (your value is used). "
+                "The built-in learning-rate schedule is laid out over the new total number of steps, so the steps "
+                "before the checkpoint followed another schedule than a run started with these limits."
+            )
+
+
 def optimizer_settings(optimizer: Any) -> list[dict[str, Any]]:
     """The user's hyperparameters of each parameter group, read before any scheduler or restore changes them."""
     return [{k: g[k] for k in OPTIMIZER_SETTINGS if k in g} for g in optimizer.param_groups]

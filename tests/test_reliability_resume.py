@@ -132,6 +132,7 @@ def test_fit_ckpt_path_keeps_the_users_settings(tmp_path, monkeypatch):
     messages = [str(w.message) for w in record]
     assert any("model.adapter.beta=0.5; the checkpoint was trained with 0.0001" in m for m in messages), messages
     assert any("optimizer lr=0.005" in m and "had 0.001" in m for m in messages), messages
+    assert any("trainer.max_steps=2; the checkpoint's run had 1" in m for m in messages), messages
     assert cli.model.adapter_config.beta == 0.5 and cli.model.adapter_config.r == 4
     assert cli.trainer.global_step == 2
     for group in cli.trainer.optimizers[0].param_groups:
