@@ -9,9 +9,9 @@
 * SIGTERM (what a cluster scheduler sends before it kills a job): Lightning's signal handler only sets
   ``trainer.received_sigterm``; the loop stops after the current batch with ``SIGTERMException``, a ``SystemExit``
   whose status is 0, and nothing after the last regular checkpoint was saved. Here ``on_exception`` writes
-  ``last.ckpt`` of that step (each ``ModelCheckpoint`` with ``save_last``; without one, ``<default_root_dir>/last.ckpt``)
-  and sets the exit status to 143 (128 + SIGTERM), so that a scheduler and a shell see that the run did not finish.
-  ``fit --ckpt_path .../last.ckpt`` then resumes with the next batch.
+  ``last.ckpt`` of that step (each ``ModelCheckpoint`` with ``save_last``; without one,
+  ``<default_root_dir>/last.ckpt``) and sets the exit status to 143 (128 + SIGTERM), so that a scheduler and a
+  shell see that the run did not finish. ``fit --ckpt_path .../last.ckpt`` then resumes with the next batch.
 """
 
 from __future__ import annotations
@@ -38,8 +38,11 @@ class StopCheckpoint(L.Callback):
             return
         exception.code = SIGTERM_EXIT_STATUS
         if trainer.global_step == 0 or trainer.sanity_checking:
-            print(f"SIGTERM before the first optimiser step: nothing to save; exiting with status "
-                  f"{SIGTERM_EXIT_STATUS}", file=sys.stderr, flush=True)
+            print(
+                f"SIGTERM before the first optimiser step: nothing to save; exiting with status {SIGTERM_EXIT_STATUS}",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         paths = []
         savers = _last_savers(trainer)

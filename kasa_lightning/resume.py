@@ -22,8 +22,16 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 STRUCTURAL = ("backbone", "backbone_config", "task", "num_labels")
 # AdapterConfig fields that decide the shapes and meaning of the saved tensors: AdapterConfig.structure() plus
 # truncation_mode (where the removed part lives)
-STRUCTURAL_ADAPTER = ("method", "r", "alpha", "truncate", "singular_values", "target_modules", "modules_to_save",
-                      "truncation_mode")
+STRUCTURAL_ADAPTER = (
+    "method",
+    "r",
+    "alpha",
+    "truncate",
+    "singular_values",
+    "target_modules",
+    "modules_to_save",
+    "truncation_mode",
+)
 # optimiser hyperparameters that a resume takes from the user rather than from the saved optimiser state
 OPTIMIZER_SETTINGS = ("lr", "weight_decay", "betas", "eps", "momentum", "dampening", "alpha")
 
@@ -68,8 +76,7 @@ def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[tup
 
 def refusal(diffs: list[tuple[str, Any, Any]]) -> str:
     """The error message for structural differences."""
-    lines = [f"  model.{'class_path' if k == '_class_path' else k}: checkpoint {a!r}, yours {b!r}"
-             for k, a, b in diffs]
+    lines = [f"  model.{'class_path' if k == '_class_path' else k}: checkpoint {a!r}, yours {b!r}" for k, a, b in diffs]
     first, saved, _ = diffs[0]
     first = "class_path" if first == "_class_path" else first
     return (
@@ -82,8 +89,10 @@ def refusal(diffs: list[tuple[str, Any, Any]]) -> str:
 
 def warn_changed(diffs: list[tuple[str, Any, Any]]) -> None:
     for key, saved, current in diffs:
-        rank_zero_warn(f"resuming with model.{key}={current!r}; the checkpoint was trained with {saved!r} "
-                       "(your value is used from here on)")
+        rank_zero_warn(
+            f"resuming with model.{key}={current!r}; the checkpoint was trained with {saved!r} "
+            "(your value is used from here on)"
+        )
 
 
 def warn_changed_limits(saved: dict[str, Any], trainer: L.Trainer) -> None:
@@ -130,8 +139,10 @@ def apply_optimizer_settings(trainer: L.Trainer, wanted: list[list[dict[str, Any
                 else:
                     old = group.get(key)
                     group[key] = value
-                rank_zero_warn(f"resuming with optimizer {key}={value!r} for parameter group {name!r}; the "
-                               f"checkpoint's optimizer state had {old!r} (your value is used from here on)")
+                rank_zero_warn(
+                    f"resuming with optimizer {key}={value!r} for parameter group {name!r}; the "
+                    f"checkpoint's optimizer state had {old!r} (your value is used from here on)"
+                )
 
 
 def uncount_unfinished_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> None:

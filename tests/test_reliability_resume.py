@@ -97,16 +97,29 @@ def _fit(root: Path, *extra: str):  # noqa: ANN202
     """The CLI on a tiny from-config BERT (the quickstart's model section, smaller), in this process."""
     config = {
         "seed_everything": 0,
-        "trainer": {"default_root_dir": str(root), "accelerator": "cpu", "max_epochs": 1,
-                    "enable_progress_bar": False, "enable_model_summary": False,
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"save_last": True}}]},
-        "model": {"class_path": "kasa_lightning.KaSAModule",
-                  "init_args": {"backbone": MINILM, "backbone_config": TINY_BERT,
-                                "adapter": {"r": 8, "beta": 1.0e-4, "gamma": 1.0e-3},
-                                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1.0e-3}}}},
-        "data": {"class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
-                 "init_args": {"train_size": 32, "val_size": 8, "batch_size": 8, "max_length": 32}},
+        "trainer": {
+            "default_root_dir": str(root),
+            "accelerator": "cpu",
+            "max_epochs": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
+            ],
+        },
+        "model": {
+            "class_path": "kasa_lightning.KaSAModule",
+            "init_args": {
+                "backbone": MINILM,
+                "backbone_config": TINY_BERT,
+                "adapter": {"r": 8, "beta": 1.0e-4, "gamma": 1.0e-3},
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1.0e-3}},
+            },
+        },
+        "data": {
+            "class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
+            "init_args": {"train_size": 32, "val_size": 8, "batch_size": 8, "max_length": 32},
+        },
     }
     path = root.parent / f"{root.name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -126,9 +139,19 @@ def test_fit_ckpt_path_keeps_the_users_settings(tmp_path, monkeypatch):
 
     # other settings are the user's, with a warning each
     with pytest.warns(UserWarning) as record:
-        cli = _fit(tmp_path / "c", "--model.adapter.r", "4", "--model.adapter.beta", "0.5",
-                   "--model.init_args.optimizer.init_args.lr", "0.005", "--trainer.max_steps", "2",
-                   "--ckpt_path", str(ckpt))
+        cli = _fit(
+            tmp_path / "c",
+            "--model.adapter.r",
+            "4",
+            "--model.adapter.beta",
+            "0.5",
+            "--model.init_args.optimizer.init_args.lr",
+            "0.005",
+            "--trainer.max_steps",
+            "2",
+            "--ckpt_path",
+            str(ckpt),
+        )
     messages = [str(w.message) for w in record]
     assert any("model.adapter.beta=0.5; the checkpoint was trained with 0.0001" in m for m in messages), messages
     assert any("optimizer lr=0.005" in m and "had 0.001" in m for m in messages), messages

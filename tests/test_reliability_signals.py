@@ -10,26 +10,39 @@ from pathlib import Path
 
 import torch
 import yaml
+from kasa_lightning.callbacks.stop import SIGTERM_EXIT_STATUS
 from lightning_helpers import MINILM, TINY_BERT
 
-from kasa_lightning.callbacks.stop import SIGTERM_EXIT_STATUS
 from kasa_lightning.cli import main
 
 
 def _config(root: Path, extra_callbacks: list | None = None) -> dict:
     """The quickstart's layout (monitor + save_last) on a tiny BERT: 40 samples of 8, 5 steps an epoch, 2 epochs."""
-    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"monitor": "val/accuracy", "mode": "max", "save_last": True}}]
+    callbacks = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"monitor": "val/accuracy", "mode": "max", "save_last": True},
+        }
+    ]
     return {
         "seed_everything": 0,
-        "trainer": {"default_root_dir": str(root), "accelerator": "cpu", "devices": 1, "max_epochs": 2,
-                    "enable_progress_bar": False, "enable_model_summary": False,
-                    "callbacks": callbacks + (extra_callbacks or [])},
-        "model": {"class_path": "kasa_lightning.KaSAModule",
-                  "init_args": {"backbone": MINILM, "backbone_config": TINY_BERT,
-                                "adapter": {"r": 4, "dropout": 0.1}}},
-        "data": {"class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
-                 "init_args": {"train_size": 40, "val_size": 8, "batch_size": 8, "max_length": 32}},
+        "trainer": {
+            "default_root_dir": str(root),
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 2,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "callbacks": callbacks + (extra_callbacks or []),
+        },
+        "model": {
+            "class_path": "kasa_lightning.KaSAModule",
+            "init_args": {"backbone": MINILM, "backbone_config": TINY_BERT, "adapter": {"r": 4, "dropout": 0.1}},
+        },
+        "data": {
+            "class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
+            "init_args": {"train_size": 40, "val_size": 8, "batch_size": 8, "max_length": 32},
+        },
     }
 
 
@@ -50,14 +63,26 @@ def test_sigterm_saves_the_current_step_exits_nonzero_and_resumes_exactly(tmp_pa
     main(["fit", "--config", str(straight)])
 
     marker = tmp_path / "at_step"
-    pause = {"class_path": "lightning_helpers.PauseForSignal",
-             "init_args": {"step": stop_at, "marker": str(marker), "timeout": 60}}
+    pause = {
+        "class_path": "lightning_helpers.PauseForSignal",
+        "init_args": {"step": stop_at, "marker": str(marker), "timeout": 60},
+    }
     cut = _write(tmp_path / "cut.yaml", _config(tmp_path / "cut", [pause]))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "OMP_NUM_THREADS": str(torch.get_num_threads()),  # the same arithmetic as this process
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "kasa_lightning", "fit", "--config", str(cut)], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": str(torch.get_num_threads()),  # the same arithmetic as this process
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kasa_lightning", "fit", "--config", str(cut)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -75,8 +100,15 @@ def test_sigterm_saves_the_current_step_exits_nonzero_and_resumes_exactly(tmp_pa
     assert saved["global_step"] == stop_at
     assert saved["SentimentDemoDataModule"]["batches"] == stop_at
 
-    main(["fit", "--config", str(_write(tmp_path / "resume.yaml", _config(tmp_path / "cut"))),
-          "--ckpt_path", str(_last(tmp_path / "cut", 0))])
+    main(
+        [
+            "fit",
+            "--config",
+            str(_write(tmp_path / "resume.yaml", _config(tmp_path / "cut"))),
+            "--ckpt_path",
+            str(_last(tmp_path / "cut", 0)),
+        ]
+    )
     a = torch.load(_last(tmp_path / "straight", 0), weights_only=False)
     b = torch.load(_last(tmp_path / "cut", 1), weights_only=False)
     assert a["global_step"] == b["global_step"] == 10
