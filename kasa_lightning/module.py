@@ -18,6 +18,7 @@ or backbone.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import math
 import random
@@ -56,6 +57,11 @@ from kasa_lightning.resume import (
 
 Task = Literal["classification", "regression", "causal_lm"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# set while load_from_checkpoint runs: Lightning calls configure_model() before on_load_checkpoint, and the model
+# it builds then only has to receive the checkpoint's tensors (no SVD, no initialisation)
+_LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("kasa_loading_checkpoint", default=False)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -199,6 +205,7 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         """Build the backbone and apply the adapters (before any strategy wraps or shards the model)."""
         if self.model is not None:
             return
+        initialize = initialize and not _LOADING_CHECKPOINT.get()
         model = self.build_backbone()
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -389,6 +396,16 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         states: list[Any] = [None] * self.trainer.world_size
         dist.all_gather_object(states, _rng_state())
         return states
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> KaSAModule:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``; the model is built for the checkpoint's tensors, without the SVD
+        and initialisation a new model needs (Lightning calls ``configure_model()`` before loading)."""
+        token = _LOADING_CHECKPOINT.set(True)
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        finally:
+            _LOADING_CHECKPOINT.reset(token)
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """Load a state dict as this module's checkpoints hold it: the adapters and ``modules_to_save`` only

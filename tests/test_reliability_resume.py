@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning_helpers import MINILM, TINY_BERT, StopAfter, tiny_data, tiny_module, trainer
+from lightning_helpers import MINILM, TINY_BERT, StopAfter, ready, tiny_data, tiny_module, trainer
 
 from kasa_lightning import AdapterConfig, KaSAModule, adapter_state_dict
 from kasa_lightning.cli import main
@@ -167,7 +167,7 @@ def test_fit_ckpt_path_keeps_the_users_settings(tmp_path, monkeypatch):
     assert saved["model"]["init_args"]["optimizer"]["init_args"]["lr"] == 0.005
 
 
-def test_loading_adapter_checkpoints_is_quiet_and_a_missing_tensor_is_refused(tmp_path, recwarn):
+def test_loading_adapter_checkpoints_is_quiet_and_a_missing_tensor_is_refused(tmp_path, recwarn, monkeypatch):
     """Old code: every load_from_checkpoint warned 'The state dict ... contains no parameters' and listed every
     frozen base weight under 'Found keys that are in the model state dict but not in the checkpoint'."""
 
@@ -182,7 +182,17 @@ def test_loading_adapter_checkpoints_is_quiet_and_a_missing_tensor_is_refused(tm
     straight = fit(tmp_path / "a")
     fit(tmp_path / "b", stop=1)
     resumed = fit(tmp_path / "b", ckpt_path=tmp_path / "b/last.ckpt")
+    import kasa_lightning.kasa.inject as inject
+
+    svds = []
+    real_svd = inject.extreme_triplets
+    monkeypatch.setattr(inject, "extreme_triplets", lambda *a, **k: svds.append(1) or real_svd(*a, **k))
     loaded = KaSAModule.load_from_checkpoint(tmp_path / "b/last.ckpt")
+    assert svds == []  # built for the checkpoint's tensors: no SVD (README), which the old code computed
+    monkeypatch.undo()
+    batch = next(iter(ready(tiny_data()).val_dataloader()))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**batch).logits, straight.eval()(**batch).logits, atol=1e-5, rtol=0)
     messages = [str(w.message) for w in recwarn]
     assert not [m for m in messages if "contains no parameters" in m or "Found keys that are" in m], messages
     # the quiet load did load: the resumed run equals the straight one, and the reloaded module equals both
