@@ -116,7 +116,7 @@ def apply_optimizer_settings(trainer: L.Trainer, wanted: list[list[dict[str, Any
     """After a restore, put the user's optimiser hyperparameters back (the saved optimiser state holds the old
     ones) and warn where they differ. A learning rate is changed by scaling the group's current rate and its
     schedulers' base rates by new / old, which keeps the schedule's position and shape (warmup, decay)."""
-    for opt_index, (optimizer, groups) in enumerate(zip(trainer.optimizers, wanted)):
+    for optimizer, groups in zip(trainer.optimizers, wanted):
         schedulers = [c.scheduler for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
         for g_index, (group, mine) in enumerate(zip(optimizer.param_groups, groups)):
             name = group.get("name", g_index)
