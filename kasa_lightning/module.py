@@ -28,6 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from torch import nn
 
 from kasa_lightning.batching import apply_global_batch_size
@@ -397,7 +398,7 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         dist.all_gather_object(states, _rng_state())
         return states
 
-    @classmethod
+    @_restricted_classmethod  # as Lightning's: calling it on an instance is an error
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> KaSAModule:  # type: ignore[override]
         """Lightning's ``load_from_checkpoint``; the model is built for the checkpoint's tensors, without the SVD
         and initialisation a new model needs (Lightning calls ``configure_model()`` before loading)."""
