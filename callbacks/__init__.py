@@ -7,12 +7,14 @@ from kasa_lightning.callbacks.export import AdapterExport
 from kasa_lightning.callbacks.heatmaps import SingularValueHeatmap, render_heatmap, sigma_matrices
 from kasa_lightning.callbacks.predictions import JsonlPredictionWriter
 from kasa_lightning.callbacks.regularizers import RegularizerMonitor, regularizer_scalars
+from kasa_lightning.callbacks.stop import StopCheckpoint
 
 __all__ = [
     "AdapterExport",
     "JsonlPredictionWriter",
     "RegularizerMonitor",
     "SingularValueHeatmap",
+    "StopCheckpoint",
     "regularizer_scalars",
     "render_heatmap",
     "sigma_matrices",

@@ -21,7 +21,17 @@ _WHERE = {
     "GLUEDataModule": ".glue",
     "InstructionDataModule": ".instruct",
 }
-__all__ = sorted(_WHERE)
+__all__ = [  # the keys of _WHERE, written out for tools that read __all__ statically
+    "BaseDataModule",
+    "CausalLMDataModule",
+    "CommonsenseDataModule",
+    "DataFileError",
+    "E2EDataModule",
+    "GLUEDataModule",
+    "InstructionDataModule",
+    "ResumableSampler",
+    "SentimentDemoDataModule",
+]
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 
 if TYPE_CHECKING:

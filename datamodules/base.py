@@ -124,7 +124,7 @@ class BaseDataModule(L.LightningDataModule):
             world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
             sampler = self._sampler = ResumableSampler(data, self.seed, num_replicas=world, rank=rank)
             if self._resume is not None:
-                sampler.skip(self._resume["epoch"], self._resume["batches"] * self.batch_size)
+                sampler.skip(self._resume["epoch"], self._samples_done(self._resume, sampler, world))
                 self._resume = None
         return DataLoader(
             data,
@@ -152,8 +152,29 @@ class BaseDataModule(L.LightningDataModule):
         if self.trainer is None:
             return {}
         progress = self.trainer.fit_loop.epoch_loop.batch_progress.current
+        # The epoch whose order the sampler is drawing (Lightning sets it at each epoch start). Not
+        # trainer.current_epoch: when max_steps ends an epoch early, Lightning already counts that epoch as done.
+        epoch = self._sampler.epoch if self._sampler is not None else self.trainer.current_epoch
         # a checkpoint written in on_train_batch_end has processed the batch but not yet marked it completed
-        return {"epoch": self.trainer.current_epoch, "batches": progress.processed}
+        return {"epoch": epoch, "batches": progress.processed, "batch_size": self.batch_size,
+                "world_size": self.trainer.world_size}
+
+    def _samples_done(self, state: dict[str, int], sampler: ResumableSampler, world: int) -> int:
+        """This rank's samples of the saved epoch that were trained. A resume in the middle of an epoch needs
+        the batch size and number of processes it was saved with: with others, the saved batch count would skip
+        the wrong samples (or batches as Lightning counts them would not match the data left)."""
+        batch_size, saved_world = state.get("batch_size", self.batch_size), state.get("world_size", world)
+        done = state["batches"] * batch_size
+        if 0 < done < sampler.num_samples and (batch_size, saved_world) != (self.batch_size, world):
+            setting, saved, now = (("data.batch_size", batch_size, self.batch_size) if batch_size != self.batch_size
+                                   else ("trainer.devices x trainer.num_nodes (processes)", saved_world, world))
+            raise ValueError(
+                f"{setting}={now}, but the checkpoint stopped in the middle of epoch {state['epoch']} with "
+                f"{state['batches']} batches of {batch_size} samples done on each of {saved_world} processes. "
+                f"Resuming mid-epoch with another value would skip or repeat samples: resume with {setting}="
+                f"{saved}, or resume from a checkpoint written at an epoch end, where the value may change."
+            )
+        return done
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state:

@@ -34,6 +34,9 @@ class CausalLMDataModule(BaseDataModule):
     task = "causal_lm"
     num_labels = 0
     eval_generate = True
+    ENCODING_VERSION = 1
+    """Bump it in a subclass whenever that subclass's encoding changes: it is part of every ``map_fingerprint``, so
+    results cached by ``datasets`` under the old encoding are not reused."""
 
     def __init__(
         self,
@@ -50,6 +53,18 @@ class CausalLMDataModule(BaseDataModule):
         self.stats: dict[str, int] = {"truncated": 0, "dropped": 0}
 
     # ------------------------------------------------------------------ encoding
+    def map_fingerprint(self, data: Any, *parts: Any) -> str:
+        """The cache key of a ``datasets.Dataset.map`` that encodes ``data``: the data's own fingerprint, the class
+        and its ``ENCODING_VERSION``, the tokenizer's identity, the length settings, and ``parts`` (whatever else
+        the encoding depends on: split, format, budgets, templates)."""
+        from datasets.fingerprint import Hasher
+
+        tok = self.tokenizer
+        tokenizer = (type(tok).__name__, tok.name_or_path, len(tok), tok.bos_token_id, tok.eos_token_id,
+                     tok.pad_token_id)
+        return Hasher.hash([type(self).__name__, self.ENCODING_VERSION, getattr(data, "_fingerprint", None),
+                            tokenizer, self.max_length, self.overlength, *parts])
+
     def encode_pair(self, prompt: str, target: str) -> dict[str, list[int]] | None:
         """Token ids of prompt + target + EOS with the prompt masked in ``labels``; None if dropped."""
         tok = self.tokenizer

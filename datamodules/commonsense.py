@@ -62,7 +62,6 @@ from kasa_lightning.metrics.commonsense import (
 DEFAULT_GENERATION: dict[str, Any] = {"num_beams": 4, "max_new_tokens": 32}
 _TRAIN_COLUMNS = ("instruction", "output")
 _TEST_COLUMNS = ("instruction", "answer")
-_FORMAT_VERSION = 2  # bump when the encoding changes, to invalidate cached map results
 # Which extraction rule reads an answer of a given form (the answerN sets share one rule).
 _RULE_BY_PREFIX = (("true", "boolq"), ("false", "boolq"), ("solution", "piqa"), ("answer", "ARC-Easy"),
                    ("ending", "hellaswag"), ("option", "winogrande"))
@@ -96,6 +95,8 @@ class CommonsenseDataModule(CausalLMDataModule):
         **kwargs: ``tokenizer``, ``batch_size``, ``eval_batch_size``, ``num_workers``, ``seed``
             (``BaseDataModule``).
     """
+
+    ENCODING_VERSION = 2  # bump when the encoding changes (cached map results are then not reused)
 
     def __init__(
         self,
@@ -209,15 +210,6 @@ class CommonsenseDataModule(CausalLMDataModule):
                              f"{data.column_names} (expected instruction, input, output, answer)")
 
     # ------------------------------------------------------------------ tokenising
-    def _fingerprint(self, data: Any, *parts: Any) -> str:
-        from datasets.fingerprint import Hasher
-
-        tok = self.tokenizer
-        tok_id = (tok.name_or_path, type(tok).__name__, len(tok), tok.bos_token_id, tok.eos_token_id,
-                  tok.pad_token_id)
-        return Hasher.hash([data._fingerprint, _FORMAT_VERSION, tok_id, self.max_length, self.overlength,
-                            int(self.generation_kwargs.get("max_new_tokens", 0)), *parts])
-
     def _encode(self, data: Any, split: str, generate: bool, dataset: str | None = None) -> Any:
         """Tokenise ``data`` with ``Dataset.map``: training rows (``generate=False``) or prompts with targets.
 
@@ -262,7 +254,8 @@ class CommonsenseDataModule(CausalLMDataModule):
             return out
 
         encoded = data.map(rows, batched=True, with_indices=True, remove_columns=columns,
-                           new_fingerprint=self._fingerprint(data, split, generate, dataset),
+                           new_fingerprint=self.map_fingerprint(data, int(self.generation_kwargs.get("max_new_tokens", 0)),
+                                                                 split, generate, dataset),
                            desc=f"Tokenising commonsense {split}")
         if len(encoded) == 0:
             if len(no_output) == len(data):

@@ -139,11 +139,9 @@ class E2EDataModule(CausalLMDataModule):
         """Tokenise the training pairs with ``datasets.map`` (cached by the data, the tokenizer and the length
         settings); over-long pairs are truncated or dropped and counted in ``stats`` (also on a cache hit)."""
         import datasets
-        from datasets.fingerprint import Hasher
 
         data = datasets.Dataset.from_dict({"prompt": [self.prompt(mr) for mr, _ in pairs],
                                            "target": [" " + ref for _, ref in pairs]})
-        tok = self.tokenizer
 
         def rows(batch: dict[str, list[str]]) -> dict[str, list[Any]]:
             out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], "_truncated": []}
@@ -157,9 +155,8 @@ class E2EDataModule(CausalLMDataModule):
                 out["_truncated"].append(self.stats["truncated"] > before)
             return out
 
-        fingerprint = Hasher.hash([data._fingerprint, tok.name_or_path, type(tok).__name__, len(tok),
-                                   tok.eos_token_id, self.max_length, self.overlength])
-        encoded = data.map(rows, batched=True, remove_columns=data.column_names, new_fingerprint=fingerprint,
+        encoded = data.map(rows, batched=True, remove_columns=data.column_names,
+                           new_fingerprint=self.map_fingerprint(data, "train"),
                            desc="Tokenising E2E train")
         self.stats["dropped"] = len(data) - len(encoded)
         self.stats["truncated"] = int(sum(encoded["_truncated"]))

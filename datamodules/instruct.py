@@ -20,16 +20,11 @@ directories or globs of ``.json``/``.jsonl``/``.parquet`` (``load_dataset("json"
 everything after loading is the same code path (``datasets.Dataset.map``, cached by a fingerprint of the data and
 of every setting that changes the encoding).
 
-Formatting: the tokenizer's chat template (``tokenizer.apply_chat_template``), ChatML
-(``<|im_start|>{role}\\n{content}<|im_end|>\\n``) when it has none, or ``chat_template`` when given. The loss covers
-the assistant turns only: each assistant turn's character span is found by rendering the conversation prefix by
-prefix (the prompt with ``add_generation_prompt=True``, then the prompt plus the turn) and tokens starting inside
-a span keep their ids in ``labels``; everything else is -100. This needs no ``{% generation %}`` support; a
-template that renders a prefix differently from the same part of the whole conversation is refused with an error
-(never a silently wrong mask). The assistant span includes the template's end-of-turn text; when that contains no
-stop token (eos, or a special end-of-turn token like ``<|im_end|>``/``<|eot_id|>``), the tokenizer's eos is
-appended after the last assistant turn (and labelled) so that generation can stop. Those end-of-turn tokens are
-also added to ``generate``'s ``eos_token_id``.
+Formatting and the assistant-only loss mask: ``datamodules/chat.py`` (``ChatEncoding``). The template's end-of-turn
+text closes each assistant span; when it holds no stop token (eos, or a special end-of-turn token like
+``<|im_end|>``/``<|eot_id|>``), the tokenizer's eos is appended after the last assistant turn (and labelled), and
+those end-of-turn tokens are added to ``generate``'s ``eos_token_id``. Loading: ``datamodules/loading.py``;
+MT-Bench answer files: ``kasa_lightning.metrics.mtbench``.
 
 Rows: a training conversation without an assistant turn (Alpaca: an ``output`` that is null or blank) is skipped, counted in ``stats["no_assistant"]`` and
 logged (its row indices); messages after the last assistant turn are dropped. Missing columns raise an error
@@ -49,30 +44,23 @@ loss/perplexity (``val_mode="loss"``, default) or generates and scores ROUGE-L (
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
-import time
-import uuid
 from collections import Counter
 from typing import Any, Literal
 
-from kasa_lightning.datamodules.causal import IGNORE_INDEX, CausalLMDataModule
-from kasa_lightning.datamodules.errors import data_errors
+from kasa_lightning.datamodules.causal import CausalLMDataModule
+from kasa_lightning.datamodules.chat import CHATML_TEMPLATE, ChatEncoding, ChatTemplateError
+from kasa_lightning.datamodules.loading import load_local_or_hub
 from kasa_lightning.hub import is_local_path
-from kasa_lightning.metrics.mtbench import answer_turns, read_jsonl
+from kasa_lightning.metrics.mtbench import fastchat_answer, first_turn_answers
+
+__all__ = ["CHATML_TEMPLATE", "REQUIRED_COLUMNS", "ChatTemplateError", "InstructionDataModule"]
 
 log = logging.getLogger(__name__)
 
 Source = Literal["llamaduo", "alpaca", "mt_bench"]
-
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 # columns each format needs
 REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -81,15 +69,9 @@ REQUIRED_COLUMNS: dict[str, tuple[str, ...]] = {
     "mt_bench": ("question_id", "category", "turns"),
 }
 DEFAULT_TRAIN_SPLIT = {"llamaduo": "train_sft_gpt4o", "alpaca": "train", "mt_bench": "train"}
-_LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".gz": "json", ".parquet": "parquet"}
-_ENCODING_VERSION = "instruct-v2"  # bump when the encoding changes (invalidates cached map results)
 
 
-class ChatTemplateError(ValueError):
-    """The chat template cannot give an assistant-only loss mask (a prefix renders differently)."""
-
-
-class InstructionDataModule(CausalLMDataModule):
+class InstructionDataModule(ChatEncoding, CausalLMDataModule):
     """Instruction tuning with an assistant-only loss; see the module docstring.
 
     Args:
@@ -114,6 +96,8 @@ class InstructionDataModule(CausalLMDataModule):
             ``CausalLMDataModule`` / ``BaseDataModule``; ``generation`` defaults to ``max_new_tokens=512`` and
             ``max_length`` to 1024.
     """
+
+    ENCODING_VERSION = 2  # bump when the encoding changes (cached map results are then not reused)
 
     def __init__(
         self,
@@ -169,87 +153,9 @@ class InstructionDataModule(CausalLMDataModule):
         self._test_format: str | None = None
         self._turn_info: dict[str, Any] | None = None
 
-    # ------------------------------------------------------------------ chat template
-    @property
-    def chat_template(self) -> str:
-        """The Jinja template in use (the argument, the tokenizer's own, or ChatML)."""
-        if self.chat_template_arg and self.chat_template_arg.lower() != "chatml":
-            return self.chat_template_arg
-        if self.chat_template_arg is None and getattr(self.tokenizer, "chat_template", None):
-            template = self.tokenizer.chat_template
-            if isinstance(template, dict):  # several named templates: use the default one
-                template = template.get("default") or next(iter(template.values()))
-            return template
-        return CHATML_TEMPLATE
-
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
-        """The conversation as text through the chat template."""
-        return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-    @property
-    def turn_info(self) -> dict[str, Any]:
-        """What the template puts after an assistant reply (``end_text``), the stop token ids for ``generate``
-        and whether an eos must be appended after the last assistant turn."""
-        if self._turn_info is None:
-            tok = self.tokenizer
-            reply = "KASA_PROBE_REPLY"
-            probe = [{"role": "user", "content": "KASA_PROBE_QUESTION"}, {"role": "assistant", "content": reply}]
-            full = self.render(probe)
-            end_text = full.rsplit(reply, 1)[-1] if reply in full else ""
-            end_ids = self._ids(end_text) if end_text.strip() else []
-            special = set(tok.all_special_ids) | {i for i, t in getattr(tok, "added_tokens_decoder", {}).items()
-                                                  if getattr(t, "special", False)}
-            stop = [tok.eos_token_id] if tok.eos_token_id is not None else []
-            stop += [i for i in end_ids[:1] if i in special and i not in stop]
-            self._turn_info = {
-                "end_text": end_text.strip(),
-                "stop_ids": stop,
-                "append_eos": tok.eos_token_id is not None and not any(i in stop for i in end_ids),
-            }
-        return self._turn_info
-
     # ------------------------------------------------------------------ loading
     def _load(self, path: str | list[str], split: str, role: str) -> Any:
-        import datasets
-
-        paths = [path] if isinstance(path, str) else list(path)
-        local = [p for p in paths if is_local_path(p)]
-        if local and len(local) != len(paths):
-            raise ValueError(f"data.{role}_path={path!r} mixes local files and Hub names; give one kind")
-        if local:
-            files: list[str] = []
-            for pattern in paths:
-                pattern = os.path.expanduser(pattern)
-                if os.path.isdir(pattern):
-                    found = sorted(f for ext in ("json", "jsonl", "parquet")
-                                   for f in glob.glob(os.path.join(pattern, f"*.{ext}")))
-                else:
-                    found = sorted(glob.glob(pattern))
-                if not found:
-                    raise FileNotFoundError(f"data.{role}_path: no file matches {pattern!r}")
-                files += found
-            builders = {_LOCAL_SUFFIXES.get(os.path.splitext(f)[1].lower(), "json") for f in files}
-            if len(builders) > 1:
-                raise ValueError(f"data.{role}_path mixes JSON and Parquet files: {files}")
-            with data_errors(f"data.{role}_path", files):  # a parse error or empty file: named, last line
-                data = datasets.load_dataset(builders.pop(), data_files=files, split="train", cache_dir=self.cache_dir)
-        else:
-            if len(paths) != 1:
-                raise ValueError(f"data.{role}_path: give one Hub dataset name, not {paths}")
-            try:
-                data = datasets.load_dataset(paths[0], split=split, cache_dir=self.cache_dir)
-            except Exception as err:  # noqa: BLE001 (add which setting to change)
-                message = (f"data.{role}_path={paths[0]!r} (split {split!r}) could not be loaded from the Hub ({err}); "
-                           "offline, give local .json/.jsonl/.parquet files instead")
-                try:
-                    wrapped = type(err)(message)
-                except Exception:  # noqa: BLE001 (exception types with other constructors)
-                    wrapped = RuntimeError(message)
-                raise wrapped from err
+        data = load_local_or_hub(path, split, f"data.{role}_path", self.cache_dir)
         if self.max_samples is not None:
             data = data.select(range(min(self.max_samples, len(data))))
         return data
@@ -302,53 +208,6 @@ class InstructionDataModule(CausalLMDataModule):
             conv.insert(0, {"role": "system", "content": self.system_prompt})
         return conv
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> tuple[dict[str, list[int]] | None, str]:
-        """Token ids of the conversation with labels on the assistant turns only; (None, reason) when skipped."""
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if last is None:
-            return None, "no_assistant"
-        messages = messages[:last + 1]  # later turns carry no target
-        full = self.render(messages)
-        spans = []
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            before = self.render(messages[:i], add_generation_prompt=True)
-            upto = self.render(messages[:i + 1])
-            if not (full.startswith(upto) and upto.startswith(before)):
-                raise ChatTemplateError(
-                    "the chat template renders a conversation prefix differently from the same part of the whole "
-                    f"conversation (assistant turn {i}), so the assistant tokens cannot be located reliably; "
-                    "give data.chat_template (e.g. 'chatml')")
-            spans.append((len(before), len(upto)))
-        tok = self.tokenizer
-        if tok.is_fast:
-            enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
-            ids = list(enc["input_ids"])
-            labels = [tid if any(a <= start < b for a, b in spans) else IGNORE_INDEX
-                      for tid, (start, _) in zip(ids, enc["offset_mapping"])]
-        else:  # no offsets: token prefixes, checked
-            ids = self._ids(full)
-            labels = [IGNORE_INDEX] * len(ids)
-            for a, b in spans:
-                pa, pb = self._ids(full[:a]), self._ids(full[:b])
-                if ids[:len(pb)] != pb or pb[:len(pa)] != pa:
-                    raise ChatTemplateError("the tokenizer merges tokens across a turn boundary; use a fast tokenizer")
-                labels[len(pa):len(pb)] = pb[len(pa):]
-        if self.turn_info["append_eos"]:
-            ids.append(tok.eos_token_id)
-            labels.append(tok.eos_token_id)
-        status = "ok"
-        if len(ids) > self.max_length:
-            # the last assistant turn (plus eos): from the first labelled token after the last prompt token
-            tail = len(ids) - max(j for j, lab in enumerate(labels) if lab == IGNORE_INDEX) - 1 if (
-                IGNORE_INDEX in labels) else len(ids)
-            if self.overlength == "drop" or tail >= self.max_length:
-                return None, "dropped"
-            ids, labels = ids[-self.max_length:], labels[-self.max_length:]
-            status = "truncated"
-        return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}, status
-
     def _eval_example(self, row: dict[str, Any], fmt: str, index: int) -> tuple[list[dict[str, str]] | None, Any, dict]:
         """(prompt conversation, target, meta) of one evaluation row."""
         if fmt == "mt_bench":
@@ -380,18 +239,11 @@ class InstructionDataModule(CausalLMDataModule):
 
     def _previous_answers(self) -> dict[Any, str]:
         if not hasattr(self, "_prev_cache"):
-            rows = read_jsonl(os.path.expanduser(self.previous_answers))
-            self._prev_cache = {row["question_id"]: answer_turns(row)[0] for row in rows}
+            self._prev_cache = first_turn_answers(os.path.expanduser(self.previous_answers))
         return self._prev_cache
 
-    # ------------------------------------------------------------------ Dataset.map
-    def _fingerprint(self, data: Any, *parts: Any) -> str:
-        from datasets.fingerprint import Hasher
-
-        tok = self.tokenizer
-        return Hasher.hash([_ENCODING_VERSION, getattr(data, "_fingerprint", None), type(tok).__name__,
-                            tok.name_or_path, len(tok), tok.eos_token_id, self.chat_template, self.system_prompt,
-                            self.max_length, self.overlength, *parts])
+    def _fingerprint_of(self, data: Any, *parts: Any) -> str:
+        return self.map_fingerprint(data, self.chat_template, self.system_prompt, *parts)
 
     def _encode_train(self, data: Any, fmt: str, split: str) -> Any:
         def encode(batch: dict[str, list]) -> dict[str, list]:
@@ -406,7 +258,7 @@ class InstructionDataModule(CausalLMDataModule):
             return out
 
         encoded = data.map(encode, batched=True, remove_columns=data.column_names,
-                           new_fingerprint=self._fingerprint(data, "train", fmt), desc=f"tokenize {split}")
+                           new_fingerprint=self._fingerprint_of(data, "train", fmt), desc=f"tokenize {split}")
         return self._keep(encoded, split)
 
     def _encode_eval(self, data: Any, fmt: str, split: str) -> Any:
@@ -431,7 +283,7 @@ class InstructionDataModule(CausalLMDataModule):
             return out
 
         encoded = data.map(encode, batched=True, with_indices=True, remove_columns=data.column_names,
-                           new_fingerprint=self._fingerprint(data, "eval", fmt, budget, self.mt_bench_turn,
+                           new_fingerprint=self._fingerprint_of(data, "eval", fmt, budget, self.mt_bench_turn,
                                                              self._prev_key()), desc=f"tokenize {split}")
         return self._keep(encoded, split)
 
@@ -517,26 +369,11 @@ class InstructionDataModule(CausalLMDataModule):
 
         return {"rougeL": RougeL()}
 
-    def clean_output(self, text: str) -> str:
-        """The reply without the template's end-of-turn text (when it is not a special token) and outer spaces."""
-        end = self.turn_info["end_text"] if self._tokenizer is not None else ""
-        if end:
-            for marker in (end, self.tokenizer.decode(self._ids(end), skip_special_tokens=True).strip()):
-                if marker and marker in text:
-                    text = text[:text.index(marker)]
-        return text.strip()
-
     def format_prediction(self, meta: dict[str, Any], text: str) -> dict[str, Any]:
         text = self.clean_output(text)
         if "question_id" in meta and self._test_format == "mt_bench":
-            return {
-                "question_id": meta["question_id"],
-                "category": meta.get("category"),
-                "answer_id": uuid.uuid4().hex,
-                "model_id": self.model_id,
-                "choices": [{"index": 0, "turns": [*meta.get("previous_turns", []), text]}],
-                "tstamp": time.time(),
-            }
+            return fastchat_answer(meta["question_id"], meta.get("category"), self.model_id,
+                                   [*meta.get("previous_turns", []), text])
         return {**meta, "output": text}
 
 

@@ -45,6 +45,12 @@ class KaSACLI(LightningCLI):
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(*args, **kwargs)
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI overwrites the parsed model settings with the checkpoint's hyperparameters when
+        ``--ckpt_path`` is given, which silently drops the user's config and command line (and records the
+        checkpoint's values in config.yaml). Here the user's settings stay; ``KaSAModule.on_load_checkpoint``
+        refuses a checkpoint whose structure differs and warns about other differences."""
+
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
         parser.link_arguments("model.init_args.backbone", "data.init_args.tokenizer")
         parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")

@@ -18,6 +18,7 @@ or backbone.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import inspect
 import math
 import random
@@ -27,6 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from torch import nn
 
 from kasa_lightning import checkpoint_io
@@ -51,9 +53,24 @@ from kasa_lightning.kasa import (
     record_in_forward,
 )
 from kasa_lightning.kasa.inject import plain_name
+from kasa_lightning.resume import (
+    apply_optimizer_settings,
+    changed_settings,
+    optimizer_settings,
+    refusal,
+    structural_differences,
+    uncount_unfinished_epoch,
+    warn_changed,
+    warn_changed_limits,
+)
 
 Task = Literal["classification", "regression", "causal_lm"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# set while load_from_checkpoint runs: Lightning calls configure_model() before on_load_checkpoint, and the model
+# it builds then only has to receive the checkpoint's tensors (no SVD, no initialisation)
+_LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("kasa_loading_checkpoint", default=False)
 
 
 class KaSAModule(EvaluationMixin, L.LightningModule):
@@ -198,6 +215,7 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         """Build the backbone and apply the adapters (before any strategy wraps or shards the model)."""
         if self.model is not None:
             return
+        initialize = initialize and not _LOADING_CHECKPOINT.get()
         model = self.build_backbone()
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -336,6 +354,7 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
             optimizer = torch.optim.AdamW(groups, fused=self._can_fuse(groups) or None)
         else:
             optimizer = self.optimizer_factory(groups)
+        self._optimizer_settings = [optimizer_settings(optimizer)]  # the user's, before a restore replaces them
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
         else:
@@ -349,6 +368,16 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
             make = get_linear_schedule_with_warmup if self.schedule == "linear" else get_cosine_schedule_with_warmup
             scheduler = make(optimizer, min(warmup, total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """``StopCheckpoint``: ``last.ckpt`` of the final step at the end of fit, and on SIGTERM."""
+        from kasa_lightning.callbacks.stop import StopCheckpoint
+
+        return [StopCheckpoint()]
+
+    def on_train_start(self) -> None:
+        if self.trainer.ckpt_path is not None and getattr(self, "_optimizer_settings", None):
+            apply_optimizer_settings(self.trainer, self._optimizer_settings)  # the restore put the saved ones back
 
     def _can_fuse(self, groups: list[dict[str, Any]]) -> bool:
         """Whether the default AdamW may use its fused kernel here."""
@@ -391,10 +420,11 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         accepted = inspect.signature(type(self).__init__).parameters  # LightningCLI adds "_class_path" and such
         copy = type(self)(**{k: v for k, v in self.hparams.items() if k in accepted})
         copy.on_load_checkpoint(checkpoint)
+        copy.load_state_dict(checkpoint["state_dict"])
         return copy
 
     # ------------------------------------------------------------------ checkpoints
-    @classmethod
+    @_restricted_classmethod  # as Lightning's: calling it on an instance is an error
     def load_from_checkpoint(  # type: ignore[override]
         cls,
         checkpoint_path: Any,
@@ -407,7 +437,8 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         """Lightning's ``load_from_checkpoint``, reading the file with ``weights_only=True`` (local paths, fsspec
         and ``http(s)://`` URLs alike; Lightning would read URLs with ``weights_only=False``). A file that is not a
         checkpoint or that asks to run code raises ``kasa_lightning.checkpoint_io.UnsafeCheckpointError``. Pass
-        ``weights_only=False`` only for a file you trust."""
+        ``weights_only=False`` only for a file you trust. The model is built for the checkpoint's tensors, without
+        the SVD and initialisation a new model needs (Lightning calls ``configure_model()`` before loading)."""
         if weights_only is not False:
             name = str(checkpoint_path)
             if isinstance(checkpoint_path, str) and checkpoint_io.is_url(checkpoint_path):
@@ -417,13 +448,22 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
             checkpoint_io.load_checkpoint_safely(checkpoint_path, map_location="cpu", name=name)
             if hasattr(checkpoint_path, "seek"):
                 checkpoint_path.seek(0)
-        with torch.serialization.safe_globals(checkpoint_io.SAFE_GLOBALS):
-            return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict,
-                                                weights_only is not False, **kwargs)
+        token = _LOADING_CHECKPOINT.set(True)
+        try:
+            with torch.serialization.safe_globals(checkpoint_io.SAFE_GLOBALS):
+                return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict,
+                                                    weights_only is not False, **kwargs)
+        finally:
+            _LOADING_CHECKPOINT.reset(token)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._keep_trained_state(checkpoint)
         self._refuse_diverged_checkpoint(checkpoint)  # before anything is written
+        uncount_unfinished_epoch(self._trainer, checkpoint)
+        # the settings as trained (load_from_checkpoint overwrites "hyper_parameters" with its keyword arguments)
+        checkpoint["kasa"]["hparams"] = dict(self.hparams)
+        if self._trainer is not None:  # the run's limits, to say on resume where they changed
+            checkpoint["kasa"]["limits"] = {"max_epochs": self.trainer.max_epochs, "max_steps": self.trainer.max_steps}
         checkpoint["kasa"]["rng_per_rank"] = self._gather_rng_states()  # a collective: every rank is here
 
     def _keep_trained_state(self, checkpoint: dict[str, Any]) -> None:
@@ -452,32 +492,56 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         dist.all_gather_object(states, _rng_state())
         return states
 
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """Load a state dict as this module's checkpoints hold it: the adapters and ``modules_to_save`` only
+        (nothing of the frozen base, which is not "missing"), or every weight for a ``backbone_config`` model.
+
+        A missing or unexpected adapter tensor, or one of another shape, raises ``ValueError`` whatever
+        ``strict`` says: a checkpoint without one of its adapter tensors is broken, not partial. A state dict of
+        the whole module (``module.state_dict()``) loads as ``nn.Module.load_state_dict`` would."""
+        from torch.nn.modules.module import _IncompatibleKeys
+
+        prefix = "model."
+        state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        others = sorted(k for k in state_dict if not k.startswith(prefix))
+        if self.model is None or others or (state and len(state) == len(self.model.state_dict())):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if getattr(self, "_full_state", self.backbone_config is not None):
+            self.model.load_state_dict(state, strict=True)
+        else:
+            load_adapter_state_dict(self.model, state)
+        return _IncompatibleKeys([], [])
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check that the checkpoint fits this model and build the model for it; ``load_state_dict`` (which
+        Lightning calls next, with the checkpoint's state dict) loads the tensors.
+
+        Settings that decide what the saved tensors are (backbone, task, labels, adapter structure) must equal
+        the checkpoint's, or this raises; for the others this model's values are kept, with a warning where the
+        checkpoint's differ (see ``kasa_lightning.resume``)."""
         info = checkpoint.get("kasa")
         if info is None:
             raise ValueError("this checkpoint was not written by KaSAModule (no 'kasa' entry)")
-        saved = AdapterConfig.from_dict(info["adapter"])
-        if saved.structure() != self.adapter_config.structure():
-            diff = {k: (v, self.adapter_config.structure()[k]) for k, v in saved.structure().items()
-                    if self.adapter_config.structure()[k] != v}
-            raise ValueError(f"checkpoint adapter config differs from model.adapter; (checkpoint, model): {diff}")
-        if info["backbone"] != self.backbone_name:
-            raise ValueError(
-                f"checkpoint was trained on backbone {info['backbone']!r}, this model is {self.backbone_name!r}"
-            )
+        saved_hparams = dict(info.get("hparams") or {})  # older checkpoints: the adapter and backbone only
+        saved_hparams["adapter"] = info["adapter"]  # the config as applied (defaults resolved)
+        saved_hparams["backbone"] = info["backbone"]
+        mine = dict(self.hparams)
+        mine["adapter"] = self.adapter_config.to_dict()
+        if "_class_path" not in mine or "_class_path" not in saved_hparams:
+            saved_hparams.pop("_class_path", None)
+            mine.pop("_class_path", None)
+        structural = structural_differences(saved_hparams, mine)
+        if structural:
+            raise ValueError(refusal(structural))
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            warn_changed(changed_settings(saved_hparams, mine))
+            warn_changed_limits(info.get("limits") or {}, self.trainer)
         self.configure_model(initialize=False)  # no-op when the Trainer already configured the model
         model_type = getattr(getattr(self.model, "config", None), "model_type", None)
         if info.get("model_type") != model_type:
             raise ValueError(f"checkpoint is for a {info.get('model_type')!r} model, this one is {model_type!r}")
-        if "state_dict" in checkpoint:
-            prefix = "model."
-            state = {k[len(prefix):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-            if info.get("full_state"):
-                self.model.load_state_dict(state, strict=True)
-            else:
-                load_adapter_state_dict(self.model, state)
-            checkpoint["state_dict"] = {}  # loaded above, with checks; nothing left for Lightning to load
-        # else: a sharding strategy (FSDP) has already loaded it into the wrapped model (strict_loading=False)
+        self._full_state = bool(info.get("full_state"))
+        # without "state_dict", a sharding strategy (FSDP) loads it into the wrapped model (strict_loading=False)
         self._best = dict(info.get("best", {}))
         per_rank = info.get("rng_per_rank") or ([info["rng"]] if info.get("rng") else [])  # "rng": older files
         if per_rank and self._trainer is not None and self.trainer.state.fn == "fit":

@@ -81,6 +81,24 @@ class StopAfter(L.Callback):
             trainer.should_stop = True
 
 
+class PauseForSignal(L.Callback):
+    """After optimiser step ``step``: writes ``marker`` and waits (at most ``timeout`` s) until Lightning has
+    received SIGTERM, so that a test's signal arrives at a known step (the SIGTERM test's subprocess)."""
+
+    def __init__(self, step: int, marker: str, timeout: float = 60.0) -> None:
+        self.step, self.marker, self.timeout = step, marker, timeout
+
+    def on_train_batch_end(self, trainer, *_) -> None:  # noqa: ANN001, ANN002
+        if trainer.global_step != self.step:
+            return
+        import time
+
+        Path(self.marker).write_text("waiting")
+        deadline = time.monotonic() + self.timeout
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
 class CPUFSDPStrategy(FSDPStrategy):
     """Lightning's FSDP strategy on CPU processes (gloo), so the FSDP code paths run in CI without a GPU.
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import time
+import uuid
 from typing import Any
 
 # MT-Bench categories whose questions are graded against a reference answer (FastChat: NEED_REF_CATS)
@@ -76,3 +78,20 @@ def build_items(questions: list[dict[str, Any]] | None, answers: list[dict[str, 
             items.append({"key": key or {"index": index}, "question": row["prompt"], "answer": row["output"],
                           "reference": row.get("reference"), "model_id": row.get("model_id")})
     return items
+
+
+def first_turn_answers(path: str | os.PathLike) -> dict[Any, str]:
+    """``question_id -> first answer turn`` of an answer file (the context of MT-Bench's second turn)."""
+    return {row["question_id"]: answer_turns(row)[0] for row in read_jsonl(path)}
+
+
+def fastchat_answer(question_id: Any, category: str | None, model_id: str, turns: list[str]) -> dict[str, Any]:
+    """One line of a FastChat answer file (``gen_model_answer.py``'s layout), as the judge and FastChat read it."""
+    return {
+        "question_id": question_id,
+        "category": category,
+        "answer_id": uuid.uuid4().hex,
+        "model_id": model_id,
+        "choices": [{"index": 0, "turns": list(turns)}],
+        "tstamp": time.time(),
+    }
