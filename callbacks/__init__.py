@@ -3,7 +3,7 @@
 Import them as ``kasa_lightning.callbacks`` only, never as a bare ``callbacks`` package.
 """
 
-from kasa_lightning.callbacks.export import AdapterExport
+from kasa_lightning.callbacks.adapter_export import AdapterExport
 from kasa_lightning.callbacks.heatmaps import SingularValueHeatmap, render_heatmap, sigma_matrices
 from kasa_lightning.callbacks.predictions import JsonlPredictionWriter
 from kasa_lightning.callbacks.regularizers import RegularizerMonitor, regularizer_scalars

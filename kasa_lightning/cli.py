@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from kasa_lightning.datamodules.base import BaseDataModule
-from kasa_lightning.exporting import ExportFormat
+from kasa_lightning.artifacts import ExportFormat
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.loggers import AtomicTensorBoardLogger
 from kasa_lightning.module import KaSAModule
@@ -116,7 +116,7 @@ def export(
     """
     import importlib
 
-    from kasa_lightning.exporting import export_module, prepare_output_dir
+    from kasa_lightning.artifacts import export_module, prepare_output_dir
 
     if ckpt_path is None or output_dir is None:
         raise ValueError("export needs --ckpt_path <fit checkpoint> and --output_dir <directory>")

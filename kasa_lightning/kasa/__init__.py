@@ -2,7 +2,7 @@
 regularisers, adapter state and PEFT export. Each concept lives in its own module."""
 
 from .config import AdapterConfig
-from .export import export_peft
+from .peft_format import export_peft
 from .inject import (
     adapted_layers,
     adapter_config,

@@ -9,7 +9,7 @@ from typing import Literal
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from kasa_lightning.exporting import FORMATS, ExportFormat, export_module
+from kasa_lightning.artifacts import FORMATS, ExportFormat, export_module
 from kasa_lightning.module import shards_parameters
 
 
