@@ -318,38 +318,11 @@ def summary(times: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]
 
 
 def compare_means(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05) -> dict[str, Any]:
-    """Is mean(a) different from mean(b), and is it equal to it within +-``margin``? (seeds as the samples)
+    """Welch's t-test and the TOST equivalence test of mean(a) against mean(b), as a dict: the implementation is
+    ``kasa_lightning.stats.compare_means`` (the report uses the same one)."""
+    from kasa_lightning.stats import compare_means as compare
 
-    * Welch's two-sample t-test (unequal variances) of H0: mean(a) = mean(b), two-sided: ``p_difference``;
-      ``distinguishable`` when it is below ``alpha``.
-    * Two one-sided Welch t-tests (TOST) of H0: |mean(a) - mean(b)| >= margin: ``p_equivalence`` is the larger of
-      the two p-values; ``equivalent`` when it is below ``alpha``, i.e. when the (1 - 2 alpha) confidence interval
-      of the difference (``ci``) lies inside (-margin, margin).
-
-    Needs at least 2 values on each side and some spread in one of them; otherwise ``p_*`` are None and neither
-    claim is made (``reason`` says why). scipy computes the t distributions (the by-hand part is only TOST's
-    shift of the null hypothesis, which scipy has no function for)."""
-    from scipy import stats
-
-    a, b = [float(x) for x in a], [float(x) for x in b]
-    out: dict[str, Any] = {"n_a": len(a), "n_b": len(b), "margin": margin, "alpha": alpha,
-                           "difference": (statistics.mean(a) - statistics.mean(b)) if a and b else None,
-                           "p_difference": None, "p_equivalence": None, "ci": None,
-                           "distinguishable": False, "equivalent": False, "reason": None}
-    if len(a) < 2 or len(b) < 2:
-        out["reason"] = "needs at least 2 seeds per method"
-        return out
-    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
-        out["reason"] = "no spread over the seeds on either side: the t-test is undefined"
-        return out
-    welch = stats.ttest_ind(a, b, equal_var=False)
-    lower = stats.ttest_ind([x + margin for x in a], b, equal_var=False, alternative="greater")  # H0: d <= -margin
-    upper = stats.ttest_ind([x - margin for x in a], b, equal_var=False, alternative="less")  # H0: d >= +margin
-    ci = welch.confidence_interval(confidence_level=1 - 2 * alpha)
-    out.update(p_difference=float(welch.pvalue), p_equivalence=float(max(lower.pvalue, upper.pvalue)),
-               ci=[float(ci.low), float(ci.high)], distinguishable=bool(welch.pvalue < alpha),
-               equivalent=bool(max(lower.pvalue, upper.pvalue) < alpha))
-    return out
+    return compare(a, b, margin, alpha).as_dict()
 
 
 # ---------------------------------------------------------------------- output

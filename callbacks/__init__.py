@@ -4,6 +4,7 @@ Import them as ``kasa_lightning.callbacks`` only, never as a bare ``callbacks`` 
 """
 
 from kasa_lightning.callbacks.adapter_export import AdapterExport
+from kasa_lightning.callbacks.metrics_file import MetricsFile
 from kasa_lightning.callbacks.heatmaps import SingularValueHeatmap, render_heatmap, sigma_matrices
 from kasa_lightning.callbacks.predictions import JsonlPredictionWriter
 from kasa_lightning.callbacks.regularizers import RegularizerMonitor, regularizer_scalars
@@ -12,6 +13,7 @@ from kasa_lightning.callbacks.stop import StopCheckpoint
 __all__ = [
     "AdapterExport",
     "JsonlPredictionWriter",
+    "MetricsFile",
     "RegularizerMonitor",
     "SingularValueHeatmap",
     "StopCheckpoint",

@@ -13,6 +13,10 @@
   anything is built or written: a Hub name that cannot be loaded offline or without network is refused at once,
   naming the setting.
 * Commands besides LightningCLI's (``export``, ...) are rows of ``COMMANDS``; ``--help`` lists them all.
+* Every run writes its metrics to a JSON file (``kasa_lightning.callbacks.MetricsFile``, always on;
+  ``--metrics_file.path`` sets the file, default ``<log_dir>/metrics.json``).
+* ``sweep`` (seeds x methods x configs, resumable) and ``report`` (the paper's protocol, statistics, plots) are
+  ``kasa_lightning.sweep`` and ``kasa_lightning.report``.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class KaSACLI(LightningCLI):
         refuses a checkpoint whose structure differs and warns about other differences."""
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
+        from kasa_lightning.callbacks import MetricsFile
+
+        parser.add_lightning_class_args(MetricsFile, "metrics_file")  # always on: the report reads these files
         parser.link_arguments("model.init_args.backbone", "data.init_args.tokenizer")
         parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
@@ -160,9 +167,26 @@ def _run_export(args: list[str]) -> Any:
     return export(**config)
 
 
+def _run_module(name: str) -> Callable[[list[str]], None]:
+    """A command whose parser and work live in ``kasa_lightning.<name>.main(args) -> exit code``."""
+
+    def run(args: list[str]) -> None:
+        import importlib
+
+        code = importlib.import_module(f"kasa_lightning.{name}").main(args)
+        if code:
+            raise SystemExit(code)
+
+    return run
+
+
 #: the extra commands, by name (add a row for a new one; ``main`` dispatches, ``--help`` lists them)
 COMMANDS: dict[str, Command] = {
     "export": Command(_run_export, "Turn a fit checkpoint into a PEFT adapter, a merged model or an adapter file."),
+    "sweep": Command(_run_module("sweep"), "Run configs x seeds x methods (or the ablation) as resumable fit runs, "
+                     "one directory each; --dry-run prints their commands."),
+    "report": Command(_run_module("report"), "Aggregate a sweep by the paper's protocol beside the paper's numbers: "
+                      "results.md, results.json, plots, Welch and TOST tests."),
 }
 
 
