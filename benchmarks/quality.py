@@ -4,10 +4,13 @@ All-MiniLM-L6-v2 (the packaged pretrained model) is fine-tuned on GLUE tasks fro
 (``<data-dir>/<TASK>/<training file>``; default SST-2, whose shared copy is ``train.from-test-labeled.tsv``, the
 SST test sentences with their original labels). 20% of the training file is held out as the validation set by
 ``GLUEDataModule(val_from_train=0.2)`` with the DataModule's fixed seed (0), so every method and run sees the same
-split, the same training order and the same batches. Every method runs through the same Lightning ``Trainer``
-and ``KaSAModule`` code: ours through ``KaSAModule`` itself, PEFT's KaSA through a subclass that builds a
-``peft`` model (``LoraConfig(kasa_config=KasaConfig(beta, gamma))``) in ``configure_model`` and returns
-``model._get_kasa_loss()`` as its regulariser; so the optimizer (AdamW over the trainable parameters, lr 2e-3),
+split, the same training order and the same batches. This script is a preset over ``python -m kasa_lightning
+sweep`` and ``report``: it writes one config per task (``<output-dir>/presets/<task>.yaml``), sweeps it over the
+seeds and methods (each run its own ``fit`` process, resumable: rerun with the same ``--output-dir`` to continue),
+and takes the numbers and the statistics from the report (``kasa_lightning.stats``). Ours run as the sweep's
+methods (``configs/methods/``); PEFT's KaSA is the extra method ``peft_kasa``: ``benchmarks/peft_kasa.py``, a
+``KaSAModule`` subclass that builds a ``peft`` model (``LoraConfig(kasa_config=KasaConfig(beta, gamma))``) in
+``configure_model`` and returns ``model._get_kasa_loss()`` as its regulariser; so the optimizer (AdamW over the trainable parameters, lr 2e-3),
 the schedule (linear warmup 6%, linear decay), the metrics and the loop are shared. r=8, alpha=16, dropout 0,
 targets query/value, the classifier trained, beta=1e-4 and gamma=1e-3 (KaSA only), batch 32, 3 epochs, max
 length 128 (quick: 96). The learning rate is higher than the paper's 4e-4 to 5e-4 because the budget is a few
@@ -25,13 +28,12 @@ meaningful.
     python benchmarks/quality.py [--quick] [--json PATH] [--seeds 0 1 2 3 4] [--tasks sst2,mrpc] [--epochs N]
                                  [--methods kasa,lora,...] [--lr LR] [--batch-size N] [--margin 0.02]
                                  [--max-train-samples N] [--max-eval-samples N] [--data-dir DIR]
-                                 [--train-file NAME] [--threads N]
+                                 [--train-file NAME] [--threads N] [--output-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import os
 import statistics
@@ -42,8 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
+import yaml
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -51,7 +52,6 @@ from _common import (  # noqa: E402
     MINILM,
     Probe,
     add_common_arguments,
-    compare_means,
     geometric_mean,
     markdown_table,
     pick_device,
@@ -62,7 +62,8 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from kasa_lightning import AdapterConfig, AdapterLossTerms, KaSAModule  # noqa: E402
+from kasa_lightning import report, sweep  # noqa: E402
+from kasa_lightning.stats import compare_means  # noqa: E402
 
 R, ALPHA, LR, BETA, GAMMA, DATA_SEED = 8, 16.0, 2e-3, 1e-4, 1e-3, 0
 MARGIN = 0.02  # equivalence margin of the TOST: +-2 points of the metric
@@ -101,54 +102,46 @@ MODES = {
 }
 
 
-class PeftKaSAModule(KaSAModule):
-    """``KaSAModule`` whose backbone carries Hugging Face PEFT's KaSA instead of ours: same loop, optimizer,
-    schedule and metrics; the regulariser is ``model._get_kasa_loss()`` (PEFT never adds it by itself)."""
-
-    def configure_model(self, initialize: bool = True) -> None:
-        if self.model is not None:
-            return
-        import peft
-
-        model = self.build_backbone()
-        model.train()
-        a = self.adapter_config
-        present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        cfg = peft.LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=a.target_modules,
-                              modules_to_save=[m for m in a.modules_to_save if m in present] or None,
-                              kasa_config=peft.KasaConfig(beta=a.beta, gamma=a.gamma))
-        self.model = peft.get_peft_model(model, cfg)
-
-    def regularizer(self) -> AdapterLossTerms:
-        loss = self.model._get_kasa_loss()
-        if not torch.is_tensor(loss):
-            loss = torch.tensor(float(loss))
-        zero = loss.new_zeros(())
-        return AdapterLossTerms(loss=loss, l2=zero, l3=zero, per_layer={})
+def task_config(task: str, train_file: str, mode: Mode, data_dir: str, device: str) -> dict[str, Any]:
+    """The sweep config of one GLUE task at this benchmark's budget (KaSA; the sweep's method overlays make the
+    baselines)."""
+    model: dict[str, Any] = {
+        "backbone": MINILM, "task": "classification",
+        "adapter": {"method": "kasa", "r": R, "alpha": ALPHA, "dropout": 0.0, "target_modules": ["query", "value"],
+                    "modules_to_save": ["classifier"], "beta": BETA, "gamma": GAMMA},
+        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": mode.lr}}, "warmup_ratio": 0.06}
+    if mode.backbone_config:
+        model["backbone_config"] = mode.backbone_config
+    data = {"task": task, "data_dir": data_dir, "train_file": train_file, "val_from_train": 0.2,
+            "max_train_samples": mode.max_train, "max_eval_samples": mode.max_eval, "batch_size": mode.batch_size,
+            "max_length": mode.max_length, "seed": DATA_SEED}
+    return {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "gpu" if device.startswith("cuda") else "cpu", "devices": 1,
+                    "max_epochs": mode.epochs, "logger": False, "enable_model_summary": False,
+                    "num_sanity_val_steps": 0},
+        "model": {"class_path": "kasa_lightning.KaSAModule", "init_args": model},
+        "data": {"class_path": "kasa_lightning.datamodules.GLUEDataModule", "init_args": data},
+    }
 
 
-def make_module(method: str, num_labels: int, mode: Mode) -> KaSAModule:
-    base_method = "kasa" if method == "peft_kasa" else method
-    cfg = AdapterConfig(method=base_method, r=R, alpha=ALPHA, dropout=0.0, target_modules=["query", "value"],
-                        modules_to_save=["classifier"],
-                        beta=BETA if base_method == "kasa" else None, gamma=GAMMA if base_method == "kasa" else None)
-    cls = PeftKaSAModule if method == "peft_kasa" else KaSAModule
-    extra = {"backbone_config": mode.backbone_config} if mode.backbone_config else {}
-    return cls(backbone=MINILM, task="classification", num_labels=num_labels, adapter=cfg,
-               optimizer=functools.partial(torch.optim.AdamW, lr=mode.lr), warmup_ratio=0.06, **extra)
+def run_sweep(configs: list[Path], seeds: tuple[int, ...], methods: tuple[str, ...], root: Path,
+              threads: int | None) -> None:
+    """``python -m kasa_lightning sweep`` over the task configs; PEFT's KaSA is the extra method ``peft_kasa``."""
+    from kasa_lightning import sweep
 
-
-def run_one(method: str, seed: int, data: Any, mode: Mode, device: str, root: str) -> dict[str, Any]:
-    L.seed_everything(seed, workers=True, verbose=False)
-    module = make_module(method, data.num_labels, mode)
-    trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_epochs=mode.epochs,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=root)
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    wall = time.perf_counter() - t0
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    return {"method": method, "seed": seed, "wall_s": wall, "steps": trainer.global_step, "metrics": metrics}
+    overlay = root / "presets" / "peft_kasa.yaml"
+    overlay.write_text("model:\n  class_path: peft_kasa.PeftKaSAModule\n")
+    os.environ["PYTHONPATH"] = os.pathsep.join(  # the runs import peft_kasa from this folder
+        [str(Path(__file__).resolve().parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    args = [a for c in configs for a in ("--config", str(c))]
+    args += ["--seeds", ",".join(map(str, seeds)), "--methods", ",".join(methods), "--output_dir", str(root),
+             "--method_overlay", f"peft_kasa={overlay}"]
+    code = sweep.main(args)
+    if code == 2:
+        raise SystemExit("quality: the sweep refused its input (message above)")
 
 
 def train_file(folder: Path, requested: str | None, parser: argparse.ArgumentParser) -> str:
@@ -185,6 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--train-file", default=None,
                         help=f"the training file in each task folder (default: the first of {', '.join(TRAIN_FILES)} "
                              "that exists)")
+    parser.add_argument("--output-dir", default=None, help="the sweep directory (default: a new temporary one); "
+                        "rerunning with the same directory skips finished runs")
     parser.add_argument("--margin", type=float, default=MARGIN,
                         help=f"equivalence margin of the TOST, as a fraction of the metric (default {MARGIN:g})")
     args = parser.parse_args(argv)
@@ -209,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     margin = args.margin
     device = pick_device(args.device)
 
-    from kasa_lightning.datamodules.glue import TASKS, GLUEDataModule
+    from kasa_lightning.datamodules.glue import TASKS
 
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
@@ -217,42 +212,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     files = {task: train_file(Path(args.data_dir) / TASKS[task].folder, args.train_file, parser) for task in tasks}
     metrics = {task: TASKS[task].metrics for task in tasks}
 
-    runs: list[dict[str, Any]] = []
-    sizes: dict[str, dict[str, int]] = {}
-    with torch_threads(args.threads), tempfile.TemporaryDirectory() as root:
+    root = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="quality-"))
+    (root / "presets").mkdir(parents=True, exist_ok=True)
+    configs = []
+    for task in tasks:
+        path = root / "presets" / f"{task}.yaml"
+        path.write_text(yaml.safe_dump(task_config(task, files[task], mode, args.data_dir, device), sort_keys=False))
+        configs.append(path)
+    with torch_threads(args.threads):
         probe = Probe().start()
         t0 = time.perf_counter()
-        for task in tasks:
-            data = GLUEDataModule(task=task, data_dir=args.data_dir, train_file=files[task], val_from_train=0.2,
-                                  max_train_samples=max_train,
-                                  max_eval_samples=max_eval, tokenizer=MINILM, batch_size=mode.batch_size,
-                                  max_length=mode.max_length, seed=DATA_SEED)
-            data.setup("fit")
-            sizes[task] = {"train": len(data.train_set), "validation": len(data.val_set)}
-            for seed in seeds:
-                for method in methods:
-                    run = run_one(method, seed, data, mode, device, root)
-                    run["task"] = task
-                    runs.append(run)
-                    print(f"  {task} seed {seed} {LABELS[method]}: "
-                          + ", ".join(f"{k} {v:.3f}" for k, v in sorted(run["metrics"].items()) if "_best" in k)
-                          + f" ({run['steps']} steps, {run['wall_s']:.0f} s)", flush=True)
+        run_sweep(configs, seeds, methods, root, args.threads)
+        entries = report.report(root, reference="kasa", margin=margin)
         wall = time.perf_counter() - t0
         probe.stop()
         tinfo = thread_info()
 
-    table: dict[str, dict[str, dict[str, Any]]] = {}
+    runs: list[dict[str, Any]] = []
     for task in tasks:
         for method in methods:
-            rs = [r for r in runs if r["task"] == task and r["method"] == method]
-            entry: dict[str, Any] = {}
-            for metric in metrics[task]:
-                values = [r["metrics"][f"val/{metric}_best"] for r in rs if f"val/{metric}_best" in r["metrics"]]
-                if values:
-                    m, s = mean_std(values)
-                    entry[metric] = {"mean": m, "std": s, "values": values}
-            entry["wall_s_mean"] = statistics.mean(r["wall_s"] for r in rs)
-            table.setdefault(task, {})[method] = entry
+            for seed in seeds:
+                run_dir = root / task / method / f"seed{seed}"
+                fit = (sweep.read_json(run_dir / "metrics.json") or {}).get("fit") or {}
+                status = sweep.read_json(run_dir / "status.json") or {}
+                best = {f"{m}_best": max(e["metrics"][m] for e in fit.get("epochs", []) if m in e["metrics"])
+                        for m in {k for e in fit.get("epochs", []) for k in e["metrics"]}}
+                runs.append({"task": task, "method": method, "seed": seed, "status": status.get("status"),
+                             "wall_s": status.get("wall_s"), "steps": fit.get("global_step", 0), "metrics": best})
+    failed = [r for r in runs if r["status"] != "done"]
+    if failed:
+        raise SystemExit(f"quality: {len(failed)} run(s) did not finish: {[(r['task'], r['method'], r['seed']) for r in failed]}"
+                         f" (see {root}/<task>/<method>/seed<k>/status.json)")
+
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for e in entries:
+        metric = e["metric"].split("/", 1)[1]
+        if e["values"]:
+            m, sd = mean_std(e["values"])
+            cell = table.setdefault(e["task"], {}).setdefault(e["method"], {})
+            cell[metric] = {"mean": m, "std": sd, "values": e["values"]}
+    for task in tasks:
+        for method in methods:
+            walls = [r["wall_s"] for r in runs if r["task"] == task and r["method"] == method and r["wall_s"]]
+            table.setdefault(task, {}).setdefault(method, {})["wall_s_mean"] = statistics.mean(walls) if walls else 0.0
 
     # ours against theirs, per task, on the task's first metric: the ratio of the means and the two t-tests
     ratios: dict[str, float] = {}
@@ -267,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ratios[f"{a}_vs_{b}_{metric}_{task}"] = value
                 if metric == "accuracy":
                     per_task.append(value)
-                comparisons[f"{a}_vs_{b}_{task}"] = {"metric": metric, **compare_means(va, vb, margin)}
+                comparisons[f"{a}_vs_{b}_{task}"] = {"metric": metric, **compare_means(va, vb, margin).as_dict()}
         if per_task:
             ratios[f"{a}_vs_{b}_accuracy"] = geometric_mean(per_task)
     ratios = dict(sorted(ratios.items(), key=lambda kv: (kv[0].count("_"), kv[0])))
@@ -294,8 +296,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row += [" ".join(f"{100 * v:.1f}" for v in e[first]["values"]) if first in e else "-",
                     f"{e['wall_s_mean']:.0f} s"]
             rows.append(row)
-        print(f"## {task.upper()} ({files[task]}: train {sizes[task]['train']}, validation "
-              f"{sizes[task]['validation']}; best validation epoch)\n")
+        print(f"## {task.upper()} ({files[task]}, 20% held out for validation; best validation epoch)\n")
         print(markdown_table(headers, rows))
         print()
     if comparisons:
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "max_eval_samples": max_eval, "data_dir": args.data_dir, "tasks": list(tasks),
                      "methods": list(methods), "warmup_ratio": 0.06, "schedule": "linear",
                      "equivalence_margin": margin},
-        "sizes": sizes, "train_files": files, "metrics": metrics, "note": honest, "comparisons": comparisons, "wall_s": wall, "probe_gflops": probe.as_dict(), "runs": runs,
+        "sweep_dir": str(root), "train_files": files, "metrics": metrics, "note": honest, "comparisons": comparisons, "wall_s": wall, "probe_gflops": probe.as_dict(), "runs": runs,
         "table": table, "ratios": ratios,
     }
     if args.json:

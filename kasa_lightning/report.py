@@ -185,9 +185,9 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _verdict(c: dict[str, Any] | None) -> tuple[str, str, str, str]:
+def _verdict(c: dict[str, Any] | None, is_reference: bool) -> tuple[str, str, str, str]:
     if c is None:
-        return "-", "-", "-", "reference" if c is None else ""
+        return "-", "-", "-", "reference" if is_reference else "no reference in this task"
     if c["p_difference"] is None:
         diff = "-" if c["difference"] is None else f"{c['difference']:+.4f}"
         return diff, "-", "-", c["reason"]
@@ -215,7 +215,7 @@ def markdown(entries: list[dict[str, Any]], problems: list[dict[str, Any]], refe
         for e in rows:
             star = {"median": "*", "mean": ""}, {"median": "", "mean": "*"}
             marks = star[0] if e["aggregate"] == "median" else star[1]
-            diff, p_diff, p_equiv, verdict = _verdict(e["vs_reference"])
+            diff, p_diff, p_equiv, verdict = _verdict(e["vs_reference"], e["method"] == reference)
             lines.append(
                 f"| {e['method']} | {e['metric']} | {_fmt(e['median'])}{marks['median']} | "
                 f"{_fmt(e['mean'])}{marks['mean']} | {_fmt(e['std'])} | {e['n']} | "
@@ -257,7 +257,7 @@ def plot_task(entries: list[dict[str, Any]], task: str, path: Path) -> dict[str,
     data = {"task": task, "metric": metric, "aggregate": rows[0]["aggregate"], "methods": methods,
             "bars": bars, "points": {e["method"]: e["values"] for e in rows},
             "paper": {e["method"]: e["paper"] for e in rows}}
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(methods), 3.6), dpi=100)
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 1.1 * len(methods)), 3.6), dpi=100)
     xs = list(range(len(methods)))
     ax.bar(xs, [b if b is not None else 0.0 for b in bars], color="#8fb3d9", edgecolor="#3b6a9c", width=0.6,
            label=f"{rows[0]['aggregate']} over seeds")
@@ -276,7 +276,7 @@ def plot_task(entries: list[dict[str, Any]], task: str, path: Path) -> dict[str,
         ax.set_ylim(max(low - pad, 0.0) if low >= 0 else low - pad, high + pad)
     ax.set_xticks(xs, methods, rotation=20 if len(methods) > 4 else 0)
     ax.set_ylabel(metric)
-    ax.set_title(f"{task} ({rows[0]['model']})", fontsize=9)
+    ax.set_title(f"{task} ({str(rows[0]['model']).rstrip('/').split('/')[-1]}), {metric}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -297,6 +297,8 @@ def report(root: Path, reference: str = "kasa", margin: float = 0.02, alpha: flo
     if not runs:
         raise SweepError(f"report: none of the runs {MANIFEST} lists in {root} has a run.json")
     methods = {r["method"] for r in runs}
+    if reference == "kasa" and "kasa" not in methods and "5-kasa" in methods:
+        reference = "5-kasa"  # the ablation's full KaSA
     if reference not in methods:
         print(f"report: --reference {reference} is not a method of this sweep ({sorted(methods)}); no tests",
               file=sys.stderr)
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kasa_lightning report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", help="the --output_dir of a sweep")
     parser.add_argument("--reference", default="kasa", help="the method the others are tested against (default kasa;"
-                        " with --ablation: 5-kasa)")
+                        " in an ablation sweep: 5-kasa)")
     parser.add_argument("--margin", type=float, default=0.02,
                         help="TOST equivalence margin in the metric's unit (default 0.02 = 2 points of an accuracy)")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")

@@ -88,12 +88,13 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def parse_methods(text: str) -> list[str]:
+def parse_methods(text: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """``"kasa,lora"`` -> ["kasa", "lora"]; ``extra``: names given an overlay with ``--method_overlay``."""
     methods = [m.strip() for m in str(text).split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and m not in extra]
     if unknown:
-        raise SweepError(f"--methods: unknown method(s) {unknown}; choose from {','.join(METHODS)} "
-                         "(or --ablation for the five ablation steps)")
+        raise SweepError(f"--methods: unknown method(s) {unknown}; choose from {','.join(METHODS + tuple(extra))} "
+                         "(or --ablation for the five ablation steps; --method_overlay NAME=FILE adds one)")
     if not methods:
         raise SweepError(f"--methods {text!r} names no method; choose from {','.join(METHODS)}")
     if len(set(methods)) != len(methods):
@@ -293,13 +294,16 @@ def _finish_config(config: dict[str, Any], run_dir: Path, seed: int) -> dict[str
 
 def plan(configs: list[str], seeds: list[int], methods: list[str] | None, output_dir: Path, overlays: list[str],
          overrides: list[str], ablation: bool = False, configs_dir: Path | None = None, metric: str | None = None,
-         test: str = "auto") -> list[tuple[Run, dict[str, Any]]]:
-    """Every run of the sweep with its resolved config (nothing is written)."""
+         test: str = "auto", method_overlays: dict[str, str] | None = None) -> list[tuple[Run, dict[str, Any]]]:
+    """Every run of the sweep with its resolved config (nothing is written). ``method_overlays``: more methods,
+    name -> overlay file (``--method_overlay``)."""
+    method_overlays = dict(method_overlays or {})
     configs_dir = Path(configs_dir) if configs_dir else default_configs_dir()
     if ablation:
         steps = {s: configs_dir / "ablation" / f"{s}.yaml" for s in ABLATION}
     else:
-        steps = {m: (None if m == "kasa" else configs_dir / "methods" / f"{m}.yaml") for m in (methods or ["kasa"])}
+        steps = {m: (Path(method_overlays[m]) if m in method_overlays else None if m == "kasa"
+                     else configs_dir / "methods" / f"{m}.yaml") for m in (methods or ["kasa"])}
     for name, path in steps.items():
         if path is not None and not path.is_file():
             raise SweepError(f"the overlay of {name!r} is not at {path}; point --configs_dir at the repository's "
@@ -327,7 +331,7 @@ def plan(configs: list[str], seeds: list[int], methods: list[str] | None, output
             resolved = resolve(args + list(overrides), where)
             init = (resolved.get("model") or {}).get("init_args") or {}
             got = (init.get("adapter") or {}).get("method")
-            if not ablation and got is not None and got != method:
+            if not ablation and method in METHODS and method not in method_overlays and got not in (None, method):
                 raise SweepError(f"{where}: the resolved config trains adapter.method={got!r}, not {method!r}; "
                                  "--methods kasa needs a KaSA task config (the shipped ones are)")
             info = _family(resolved, where, metric, test)
@@ -380,19 +384,23 @@ def _log_tail(path: Path, lines: int = 30) -> str:
 
 
 class _Child:
-    """The run's current process, so that SIGTERM to the sweep stops it too (no orphaned training)."""
+    """The run's current process and whether the sweep was asked to stop (SIGTERM): the signal goes on to the
+    training process, which stops (Lightning saves nothing more); the sweep then leaves the run as interrupted."""
 
     proc: subprocess.Popen | None = None
+    stop: int | None = None
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:  # noqa: ARG001
-    if _Child.proc is not None and _Child.proc.poll() is None:
-        _Child.proc.terminate()
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _Child.stop = signum
+    proc = _Child.proc
+    if proc is not None and proc.returncode is None:
         try:
-            _Child.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            _Child.proc.kill()
-    raise SystemExit(128 + signum)
+            proc.send_signal(signum)  # the main thread's wait() returns when it has exited
+        except ProcessLookupError:
+            pass
+    else:
+        raise SystemExit(128 + signum)
 
 
 def execute(run: Run, root: Path) -> dict[str, Any]:
@@ -412,7 +420,7 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
         steps.append(("fit", fit + (["--ckpt_path", str(last)] if last.is_file() else [])))
     for cmd in rest:
         steps.append((cmd[3], cmd))
-    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    started, t0 = time.strftime("%Y-%m-%dT%H:%M:%S"), time.time()
     for step, cmd in steps:
         if step == "validate" and run_state(run, run_dir)["validated"]:
             continue  # the fit validated its final weights itself
@@ -425,6 +433,9 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
             _Child.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
             code = _Child.proc.wait()
             _Child.proc = None
+        if _Child.stop is not None:  # stopped from outside: the next sweep resumes it from last.ckpt
+            write_json(run_dir / "status.json", {"status": "interrupted", "step": step, "started": started})
+            raise SystemExit(128 + _Child.stop)
         if code != 0:
             status = {"status": "failed", "step": step, "returncode": code, "started": started,
                       "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": shlex.join(cmd),
@@ -439,7 +450,8 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
                            + ("the finished fit" if not state["fit_done"] else "the test/validate results")}
         write_json(run_dir / "status.json", status)
         return status
-    status = {"status": "done", "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    status = {"status": "done", "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "wall_s": round(time.time() - t0, 1)}  # of this invocation's steps
     write_json(run_dir / "status.json", status)
     return status
 
@@ -483,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "instruction)")
     parser.add_argument("--metric", default=None, help="the metric to report for a DataModule the report does not "
                         "know (e.g. val/accuracy); it is reported first otherwise")
+    parser.add_argument("--method_overlay", action="append", default=[], metavar="NAME=FILE",
+                        help="another method for --methods: its name and the overlay that makes it; repeatable")
     parser.add_argument("--configs_dir", default=None, help="the folder with methods/ and ablation/ "
                         "(default: the repository's configs/)")
     return parser
@@ -500,10 +514,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.ablation and args.methods:
             raise SweepError("--ablation and --methods exclude each other: the ablation runs its five steps")
         seeds = parse_seeds(args.seeds)
-        methods = None if args.ablation else parse_methods(args.methods or "kasa")
+        extra = {}
+        for item in args.method_overlay:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path or name in METHODS:
+                raise SweepError(f"--method_overlay {item}: write NAME=FILE with a new name (not one of {METHODS})")
+            extra[name] = path
+        methods = None if args.ablation else parse_methods(args.methods or "kasa", tuple(extra))
         root = Path(args.output_dir)
         runs = plan(args.config, seeds, methods, root, args.overlay, unknown, ablation=args.ablation,
-                    configs_dir=args.configs_dir, metric=args.metric, test=args.test)
+                    configs_dir=args.configs_dir, metric=args.metric, test=args.test, method_overlays=extra)
         write_plan(runs, root, argv)
     except SweepError as err:
         print(f"sweep: error: {err}", file=sys.stderr)

@@ -39,7 +39,7 @@ def test_tost_is_two_shifted_one_sided_tests():
     from scipy.stats import t as student_t
 
     a, b = [0.80, 0.82, 0.79, 0.81, 0.83], [0.81, 0.80, 0.82, 0.78, 0.80]
-    t, df, se = _by_hand(a, b)
+    _, df, se = _by_hand(a, b)
     d = sum(a) / 5 - sum(b) / 5
     for margin in (0.005, 0.02, 0.05):
         p1, p2, p = tost(a, b, margin)
