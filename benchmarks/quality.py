@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -330,11 +331,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "max_eval_samples": max_eval, "data_dir": args.data_dir, "tasks": list(tasks),
                      "methods": list(methods), "warmup_ratio": 0.06, "schedule": "linear",
                      "equivalence_margin": margin},
-        "sweep_dir": str(root), "train_files": files, "metrics": metrics, "note": honest, "comparisons": comparisons, "wall_s": wall, "probe_gflops": probe.as_dict(), "runs": runs,
+        "sweep_dir": str(root) if args.output_dir else None, "train_files": files, "metrics": metrics, "note": honest, "comparisons": comparisons, "wall_s": wall, "probe_gflops": probe.as_dict(), "runs": runs,
         "table": table, "ratios": ratios,
     }
     if args.json:
         write_json(args.json, result, device)
+    if not args.output_dir:
+        shutil.rmtree(root, ignore_errors=True)  # a temporary sweep; --output-dir keeps it
     return result
 
 

@@ -45,7 +45,7 @@ class PaperResult:
 
 @lru_cache(maxsize=1)
 def _data() -> dict[str, Any]:
-    text = resources.files("kasa_lightning").joinpath("data/paper_results.json").read_text(encoding="utf-8")
+    text = resources.files("kasa_lightning").joinpath("data").joinpath("paper_results.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

@@ -198,19 +198,19 @@ def _verdict(c: dict[str, Any] | None, is_reference: bool) -> tuple[str, str, st
 
 def markdown(entries: list[dict[str, Any]], problems: list[dict[str, Any]], reference: str, margin: float,
              alpha: float, plots: dict[str, str]) -> str:
-    lines = ["# Sweep results", "",
-             f"Per run: the best validation epoch or the last value, as the task's protocol says; over seeds: the "
+    intro = (f"Per run: the best validation epoch or the last value, as the task's protocol says; over seeds: the "
              f"headline (median or mean, marked *). Against `{reference}`: mean difference, Welch's t-test "
              f"(p diff) and TOST equivalence within ±{margin:g} (p equiv), alpha {alpha:g}. Values in the logged "
-             "unit (accuracy as a fraction); `paper` converted to it.", ""]
+             "unit (accuracy as a fraction); `paper` converted to it.")
+    lines = ["# Sweep results", "", intro, ""]
     for task in _ordered([e["task"] for e in entries]):
         rows = [e for e in entries if e["task"] == task]
         first = rows[0]
         lines += [f"## {task}", "",
                   f"model `{first['model']}`, family {first['family']}, per run: {first['select']} value, "
                   f"over seeds: {first['aggregate']}" + (f"; plot: `{plots[task]}`" if task in plots else ""), "",
-                  "| method | metric | median | mean | std | n | per seed | paper | diff vs ref | p diff | p equiv "
-                  "| verdict |",
+                  ("| method | metric | median | mean | std | n | per seed | paper | diff vs ref | p diff | p equiv "
+                   "| verdict |"),
                   "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
         for e in rows:
             star = {"median": "*", "mean": ""}, {"median": "", "mean": "*"}
@@ -222,8 +222,8 @@ def markdown(entries: list[dict[str, Any]], problems: list[dict[str, Any]], refe
                 f"{' '.join(f'{v:.4f}' for v in e['values']) or '-'} | {_fmt(e['paper'])} | {diff} | {p_diff} | "
                 f"{p_equiv} | {verdict} |")
         if first["family"] == "instruct":
-            lines += ["", "The paper's instruction-following numbers are LLM-judge scores (1-10), not ROUGE-L: "
-                      "score the answers with `python -m kasa_lightning.metrics.judge` to compare."]
+            lines += ["", ("The paper's instruction-following numbers are LLM-judge scores (1-10), not ROUGE-L: "
+                           "score the answers with `python -m kasa_lightning.metrics.judge` to compare.")]
         gaps = [(e["method"], e["metric"], m["seed"], m["reason"], "missing") for e in rows for m in e["missing"]]
         gaps += [(e["method"], e["metric"], f["seed"], f["error"], "failed") for e in rows for f in e["failed"]]
         seen = set()

@@ -96,7 +96,7 @@ def test_quality_smoke(bench, tmp_path):
     quality = bench("quality")
     path = tmp_path / "quality.json"
     result = quality.main(["--smoke", "--methods", "kasa,lora,peft_kasa", "--data-dir", str(SHARED_DATA / "glue"),
-                           "--json", str(path)])
+                           "--json", str(path), "--output-dir", str(tmp_path / "sweep")])
     written = _check(result, path, ["kasa_vs_peft_kasa_accuracy", "kasa_vs_lora_accuracy",
                                     "kasa_vs_peft_kasa_accuracy_rte"])
     assert "NOT statistically meaningful" in written["note"]
@@ -105,6 +105,14 @@ def test_quality_smoke(bench, tmp_path):
     assert set(written["comparisons"]) == {"kasa_vs_peft_kasa_rte", "kasa_vs_lora_rte"}
     assert written["comparisons"]["kasa_vs_lora_rte"]["reason"]  # one seed: no test is claimed
     assert written["train_files"] == {"rte": "train.tsv"}
+    # a preset over sweep + report: the numbers are the report's, which reads the runs' own metric files
+    entries = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    accuracy = {e["method"]: e["values"] for e in entries if e["metric"] == "val/accuracy"}
+    assert accuracy == {m: written["table"]["rte"][m]["accuracy"]["values"] for m in ("kasa", "lora", "peft_kasa")}
+    for run in written["runs"]:
+        fit = json.loads((tmp_path / "sweep" / "rte" / run["method"] / "seed0" / "metrics.json").read_text())["fit"]
+        assert run["steps"] == fit["global_step"]
+        assert run["metrics"]["val/accuracy_best"] == max(e["metrics"]["val/accuracy"] for e in fit["epochs"])
 
 
 def test_quality_picks_the_training_file(bench, tmp_path):

@@ -80,7 +80,8 @@ def test_sweep_dry_run_kill_resume_and_report(tmp_path, capsys):
     assert resolved["seed_everything"] == 1 and resolved["model"]["init_args"]["adapter"]["method"] == "lora"
     assert resolved["trainer"]["enable_checkpointing"] is True
     # a scheduler runs one printed command: it trains the run where the sweep expects it
-    done = subprocess.run(["bash", "-c", lines[0]], env=_env(), capture_output=True, text=True, timeout=240)
+    done = subprocess.run(["bash", "-c", lines[0]], check=False, env=_env(), capture_output=True, text=True,
+                          timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     first = json.loads((out / "tiny/kasa/seed0/metrics.json").read_text())
     assert first["fit"]["finished"] and len(first["fit"]["epochs"]) == EPOCHS
@@ -102,7 +103,7 @@ def test_sweep_dry_run_kill_resume_and_report(tmp_path, capsys):
     assert not (out / "tiny/lora/seed0/metrics.json").exists()
 
     # resumed: the finished runs are skipped, kasa/seed1 continues from last.ckpt, the rest run
-    resumed = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=480)
+    resumed = subprocess.run(cmd, check=False, env=_env(), capture_output=True, text=True, timeout=480)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "tiny/kasa/seed0: done earlier, skipped" in resumed.stdout
     fit_log = (out / "tiny/kasa/seed1/fit.log").read_text()
