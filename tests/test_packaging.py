@@ -24,6 +24,7 @@ def test_wheel_contains_mapped_packages_only(tmp_path):
     assert "kasa_lightning/datamodules/__init__.py" in names
     assert "kasa_lightning/kasa/layer.py" in names
     assert "kasa_lightning/data/paper_hyperparameters.json" in names  # read by kasa_lightning.paper_hyperparameters
+    assert "kasa_lightning/data/paper_results.json" in names  # read by kasa_lightning.paper_results (the report)
     tops = {n.split("/")[0] for n in names}
     assert "callbacks" not in tops and "datamodules" not in tops and "tests" not in tops
     # import from the unpacked wheel alone, outside the repository
@@ -33,7 +34,9 @@ def test_wheel_contains_mapped_packages_only(tmp_path):
         "import kasa_lightning.callbacks as c, kasa_lightning.datamodules as d, importlib.util as u;"
         f"assert c.__file__.startswith({str(site)!r}), c.__file__;"
         "assert u.find_spec('callbacks') is None and u.find_spec('datamodules') is None;"
-        "from kasa_lightning import AdapterConfig, apply_adapters, adapter_loss, export_peft"
+        "from kasa_lightning import AdapterConfig, apply_adapters, adapter_loss, export_peft;"
+        "from kasa_lightning.paper_results import lookup;"
+        "assert lookup('roberta-base', 'rte', 'kasa', 'accuracy').value == 81.6"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env={"PYTHONPATH": str(site),
                    "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
