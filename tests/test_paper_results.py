@@ -61,7 +61,8 @@ def _paper_key(path: Path) -> tuple[str, str, str]:
 
 
 def test_every_shipped_paper_config_has_its_paper_value():
-    paths = sorted(p for family in ("glue", "e2e", "commonsense", "instruct") for p in (CONFIGS / family).rglob("*.yaml"))
+    paths = sorted(p for family in ("glue", "e2e", "commonsense", "instruct")
+                   for p in (CONFIGS / family).rglob("*.yaml"))
     assert len(paths) >= 20 + 2 + 2 + 20
     exempt = {(paper_model(e["model"]), e["task"]) for e in not_in_paper()}
     missing, seen_exempt = [], set()

@@ -27,7 +27,8 @@ EPOCHS = 6
 
 def _env() -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
 
 
 def _tiny_config(path: Path) -> Path:
@@ -72,11 +73,11 @@ def test_sweep_dry_run_kill_resume_and_report(tmp_path, capsys):
     # --dry-run: one runnable shell command per run, configs written, nothing run
     assert sweep.main([*_sweep_args(config, out), "--dry-run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 4 and all(line.startswith(f"cd {shlex.quote(os.getcwd())} && ") for line in lines)
     assert [shlex.split(line)[shlex.split(line).index("--config") + 1] for line in lines] == [
-        str((out / f"tiny/{m}/seed{s}/config.yaml").resolve()) for m in ("kasa", "lora") for s in (0, 1)]
+        str((out / f"tiny/{m}/seed{s}/resolved.yaml").resolve()) for m in ("kasa", "lora") for s in (0, 1)]
     assert not list(out.rglob("metrics.json"))
-    resolved = yaml.safe_load((out / "tiny/lora/seed1/config.yaml").read_text())
+    resolved = yaml.safe_load((out / "tiny/lora/seed1/resolved.yaml").read_text())
     assert resolved["seed_everything"] == 1 and resolved["model"]["init_args"]["adapter"]["method"] == "lora"
     assert resolved["trainer"]["enable_checkpointing"] is True
     # a scheduler runs one printed command: it trains the run where the sweep expects it
@@ -94,6 +95,7 @@ def test_sweep_dry_run_kill_resume_and_report(tmp_path, capsys):
     deadline = time.time() + 240
     while not last.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+    assert proc.poll() is None, f"the sweep ended before it could be killed: {proc.stdout.read()[-3000:]}"
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its training process
     proc.wait(timeout=30)
     assert last.is_file(), proc.stdout.read()[-3000:]
@@ -156,7 +158,8 @@ def test_report_lists_failed_and_missing_runs_without_averaging_them(tmp_path):
         d.mkdir(parents=True)
         (d / "run.json").write_text(json.dumps(sweep.asdict(run)))
         if state == "done":
-            epochs = [{"epoch": i, "step": 4 * (i + 1), "metrics": {"val/accuracy": v}} for i, v in enumerate((0.6, 0.8, 0.7))]
+            epochs = [{"epoch": i, "step": 4 * (i + 1), "metrics": {"val/accuracy": v}}
+                      for i, v in enumerate((0.6, 0.8, 0.7))]
             (d / "metrics.json").write_text(json.dumps({"format": 1, "fit": {"finished": True, "epochs": epochs,
                                                                                "global_step": 12}}))
             (d / "status.json").write_text(json.dumps({"status": "done"}))
@@ -204,6 +207,21 @@ def test_ablation_report_keeps_the_step_order_and_the_paper_values(tmp_path):
     plotted = json.loads((out / "plots" / "rte.json").read_text())
     assert plotted["methods"] == list(sweep.ABLATION)
     assert plotted["bars"] == pytest.approx([0.701 + 0.01 * i for i in range(5)])  # medians of the two seeds
+
+
+def test_a_started_run_keeps_its_config(tmp_path):
+    """Rerunning a sweep into the same directory with other settings must not mix the results."""
+    out = tmp_path / "sweep"
+    run = sweep.Run(task="t", method="kasa", seed=0, config="t.yaml", overlays=[], family="demo", model="m",
+                    paper_task=None, metrics=["val/accuracy"])
+    config = {"seed_everything": 0, "trainer": {"max_epochs": 3}}
+    sweep.write_plan([(run, config)], out, ["--config", "t.yaml"])
+    sweep.write_plan([(run, {**config, "trainer": {"max_epochs": 4}})], out, ["--config", "t.yaml"])  # not started
+    (run.directory(out) / "status.json").write_text(json.dumps({"status": "running"}))
+    sweep.write_plan([(run, {**config, "trainer": {"max_epochs": 4}})], out, ["--dry-run"])  # the same config
+    with pytest.raises(sweep.SweepError, match="t/kasa/seed0 was started with another config"):
+        sweep.write_plan([(run, config)], out, ["--config", "t.yaml"])
+    assert yaml.safe_load((run.directory(out) / "resolved.yaml").read_text())["trainer"]["max_epochs"] == 4
 
 
 @pytest.mark.parametrize("seeds, message", [("4-0", "--seeds 4-0: the range 4-0 goes down"),
