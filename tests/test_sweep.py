@@ -254,6 +254,34 @@ def test_bad_methods_and_directories(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
 
 
+def test_the_paper_configs_plan_with_their_protocol_and_paper_values(tmp_path):
+    """One config per family (and MNLI's two validation sets): the sweep plans it with the paper's protocol, and
+    every metric the paper reports for it has the paper's value."""
+    from kasa_lightning.paper_results import lookup
+
+    configs = ["glue/roberta-base/mnli.yaml", "glue/deberta-v3-base/stsb.yaml", "e2e/gpt2-large.yaml",
+               "commonsense/llama3-8b.yaml", "instruct/mistral-7b/coding.yaml", "instruct/gemma-7b/alpaca.yaml"]
+    runs = {r.task: r for r, _ in sweep.plan([str(ROOT / "configs" / c) for c in configs], [0], ["lora"],
+                                             tmp_path, [], [])}
+    mnli, stsb = runs["glue-roberta-base-mnli"], runs["glue-deberta-v3-base-stsb"]
+    assert mnli.metrics == ["val/accuracy_matched", "val/accuracy_mismatched"] and mnli.paper_metrics == {}
+    assert (stsb.family, stsb.select, stsb.aggregate, stsb.test) == ("glue", "best", "median", False)
+    assert stsb.metrics == ["val/pearson", "val/spearman"] and stsb.paper_metrics == {"val/pearson": "pearson"}
+    e2e = runs["e2e-gpt2-large"]
+    assert (e2e.family, e2e.select, e2e.aggregate, e2e.test) == ("e2e", "last", "mean", True)
+    assert e2e.metrics[0] == "test/BLEU"
+    sense = runs["commonsense-llama3-8b"]
+    assert sense.test and "test/accuracy_ARC-Challenge" in sense.metrics
+    assert sense.metrics[-1] == "test/accuracy_average"
+    assert runs["instruct-mistral-7b-coding"].paper_task == "coding"
+    assert runs["instruct-gemma-7b-alpaca"].paper_task == "mt_bench"
+    for run in (stsb, e2e, sense):
+        for metric, key in run.paper_metrics.items():
+            assert lookup(run.model, run.paper_task, "lora", key) is not None, (run.task, metric)
+    for run in runs.values():
+        assert run.commands(tmp_path)[-1][3] == ("test" if run.test else "fit")
+
+
 def test_config_without_a_metric_to_report(tmp_path, capsys):
     """A DataModule the report does not know, and an E2E config whose test set is switched off."""
     custom = tmp_path / "custom.yaml"
