@@ -30,8 +30,8 @@ from typing import Any
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from kasa_lightning.datamodules.base import BaseDataModule
 from kasa_lightning.artifacts import ExportFormat
+from kasa_lightning.datamodules.base import BaseDataModule
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.loggers import AtomicTensorBoardLogger
 from kasa_lightning.module import KaSAModule

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.strategies import FSDPStrategy
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from kasa_lightning import KaSAModule, adapter_state_dict
 from kasa_lightning.datamodules import SentimentDemoDataModule

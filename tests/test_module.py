@@ -319,8 +319,9 @@ def test_default_adamw_is_fused_unless_clipping(tmp_path):
 
 
 def test_resumable_sampler_shards_like_distributed_sampler_and_skips_per_rank():
-    from kasa_lightning.datamodules import ResumableSampler
     from torch.utils.data import DistributedSampler
+
+    from kasa_lightning.datamodules import ResumableSampler
 
     data = list(range(11))
     single = ResumableSampler(data, seed=3)

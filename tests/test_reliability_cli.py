@@ -235,6 +235,7 @@ def test_hub_name_without_network_fails_at_once_without_retries(tmp_path, monkey
 def test_tokenizer_hub_name_offline_names_data_tokenizer(tmp_path, monkeypatch):
     """With ``backbone_config`` the name only gives the tokenizer: the DataModule's error names its setting."""
     from huggingface_hub import constants
+
     from kasa_lightning.datamodules import SentimentDemoDataModule
 
     assert constants.HF_HUB_OFFLINE  # conftest

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import SHARED_DATA
+from lightning_helpers import MINILM, TINY_BERT, trainer
+
+from kasa_lightning import AdapterConfig, KaSAModule
 from kasa_lightning.datamodules import (
     CommonsenseDataModule,
     DataFileError,
@@ -26,9 +29,6 @@ from kasa_lightning.datamodules import (
     GLUEDataModule,
     InstructionDataModule,
 )
-from lightning_helpers import MINILM, TINY_BERT, trainer
-
-from kasa_lightning import AdapterConfig, KaSAModule
 from kasa_lightning.metrics.e2e import e2e_scores, mteval_tokenize
 
 HERE = Path(__file__).resolve().parent

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 import yaml
-from kasa_lightning.callbacks.stop import SIGTERM_EXIT_STATUS
 from lightning_helpers import MINILM, TINY_BERT
 
+from kasa_lightning.callbacks.stop import SIGTERM_EXIT_STATUS
 from kasa_lightning.cli import main
 
 

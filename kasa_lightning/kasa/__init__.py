@@ -2,7 +2,6 @@
 regularisers, adapter state and PEFT export. Each concept lives in its own module."""
 
 from .config import AdapterConfig
-from .peft_format import export_peft
 from .inject import (
     adapted_layers,
     adapter_config,
@@ -16,10 +15,11 @@ from .inject import (
     unmerge_adapters,
 )
 from .layer import AdaptedLayer
+from .peft_format import export_peft
 from .regularizers import AdapterLossTerms, adapter_loss, record_in_forward
-from .terms import LayerTerms, layer_terms
 from .state import adapter_state_dict, load_adapter, load_adapter_state_dict, read_adapter, save_adapter
 from .svd import Triplets, extreme_triplets, weight_fingerprint
+from .terms import LayerTerms, layer_terms
 
 __all__ = [
     "AdaptedLayer",
