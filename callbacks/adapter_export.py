@@ -10,7 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from kasa_lightning.artifacts import FORMATS, ExportFormat, export_module
-from kasa_lightning.module import shards_parameters
+from kasa_lightning.fsdp import shards_parameters
 
 
 class AdapterExport(L.Callback):

@@ -78,3 +78,14 @@ def gathered_adapters(root: FSDP) -> Iterator[None]:
             stack.enter_context(FSDP.summon_full_params(
                 unit, recurse=False, writeback=False, rank0_only=offload, offload_to_cpu=offload))
         yield
+
+
+def shards_parameters(strategy: Any) -> bool:
+    """Whether ``strategy`` shards parameters across processes (FSDP, FSDP2 via ModelParallel, DeepSpeed)."""
+    from lightning.pytorch.strategies import (
+        DeepSpeedStrategy,
+        FSDPStrategy,
+        ModelParallelStrategy,
+    )
+
+    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))

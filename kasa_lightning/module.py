@@ -11,69 +11,50 @@ Subclass hooks (override any of them; see ``tests/test_module.py`` for a subclas
 * ``combine_losses(task_loss, reg) -> Tensor``: how the two are added (default: task + reg.loss).
 
 Checkpoints hold only what trains (adapters, ``modules_to_save``) plus the truncation state, the adapter config
-and the RNG state (a backbone built from ``backbone_config`` has random weights, so its checkpoints keep them all); ``load_from_checkpoint`` rebuilds the model from the base and refuses another adapter config
-or backbone.
+and the RNG state (``kasa_lightning.checkpointing``); the backbone is built by ``kasa_lightning.backbone``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import inspect
 import math
-import random
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from torch import nn
 
 from kasa_lightning import checkpoint_io
+from kasa_lightning.backbone import build_backbone
 from kasa_lightning.batching import apply_global_batch_size
+from kasa_lightning.checkpointing import LOADING_CHECKPOINT, CheckpointMixin
 from kasa_lightning.divergence import (
-    DivergedAdaptersError,
     FiniteWatch,
     NonFiniteLossError,
     blame,
-    checkpoint_problem,
 )
 from kasa_lightning.evaluation import EvaluationMixin
-from kasa_lightning.hub import resolve_pretrained
+from kasa_lightning.fsdp import shards_parameters
 from kasa_lightning.kasa import (
     AdapterConfig,
     AdapterLossTerms,
     adapted_layers,
     adapter_loss,
-    adapter_state_dict,
     apply_adapters,
-    load_adapter_state_dict,
     record_in_forward,
 )
-from kasa_lightning.kasa.inject import plain_name
 from kasa_lightning.resume import (
     apply_optimizer_settings,
-    changed_settings,
     optimizer_settings,
-    refusal,
-    structural_differences,
-    uncount_unfinished_epoch,
-    warn_changed,
-    warn_changed_limits,
 )
 
 Task = Literal["classification", "regression", "causal_lm"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-# set while load_from_checkpoint runs: Lightning calls configure_model() before on_load_checkpoint, and the model
-# it builds then only has to receive the checkpoint's tensors (no SVD, no initialisation)
-_LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("kasa_loading_checkpoint", default=False)
-
-
-class KaSAModule(EvaluationMixin, L.LightningModule):
+class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
     """Fine-tune a Hugging Face backbone with KaSA (or LoRA / PiSSA / MiLoRA) adapters.
 
     Args:
@@ -174,48 +155,14 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
             apply_global_batch_size(self.trainer)
 
     def build_backbone(self) -> nn.Module:
-        """The Hugging Face model for ``task`` (hook for subclasses)."""
-        import transformers
-
-        auto = transformers.AutoModelForCausalLM if self.task == "causal_lm" else (
-            transformers.AutoModelForSequenceClassification)
-        kwargs: dict[str, Any] = {}
-        if self.task != "causal_lm":
-            kwargs["num_labels"] = self.num_labels
-            if self.task == "regression":
-                kwargs["problem_type"] = "regression"
-        if self.backbone_config is not None:
-            cfg = dict(self.backbone_config)
-            model_type = cfg.pop("model_type", None)
-            if model_type is None:
-                raise ValueError("model.backbone_config needs a 'model_type' (e.g. 'llama', 'bert', 'gpt2')")
-            try:
-                model = auto.from_config(transformers.AutoConfig.for_model(model_type, **cfg, **kwargs))
-            except (ValueError, KeyError) as err:
-                raise ValueError(
-                    f"model.backbone_config (model_type {model_type!r}) could not be built for task {self.task!r}: {err}"
-                ) from err
-            if self.dtype_name:
-                model = model.to(_DTYPES[self.dtype_name])
-        else:
-            path = resolve_pretrained(self.backbone_name)
-            if self.dtype_name:
-                kwargs["dtype"] = _DTYPES[self.dtype_name]
-            try:
-                model = auto.from_pretrained(path, **kwargs)
-            except (OSError, ValueError) as err:
-                raise type(err)(
-                    f"model.backbone={self.backbone_name!r} could not be loaded for task {self.task!r}: {err}"
-                ) from err
-        if self.task != "causal_lm" and getattr(model.config, "pad_token_id", None) is None:
-            model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
-        return model
+        """The Hugging Face model for ``task`` (hook for subclasses; default: ``kasa_lightning.backbone``)."""
+        return build_backbone(self.backbone_name, self.task, self.num_labels, self.backbone_config, self.dtype_name)
 
     def configure_model(self, initialize: bool = True) -> None:
         """Build the backbone and apply the adapters (before any strategy wraps or shards the model)."""
         if self.model is not None:
             return
-        initialize = initialize and not _LOADING_CHECKPOINT.get()
+        initialize = initialize and not LOADING_CHECKPOINT.get()
         model = self.build_backbone()
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -309,28 +256,6 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
             f"{step} or later. {self._last_good_checkpoint()}"
         )
 
-    def _refuse_diverged_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Before a checkpoint is written: no non-finite loss so far, and no tensor beyond ``max_checkpoint_abs``."""
-        self.check_finite()
-        problem = checkpoint_problem(checkpoint.get("state_dict", {}), self.max_checkpoint_abs)
-        refused = problem is not None
-        if self._trainer is not None and self.trainer.world_size > 1:
-            refused = self.trainer.strategy.reduce_boolean_decision(refused, all=False)
-        if refused:
-            raise DivergedAdaptersError(
-                f"refusing to save a checkpoint at global step {self.global_step}: "
-                f"{problem or 'another process found diverged tensors'} (KaSAModule.max_checkpoint_abs = "
-                f"{self.max_checkpoint_abs:g}). Training diverged; lower the learning rate or clip gradients "
-                f"(trainer.gradient_clip_val). {self._last_good_checkpoint()}"
-            )
-
-    def _last_good_checkpoint(self) -> str:
-        io = self.trainer.strategy.checkpoint_io if self._trainer is not None else None
-        last = io.last_saved() if isinstance(io, checkpoint_io.AtomicCheckpointIO) else None
-        if last is None:
-            return "No checkpoint of this run was written before."
-        return f"The last good checkpoint is {last[0]} (global step {last[1]}); resume with --ckpt_path {last[0]}."
-
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters only: the adapters, and ``modules_to_save`` (with ``head_lr`` if set)."""
@@ -423,164 +348,3 @@ class KaSAModule(EvaluationMixin, L.LightningModule):
         copy.load_state_dict(checkpoint["state_dict"])
         return copy
 
-    # ------------------------------------------------------------------ checkpoints
-    @_restricted_classmethod  # as Lightning's: calling it on an instance is an error
-    def load_from_checkpoint(  # type: ignore[override]
-        cls,
-        checkpoint_path: Any,
-        map_location: Any = None,
-        hparams_file: Any = None,
-        strict: bool | None = None,
-        weights_only: bool | None = None,
-        **kwargs: Any,
-    ) -> KaSAModule:
-        """Lightning's ``load_from_checkpoint``, reading the file with ``weights_only=True`` (local paths, fsspec
-        and ``http(s)://`` URLs alike; Lightning would read URLs with ``weights_only=False``). A file that is not a
-        checkpoint or that asks to run code raises ``kasa_lightning.checkpoint_io.UnsafeCheckpointError``. Pass
-        ``weights_only=False`` only for a file you trust. The model is built for the checkpoint's tensors, without
-        the SVD and initialisation a new model needs (Lightning calls ``configure_model()`` before loading)."""
-        if weights_only is not False:
-            name = str(checkpoint_path)
-            if isinstance(checkpoint_path, str) and checkpoint_io.is_url(checkpoint_path):
-                checkpoint_path = checkpoint_io.read_url(checkpoint_path)  # downloaded once, read twice below
-            # read it safely first, so that a bad file gets our message (and never torch's advice to set
-            # weights_only=False); Lightning then reads the same bytes, weights-only too
-            checkpoint_io.load_checkpoint_safely(checkpoint_path, map_location="cpu", name=name)
-            if hasattr(checkpoint_path, "seek"):
-                checkpoint_path.seek(0)
-        token = _LOADING_CHECKPOINT.set(True)
-        try:
-            with torch.serialization.safe_globals(checkpoint_io.SAFE_GLOBALS):
-                return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict,
-                                                    weights_only is not False, **kwargs)
-        finally:
-            _LOADING_CHECKPOINT.reset(token)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._keep_trained_state(checkpoint)
-        self._refuse_diverged_checkpoint(checkpoint)  # before anything is written
-        uncount_unfinished_epoch(self._trainer, checkpoint)
-        # the settings as trained (load_from_checkpoint overwrites "hyper_parameters" with its keyword arguments)
-        checkpoint["kasa"]["hparams"] = dict(self.hparams)
-        if self._trainer is not None:  # the run's limits, to say on resume where they changed
-            checkpoint["kasa"]["limits"] = {"max_epochs": self.trainer.max_epochs, "max_steps": self.trainer.max_steps}
-        checkpoint["kasa"]["rng_per_rank"] = self._gather_rng_states()  # a collective: every rank is here
-
-    def _keep_trained_state(self, checkpoint: dict[str, Any]) -> None:
-        # Keep the adapter entries of the state dict the strategy gathered (under FSDP only it holds full tensors).
-        # A from-config backbone has random weights that nothing can rebuild, so its checkpoint keeps them all.
-        full = self.backbone_config is not None
-        if not full:
-            # the strategies gather state dicts under the unwrapped names
-            keep = {f"model.{plain_name(k)}" for k in adapter_state_dict(self.model)}
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["kasa"] = {
-            "full_state": full,
-            "adapter": self.adapter_config.to_dict(),
-            "backbone": self.backbone_name,
-            "model_type": getattr(getattr(self.model, "config", None), "model_type", None),
-            "best": dict(self._best),
-        }
-
-    def _gather_rng_states(self) -> list[dict[str, Any]]:
-        """Every rank's RNG state, in rank order (every rank writes a checkpoint's contents; rank 0 saves them)."""
-        import torch.distributed as dist
-
-        if self._trainer is None or self.trainer.world_size == 1 or not dist.is_initialized():
-            return [_rng_state()]
-        states: list[Any] = [None] * self.trainer.world_size
-        dist.all_gather_object(states, _rng_state())
-        return states
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """Load a state dict as this module's checkpoints hold it: the adapters and ``modules_to_save`` only
-        (nothing of the frozen base, which is not "missing"), or every weight for a ``backbone_config`` model.
-
-        A missing or unexpected adapter tensor, or one of another shape, raises ``ValueError`` whatever
-        ``strict`` says: a checkpoint without one of its adapter tensors is broken, not partial. A state dict of
-        the whole module (``module.state_dict()``) loads as ``nn.Module.load_state_dict`` would."""
-        from torch.nn.modules.module import _IncompatibleKeys
-
-        prefix = "model."
-        state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        others = sorted(k for k in state_dict if not k.startswith(prefix))
-        if self.model is None or others or (state and len(state) == len(self.model.state_dict())):
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        if getattr(self, "_full_state", self.backbone_config is not None):
-            self.model.load_state_dict(state, strict=True)
-        else:
-            load_adapter_state_dict(self.model, state)
-        return _IncompatibleKeys([], [])
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check that the checkpoint fits this model and build the model for it; ``load_state_dict`` (which
-        Lightning calls next, with the checkpoint's state dict) loads the tensors.
-
-        Settings that decide what the saved tensors are (backbone, task, labels, adapter structure) must equal
-        the checkpoint's, or this raises; for the others this model's values are kept, with a warning where the
-        checkpoint's differ (see ``kasa_lightning.resume``)."""
-        info = checkpoint.get("kasa")
-        if info is None:
-            raise ValueError("this checkpoint was not written by KaSAModule (no 'kasa' entry)")
-        saved_hparams = dict(info.get("hparams") or {})  # older checkpoints: the adapter and backbone only
-        saved_hparams["adapter"] = info["adapter"]  # the config as applied (defaults resolved)
-        saved_hparams["backbone"] = info["backbone"]
-        mine = dict(self.hparams)
-        mine["adapter"] = self.adapter_config.to_dict()
-        if "_class_path" not in mine or "_class_path" not in saved_hparams:
-            saved_hparams.pop("_class_path", None)
-            mine.pop("_class_path", None)
-        structural = structural_differences(saved_hparams, mine)
-        if structural:
-            raise ValueError(refusal(structural))
-        if self._trainer is not None and self.trainer.state.fn == "fit":
-            warn_changed(changed_settings(saved_hparams, mine))
-            warn_changed_limits(info.get("limits") or {}, self.trainer)
-        self.configure_model(initialize=False)  # no-op when the Trainer already configured the model
-        model_type = getattr(getattr(self.model, "config", None), "model_type", None)
-        if info.get("model_type") != model_type:
-            raise ValueError(f"checkpoint is for a {info.get('model_type')!r} model, this one is {model_type!r}")
-        self._full_state = bool(info.get("full_state"))
-        # without "state_dict", a sharding strategy (FSDP) loads it into the wrapped model (strict_loading=False)
-        self._best = dict(info.get("best", {}))
-        per_rank = info.get("rng_per_rank") or ([info["rng"]] if info.get("rng") else [])  # "rng": older files
-        if per_rank and self._trainer is not None and self.trainer.state.fn == "fit":
-            # resume draws the same dropout masks as an uninterrupted run, on every rank (rank 0's state when the
-            # number of processes changed)
-            same_world = len(per_rank) == self.trainer.world_size
-            _set_rng_state(per_rank[self.trainer.global_rank if same_world else 0])
-
-
-def shards_parameters(strategy: Any) -> bool:
-    """Whether ``strategy`` shards parameters across processes (FSDP, FSDP2 via ModelParallel, DeepSpeed)."""
-    from lightning.pytorch.strategies import (
-        DeepSpeedStrategy,
-        FSDPStrategy,
-        ModelParallelStrategy,
-    )
-
-    return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))
-
-
-def _rng_state() -> dict[str, Any]:
-    """Torch, Python and NumPy RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
-    version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    version, mt, gauss = state["python"]
-    random.setstate((version, tuple(mt.tolist()), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
