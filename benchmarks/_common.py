@@ -116,8 +116,10 @@ def _other_pools() -> list[dict[str, Any]]:
         from threadpoolctl import threadpool_info
     except ImportError:  # pragma: no cover
         return []
-    return [{"library": p.get("internal_api"), "prefix": p.get("prefix"), "threads": p.get("num_threads")}
-            for p in threadpool_info()]
+    return [
+        {"library": p.get("internal_api"), "prefix": p.get("prefix"), "threads": p.get("num_threads")}
+        for p in threadpool_info()
+    ]
 
 
 @contextlib.contextmanager
@@ -171,8 +173,13 @@ class Probe:
         return self.change > NOISY_PROBE_CHANGE
 
     def as_dict(self) -> dict[str, Any]:
-        return {"before": self.before, "after": self.after, "change": self.change, "noisy": self.noisy,
-                "size": self.size}
+        return {
+            "before": self.before,
+            "after": self.after,
+            "change": self.change,
+            "noisy": self.noisy,
+            "size": self.size,
+        }
 
     def describe(self) -> str:
         line = f"matmul probe: {self.before:.1f} -> {self.after:.1f} GFLOP/s ({100 * self.change:.0f}% change)"
@@ -184,9 +191,13 @@ class Probe:
 def machine_info(device: str | None = None) -> dict[str, Any]:
     """Platform, processor, CPU count, torch threads and version, and the accelerator when there is one."""
     info = {
-        "platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-        "torch": torch.__version__, "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
     }
     if device is not None:
         info["device"] = device
@@ -313,8 +324,10 @@ def geometric_mean(values: Sequence[float]) -> float:
 
 def summary(times: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]:
     """Per variant: median, min, max and spread of the repeats (seconds)."""
-    return {name: {"median_s": median(t), "min_s": min(t), "max_s": max(t), "spread": spread(t), "repeats": len(t)}
-            for name, t in times.items()}
+    return {
+        name: {"median_s": median(t), "min_s": min(t), "max_s": max(t), "spread": spread(t), "repeats": len(t)}
+        for name, t in times.items()
+    }
 
 
 def compare_means(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05) -> dict[str, Any]:
@@ -329,8 +342,7 @@ def compare_means(a: Sequence[float], b: Sequence[float], margin: float, alpha: 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None) -> str:
     """A markdown table; ``align`` is one character per column, ``l`` or ``r`` (default: first l, rest r)."""
     align = align or ("l" + "r" * (len(headers) - 1))
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"]
     for row in rows:
         lines.append("| " + " | ".join(str(c) for c in row) + " |")
     return "\n".join(lines)
@@ -352,8 +364,11 @@ def fmt_mb(nbytes: float) -> str:
 def check_ratios(ratios: Mapping[str, float], required: Sequence[str]) -> list[str]:
     """Problems with ``ratios``: required keys missing, values not finite and positive (empty list: all good)."""
     problems = [f"missing ratio {k!r}" for k in required if k not in ratios]
-    problems += [f"ratio {k!r} = {v!r} is not finite and positive" for k, v in ratios.items()
-                 if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)]
+    problems += [
+        f"ratio {k!r} = {v!r} is not finite and positive"
+        for k, v in ratios.items()
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0)
+    ]
     return problems
 
 

@@ -56,12 +56,24 @@ from _common import (  # noqa: E402
 
 R, ALPHA, SEED = 8, 16.0, 0
 TARGETS = ["query", "value"]
-TINY_BERT = {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "intermediate_size": 64, "max_position_embeddings": 64}  # --smoke only
+TINY_BERT = {
+    "vocab_size": 1000,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}  # --smoke only
 VARIANTS = ("base", "merged", "merged_unloaded", "kasa", "lora", "peft_lora", "peft_kasa")
-LABELS = {"base": "base model (no adapters)", "merged": "KaSA (ours), merge_adapters",
-          "merged_unloaded": "KaSA (ours), merge_and_unload", "kasa": "KaSA (ours), unmerged",
-          "lora": "LoRA (ours), unmerged", "peft_lora": "PEFT LoRA, unmerged", "peft_kasa": "PEFT KaSA, unmerged"}
+LABELS = {
+    "base": "base model (no adapters)",
+    "merged": "KaSA (ours), merge_adapters",
+    "merged_unloaded": "KaSA (ours), merge_and_unload",
+    "kasa": "KaSA (ours), unmerged",
+    "lora": "LoRA (ours), unmerged",
+    "peft_lora": "PEFT LoRA, unmerged",
+    "peft_kasa": "PEFT KaSA, unmerged",
+}
 REQUIRED = ("merged_vs_base_latency", "kasa_vs_peft_lora_latency", "kasa_vs_peft_kasa_latency")
 
 
@@ -106,17 +118,20 @@ def build_variants(base: nn.Module, device: str) -> dict[str, nn.Module]:
 
     def ours(method: str) -> nn.Module:
         torch.manual_seed(SEED)
-        model = apply_adapters(copy.deepcopy(base), AdapterConfig(method=method, r=R, alpha=ALPHA,
-                                                                  target_modules=TARGETS,
-                                                                  modules_to_save=["classifier"]))
+        model = apply_adapters(
+            copy.deepcopy(base),
+            AdapterConfig(method=method, r=R, alpha=ALPHA, target_modules=TARGETS, modules_to_save=["classifier"]),
+        )
         randomize([p for _, layer in adapted_layers(model) for p in layer.adapter_parameters()])
         return model
 
     def theirs(kasa: bool) -> nn.Module:
         torch.manual_seed(SEED)
         extra = {"kasa_config": peft.KasaConfig()} if kasa else {}
-        model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(
-            r=R, lora_alpha=ALPHA, target_modules=TARGETS, modules_to_save=["classifier"], **extra))
+        model = peft.get_peft_model(
+            copy.deepcopy(base),
+            peft.LoraConfig(r=R, lora_alpha=ALPHA, target_modules=TARGETS, modules_to_save=["classifier"], **extra),
+        )
         randomize([p for n, p in model.named_parameters() if "lora_" in n])
         return model
 
@@ -149,8 +164,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         models = build_variants(base, device)
         g = torch.Generator().manual_seed(1234)
         vocab = base.config.vocab_size
-        batch = {"input_ids": torch.randint(min(1000, vocab // 2), vocab, (mode.batch, mode.seq), generator=g),
-                 "attention_mask": torch.ones(mode.batch, mode.seq, dtype=torch.long)}
+        batch = {
+            "input_ids": torch.randint(min(1000, vocab // 2), vocab, (mode.batch, mode.seq), generator=g),
+            "attention_mask": torch.ones(mode.batch, mode.seq, dtype=torch.long),
+        }
         batch = {k: v.to(device) for k, v in batch.items()}
         sync = device_sync(device)
 
@@ -178,34 +195,65 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "lora_vs_peft_lora_latency": median_ratio(times["lora"], times["peft_lora"]),
         "kasa_vs_lora_latency": median_ratio(times["kasa"], times["lora"]),
     }
-    pairs = {"merged_vs_base_latency": ("merged", "base"), "kasa_vs_peft_lora_latency": ("kasa", "peft_lora"),
-             "kasa_vs_peft_kasa_latency": ("kasa", "peft_kasa")}
+    pairs = {
+        "merged_vs_base_latency": ("merged", "base"),
+        "kasa_vs_peft_lora_latency": ("kasa", "peft_lora"),
+        "kasa_vs_peft_kasa_latency": ("kasa", "peft_kasa"),
+    }
     ci = {key: ratio_ci(times[a], times[b]) for key, (a, b) in pairs.items()}
     stats = summary(times)
-    rows = [(LABELS[k], fmt_s(stats[k]["median_s"]), f"{100 * stats[k]['spread']:.0f}%",
-             f"{median_ratio(times[k], times['base']):.3f}", f"{median_ratio(times[k], times['peft_lora']):.3f}")
-            for k in VARIANTS]
+    rows = [
+        (
+            LABELS[k],
+            fmt_s(stats[k]["median_s"]),
+            f"{100 * stats[k]['spread']:.0f}%",
+            f"{median_ratio(times[k], times['base']):.3f}",
+            f"{median_ratio(times[k], times['peft_lora']):.3f}",
+        )
+        for k in VARIANTS
+    ]
     title = "tiny BERT (smoke)" if mode.smoke else "all-MiniLM-L6-v2"
     print(f"# Inference latency: {title}, batch {mode.batch} x seq {mode.seq}, eval, no_grad, {mode_name} mode")
-    print(f"device {device}, torch threads {tinfo['torch_threads']}, torch {torch.__version__}, repeats {repeats} x "
-          f"{mode.calls} forward(s) per block (1 warm-up round excluded), wall {wall:.0f} s\n")
+    print(
+        f"device {device}, torch threads {tinfo['torch_threads']}, torch {torch.__version__}, repeats {repeats} x "
+        f"{mode.calls} forward(s) per block (1 warm-up round excluded), wall {wall:.0f} s\n"
+    )
     print(markdown_table(["variant", "latency (median)", "spread", "vs base", "vs PEFT LoRA"], rows))
-    print(f"\nmax |logits - unmerged KaSA logits|: merged {agree['merged']:.1e}, "
-          f"merged and unloaded {agree['merged_unloaded']:.1e}")
+    print(
+        f"\nmax |logits - unmerged KaSA logits|: merged {agree['merged']:.1e}, "
+        f"merged and unloaded {agree['merged_unloaded']:.1e}"
+    )
     print("\nRatios (median over repeats of per-repeat ratios):\n")
     print(ratios_table(ratios))
     print("\nDistribution-free 95% confidence intervals of the median ratio (order statistics over the repeats):\n")
-    print(markdown_table(["ratio", "median", "CI", "coverage"], [
-        (k, f"{ratios[k]:.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{100 * cov:.1f}%") for k, (lo, hi, cov) in ci.items()]))
+    print(
+        markdown_table(
+            ["ratio", "median", "CI", "coverage"],
+            [(k, f"{ratios[k]:.3f}", f"[{lo:.3f}, {hi:.3f}]", f"{100 * cov:.1f}%") for k, (lo, hi, cov) in ci.items()],
+        )
+    )
     print("\n" + probe.describe())
     if device == "cpu":
         print("CPU timings on a shared machine: compare the ratios, not the absolute times.")
 
     result = {
-        "benchmark": "inference", "mode": mode_name, "device": device, "threads": tinfo, "model": title,
-        "batch": [mode.batch, mode.seq], "r": R, "alpha": ALPHA, "repeats": repeats, "calls_per_block": mode.calls,
-        "wall_s": wall, "probe_gflops": probe.as_dict(), "times_s": times, "summary": stats,
-        "merged_max_abs_diff": agree, "ratios": ratios, "ratio_ci": ci,
+        "benchmark": "inference",
+        "mode": mode_name,
+        "device": device,
+        "threads": tinfo,
+        "model": title,
+        "batch": [mode.batch, mode.seq],
+        "r": R,
+        "alpha": ALPHA,
+        "repeats": repeats,
+        "calls_per_block": mode.calls,
+        "wall_s": wall,
+        "probe_gflops": probe.as_dict(),
+        "times_s": times,
+        "summary": stats,
+        "merged_max_abs_diff": agree,
+        "ratios": ratios,
+        "ratio_ci": ci,
     }
     if args.json:
         write_json(args.json, result, device)

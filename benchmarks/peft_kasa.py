@@ -21,9 +21,14 @@ class PeftKaSAModule(KaSAModule):
         model.train()
         a = self.adapter_config
         present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-        cfg = peft.LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=a.target_modules,
-                              modules_to_save=[m for m in a.modules_to_save if m in present] or None,
-                              kasa_config=peft.KasaConfig(beta=a.beta, gamma=a.gamma))
+        cfg = peft.LoraConfig(
+            r=a.r,
+            lora_alpha=a.alpha,
+            lora_dropout=a.dropout,
+            target_modules=a.target_modules,
+            modules_to_save=[m for m in a.modules_to_save if m in present] or None,
+            kasa_config=peft.KasaConfig(beta=a.beta, gamma=a.gamma),
+        )
         self.model = peft.get_peft_model(model, cfg)
 
     def _keep_trained_state(self, checkpoint: dict) -> None:

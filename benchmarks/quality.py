@@ -13,7 +13,8 @@ methods (``configs/methods/``); PEFT's KaSA is the extra method ``peft_kasa``: `
 ``configure_model`` and returns ``model._get_kasa_loss()`` as its regulariser; so the optimizer (AdamW over the
 trainable parameters, lr 2e-3), the schedule (linear warmup 6%, linear decay), the metrics and the loop are
 shared. r=8, alpha=16, dropout 0, targets query/value, the classifier trained, beta=1e-4 and gamma=1e-3 (KaSA
-only), batch 32, 3 epochs, max length 128 (quick: 96). The learning rate is higher than the paper's 4e-4 to 5e-4 because the budget is a few
+only), batch 32, 3 epochs, max length 128 (quick: 96). The learning rate is higher than the paper's 4e-4 to 5e-4
+because the budget is a few
 hundred steps, not 10 to 100 epochs.
 
 The seeds (``--seeds``, default 0 1 2 3 4; quick: 0) set the initialisation of the classifier and the adapters
@@ -73,11 +74,23 @@ COMPARED = (("kasa", "peft_kasa"), ("kasa", "lora"), ("kasa", "pissa"), ("kasa",
 # keeps the test sentences with their original SST labels instead (../shared/data/README.md)
 TRAIN_FILES = ("train.tsv", "train.from-test-labeled.tsv")
 METHODS = ("kasa", "lora", "pissa", "milora", "peft_kasa")
-LABELS = {"kasa": "KaSA (ours)", "lora": "LoRA (ours)", "pissa": "PiSSA (ours)", "milora": "MiLoRA (ours)",
-          "peft_kasa": "PEFT KaSA"}
+LABELS = {
+    "kasa": "KaSA (ours)",
+    "lora": "LoRA (ours)",
+    "pissa": "PiSSA (ours)",
+    "milora": "MiLoRA (ours)",
+    "peft_kasa": "PEFT KaSA",
+}
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
-TINY_BERT = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 128}  # --smoke only
+TINY_BERT = {
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+}  # --smoke only
 
 
 @dataclass
@@ -96,10 +109,19 @@ class Mode:
 
 MODES = {
     "full": Mode(seeds=(0, 1, 2, 3, 4), epochs=3, max_train=None, max_eval=None, batch_size=32, tasks=("sst2",)),
-    "quick": Mode(seeds=(0,), epochs=1, max_train=160, max_eval=96, batch_size=16, max_length=96,
-                  tasks=("rte", "mrpc")),
-    "smoke": Mode(seeds=(0,), epochs=1, max_train=16, max_eval=16, batch_size=8, max_length=32, tasks=("rte",),
-                  backbone_config=TINY_BERT),
+    "quick": Mode(
+        seeds=(0,), epochs=1, max_train=160, max_eval=96, batch_size=16, max_length=96, tasks=("rte", "mrpc")
+    ),
+    "smoke": Mode(
+        seeds=(0,),
+        epochs=1,
+        max_train=16,
+        max_eval=16,
+        batch_size=8,
+        max_length=32,
+        tasks=("rte",),
+        backbone_config=TINY_BERT,
+    ),
 }
 
 
@@ -107,39 +129,73 @@ def task_config(task: str, train_file: str, mode: Mode, data_dir: str, device: s
     """The sweep config of one GLUE task at this benchmark's budget (KaSA; the sweep's method overlays make the
     baselines)."""
     model: dict[str, Any] = {
-        "backbone": MINILM, "task": "classification",
-        "adapter": {"method": "kasa", "r": R, "alpha": ALPHA, "dropout": 0.0, "target_modules": ["query", "value"],
-                    "modules_to_save": ["classifier"], "beta": BETA, "gamma": GAMMA},
-        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": mode.lr}}, "warmup_ratio": 0.06}
+        "backbone": MINILM,
+        "task": "classification",
+        "adapter": {
+            "method": "kasa",
+            "r": R,
+            "alpha": ALPHA,
+            "dropout": 0.0,
+            "target_modules": ["query", "value"],
+            "modules_to_save": ["classifier"],
+            "beta": BETA,
+            "gamma": GAMMA,
+        },
+        "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": mode.lr}},
+        "warmup_ratio": 0.06,
+    }
     if mode.backbone_config:
         model["backbone_config"] = mode.backbone_config
-    data = {"task": task, "data_dir": data_dir, "train_file": train_file, "val_from_train": 0.2,
-            "max_train_samples": mode.max_train, "max_eval_samples": mode.max_eval, "batch_size": mode.batch_size,
-            "max_length": mode.max_length, "seed": DATA_SEED}
+    data = {
+        "task": task,
+        "data_dir": data_dir,
+        "train_file": train_file,
+        "val_from_train": 0.2,
+        "max_train_samples": mode.max_train,
+        "max_eval_samples": mode.max_eval,
+        "batch_size": mode.batch_size,
+        "max_length": mode.max_length,
+        "seed": DATA_SEED,
+    }
     return {
         "seed_everything": 0,
-        "trainer": {"accelerator": "gpu" if device.startswith("cuda") else "cpu", "devices": 1,
-                    "max_epochs": mode.epochs, "logger": False, "enable_model_summary": False,
-                    "num_sanity_val_steps": 0},
+        "trainer": {
+            "accelerator": "gpu" if device.startswith("cuda") else "cpu",
+            "devices": 1,
+            "max_epochs": mode.epochs,
+            "logger": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+        },
         "model": {"class_path": "kasa_lightning.KaSAModule", "init_args": model},
         "data": {"class_path": "kasa_lightning.datamodules.GLUEDataModule", "init_args": data},
     }
 
 
-def run_sweep(configs: list[Path], seeds: tuple[int, ...], methods: tuple[str, ...], root: Path,
-              threads: int | None) -> None:
+def run_sweep(
+    configs: list[Path], seeds: tuple[int, ...], methods: tuple[str, ...], root: Path, threads: int | None
+) -> None:
     """``python -m kasa_lightning sweep`` over the task configs; PEFT's KaSA is the extra method ``peft_kasa``."""
     from kasa_lightning import sweep
 
     overlay = root / "presets" / "peft_kasa.yaml"
     overlay.write_text("model:\n  class_path: peft_kasa.PeftKaSAModule\n")
     os.environ["PYTHONPATH"] = os.pathsep.join(  # the runs import peft_kasa from this folder
-        [str(Path(__file__).resolve().parent), *filter(None, [os.environ.get("PYTHONPATH")])])
+        [str(Path(__file__).resolve().parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     args = [a for c in configs for a in ("--config", str(c))]
-    args += ["--seeds", ",".join(map(str, seeds)), "--methods", ",".join(methods), "--output_dir", str(root),
-             "--method_overlay", f"peft_kasa={overlay}"]
+    args += [
+        "--seeds",
+        ",".join(map(str, seeds)),
+        "--methods",
+        ",".join(methods),
+        "--output_dir",
+        str(root),
+        "--method_overlay",
+        f"peft_kasa={overlay}",
+    ]
     code = sweep.main(args)
     if code == 2:
         raise SystemExit("quality: the sweep refused its input (message above)")
@@ -167,7 +223,9 @@ def fmt_mean_std(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2 3 4; quick 0)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="training seeds (default 0 1 2 3 4; quick 0)"
+    )
     parser.add_argument("--tasks", default=None, help="comma-separated GLUE tasks (default sst2; quick rte,mrpc)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {','.join(METHODS)}")
     parser.add_argument("--epochs", type=int, default=None)
@@ -176,13 +234,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-train-samples", type=int, default=None)
     parser.add_argument("--max-eval-samples", type=int, default=None)
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="a local GLUE directory (<dir>/RTE/train.tsv)")
-    parser.add_argument("--train-file", default=None,
-                        help=f"the training file in each task folder (default: the first of {', '.join(TRAIN_FILES)} "
-                             "that exists)")
-    parser.add_argument("--output-dir", default=None, help="the sweep directory (default: a new temporary one); "
-                        "rerunning with the same directory skips finished runs")
-    parser.add_argument("--margin", type=float, default=MARGIN,
-                        help=f"equivalence margin of the TOST, as a fraction of the metric (default {MARGIN:g})")
+    parser.add_argument(
+        "--train-file",
+        default=None,
+        help=f"the training file in each task folder (default: the first of {', '.join(TRAIN_FILES)} that exists)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        help="the sweep directory (default: a new temporary one); "
+        "rerunning with the same directory skips finished runs",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=MARGIN,
+        help=f"equivalence margin of the TOST, as a fraction of the metric (default {MARGIN:g})",
+    )
     args = parser.parse_args(argv)
     quiet()
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
@@ -196,8 +264,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     epochs = args.epochs or mode.epochs
     max_train = args.max_train_samples if args.max_train_samples is not None else mode.max_train
     max_eval = args.max_eval_samples if args.max_eval_samples is not None else mode.max_eval
-    mode = Mode(seeds=seeds, epochs=epochs, max_train=max_train, max_eval=max_eval, batch_size=args.batch_size or mode.batch_size,
-                max_length=mode.max_length, lr=args.lr or mode.lr, tasks=tasks, backbone_config=mode.backbone_config)
+    mode = Mode(
+        seeds=seeds,
+        epochs=epochs,
+        max_train=max_train,
+        max_eval=max_eval,
+        batch_size=args.batch_size or mode.batch_size,
+        max_length=mode.max_length,
+        lr=args.lr or mode.lr,
+        tasks=tasks,
+        backbone_config=mode.backbone_config,
+    )
     if not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir} does not exist (a local GLUE directory, <dir>/SST-2/... is needed)")
     if not 0 < args.margin < 1:
@@ -236,15 +313,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 run_dir = root / task / method / f"seed{seed}"
                 fit = (sweep.read_json(run_dir / "metrics.json") or {}).get("fit") or {}
                 status = sweep.read_json(run_dir / "status.json") or {}
-                best = {f"{m}_best": max(e["metrics"][m] for e in fit.get("epochs", []) if m in e["metrics"])
-                        for m in {k for e in fit.get("epochs", []) for k in e["metrics"]}}
-                runs.append({"task": task, "method": method, "seed": seed, "status": status.get("status"),
-                             "wall_s": status.get("wall_s"), "steps": fit.get("global_step", 0), "metrics": best})
+                best = {
+                    f"{m}_best": max(e["metrics"][m] for e in fit.get("epochs", []) if m in e["metrics"])
+                    for m in {k for e in fit.get("epochs", []) for k in e["metrics"]}
+                }
+                runs.append(
+                    {
+                        "task": task,
+                        "method": method,
+                        "seed": seed,
+                        "status": status.get("status"),
+                        "wall_s": status.get("wall_s"),
+                        "steps": fit.get("global_step", 0),
+                        "metrics": best,
+                    }
+                )
     failed = [r for r in runs if r["status"] != "done"]
     if failed:
         names = [(r["task"], r["method"], r["seed"]) for r in failed]
-        raise SystemExit(f"quality: {len(failed)} run(s) did not finish: {names}"
-                         f" (see {root}/<task>/<method>/seed<k>/status.json)")
+        raise SystemExit(
+            f"quality: {len(failed)} run(s) did not finish: {names} (see {root}/<task>/<method>/seed<k>/status.json)"
+        )
 
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for e in entries:
@@ -279,13 +368,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     honest = (
         f"{mode_name.upper()} RUN: {len(seeds)} seed(s), {max_train or 'all'} training examples, {epochs} epoch(s). "
         "These numbers are NOT statistically meaningful; they only show that every method trains end to end."
-        if mode_name != "full" else
-        f"{len(seeds)} seeds per method; the tests below treat the seeds as the samples."
+        if mode_name != "full"
+        else f"{len(seeds)} seeds per method; the tests below treat the seeds as the samples."
     )
     print(f"\n# Fine-tuning quality on GLUE (validation = 20% held out of the training file), {mode_name} mode")
-    print(f"backbone {'tiny BERT (smoke)' if mode.backbone_config else 'all-MiniLM-L6-v2'}, r={R}, alpha={ALPHA:g}, "
-          f"lr {mode.lr:g}, batch {mode.batch_size}, max length {mode.max_length}, {epochs} epoch(s), "
-          f"seeds {list(seeds)}, device {device}, torch threads {tinfo['torch_threads']}, wall {wall:.0f} s")
+    print(
+        f"backbone {'tiny BERT (smoke)' if mode.backbone_config else 'all-MiniLM-L6-v2'}, r={R}, alpha={ALPHA:g}, "
+        f"lr {mode.lr:g}, batch {mode.batch_size}, max length {mode.max_length}, {epochs} epoch(s), "
+        f"seeds {list(seeds)}, device {device}, torch threads {tinfo['torch_threads']}, wall {wall:.0f} s"
+    )
     print(f"\n**{honest}**\n")
     for task in tasks:
         shown = [m for m in metrics[task] if any(m in e for e in table[task].values())]
@@ -295,15 +386,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for method in methods:
             e = table[task][method]
             row = [LABELS[method]] + [fmt_mean_std(e[m]["values"]) if m in e else "-" for m in shown]
-            row += [" ".join(f"{100 * v:.1f}" for v in e[first]["values"]) if first in e else "-",
-                    f"{e['wall_s_mean']:.0f} s"]
+            row += [
+                " ".join(f"{100 * v:.1f}" for v in e[first]["values"]) if first in e else "-",
+                f"{e['wall_s_mean']:.0f} s",
+            ]
             rows.append(row)
         print(f"## {task.upper()} ({files[task]}, 20% held out for validation; best validation epoch)\n")
         print(markdown_table(headers, rows))
         print()
     if comparisons:
-        print(f"Ours against theirs (Welch's t-test, two-sided; equivalence: two one-sided t-tests with margin "
-              f"±{100 * margin:g} points; alpha 0.05, CI at 90%):\n")
+        print(
+            f"Ours against theirs (Welch's t-test, two-sided; equivalence: two one-sided t-tests with margin "
+            f"±{100 * margin:g} points; alpha 0.05, CI at 90%):\n"
+        )
         rows = []
         for key, c in comparisons.items():
             task = key.rsplit("_", 1)[1]
@@ -312,28 +407,69 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 rows.append((task, f"{LABELS[a]} - {LABELS[b]}", c["metric"], "-", "-", "-", c["reason"]))
                 continue
             verdict = ("different" if c["distinguishable"] else "not distinguishable") + (
-                ", equivalent" if c["equivalent"] else ", equivalence not shown")
-            rows.append((task, f"{LABELS[a]} - {LABELS[b]}", c["metric"], f"{100 * c['difference']:+.2f}",
-                         f"[{100 * c['ci'][0]:+.2f}, {100 * c['ci'][1]:+.2f}]",
-                         f"{c['p_difference']:.3f} / {c['p_equivalence']:.3f}", verdict))
-        print(markdown_table(["task", "difference", "metric", "mean (points)", "90% CI", "p diff / p equiv",
-                              "verdict"], rows, align="lllrrrl"))
+                ", equivalent" if c["equivalent"] else ", equivalence not shown"
+            )
+            rows.append(
+                (
+                    task,
+                    f"{LABELS[a]} - {LABELS[b]}",
+                    c["metric"],
+                    f"{100 * c['difference']:+.2f}",
+                    f"[{100 * c['ci'][0]:+.2f}, {100 * c['ci'][1]:+.2f}]",
+                    f"{c['p_difference']:.3f} / {c['p_equivalence']:.3f}",
+                    verdict,
+                )
+            )
+        print(
+            markdown_table(
+                ["task", "difference", "metric", "mean (points)", "90% CI", "p diff / p equiv", "verdict"],
+                rows,
+                align="lllrrrl",
+            )
+        )
         print()
-    print("Ratios (mean of the best-epoch metric, ours / theirs; unsuffixed = accuracy, geometric mean over the "
-          "tasks):\n")
+    print(
+        "Ratios (mean of the best-epoch metric, ours / theirs; unsuffixed = accuracy, geometric mean over the tasks):\n"
+    )
     print(ratios_table(ratios))
     print("\n" + probe.describe())
 
     result = {
-        "benchmark": "quality", "mode": mode_name, "device": device, "threads": tinfo,
-        "settings": {"r": R, "alpha": ALPHA, "lr": mode.lr, "beta": BETA, "gamma": GAMMA, "epochs": epochs,
-                     "batch_size": mode.batch_size, "max_length": mode.max_length, "seeds": list(seeds),
-                     "data_seed": DATA_SEED, "val_from_train": 0.2, "max_train_samples": max_train,
-                     "max_eval_samples": max_eval, "data_dir": args.data_dir, "tasks": list(tasks),
-                     "methods": list(methods), "warmup_ratio": 0.06, "schedule": "linear",
-                     "equivalence_margin": margin},
-        "sweep_dir": str(root) if args.output_dir else None, "train_files": files, "metrics": metrics, "note": honest, "comparisons": comparisons, "wall_s": wall, "probe_gflops": probe.as_dict(), "runs": runs,
-        "table": table, "ratios": ratios,
+        "benchmark": "quality",
+        "mode": mode_name,
+        "device": device,
+        "threads": tinfo,
+        "settings": {
+            "r": R,
+            "alpha": ALPHA,
+            "lr": mode.lr,
+            "beta": BETA,
+            "gamma": GAMMA,
+            "epochs": epochs,
+            "batch_size": mode.batch_size,
+            "max_length": mode.max_length,
+            "seeds": list(seeds),
+            "data_seed": DATA_SEED,
+            "val_from_train": 0.2,
+            "max_train_samples": max_train,
+            "max_eval_samples": max_eval,
+            "data_dir": args.data_dir,
+            "tasks": list(tasks),
+            "methods": list(methods),
+            "warmup_ratio": 0.06,
+            "schedule": "linear",
+            "equivalence_margin": margin,
+        },
+        "sweep_dir": str(root) if args.output_dir else None,
+        "train_files": files,
+        "metrics": metrics,
+        "note": honest,
+        "comparisons": comparisons,
+        "wall_s": wall,
+        "probe_gflops": probe.as_dict(),
+        "runs": runs,
+        "table": table,
+        "ratios": ratios,
     }
     if args.json:
         write_json(args.json, result, device)

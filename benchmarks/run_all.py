@@ -9,7 +9,8 @@ with its exit code, the others still run, and the exit status is non-zero.
     python benchmarks/run_all.py [--quick] [--json PATH] [--only train_step,inference] [--threads N]
                                  [--device cpu|cuda] [--profile]
 
-``--threads N`` sets ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` for the scripts and passes ``--threads N`` to those
+``--threads N`` sets ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` for the scripts and passes
+``--threads N`` to those
 that take it (on a shared 2-core machine, 1 thread is often as fast as 2 and far steadier: DESIGN.md section 6).
 """
 
@@ -30,7 +31,12 @@ from _common import header, markdown_table, ratios_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("truncation", "train_step", "inference", "quality", "hot_paths")
-TAKES_COMMON_ARGS = {"train_step", "inference", "quality", "hot_paths"}  # --threads, --device, --smoke (truncation has none)
+TAKES_COMMON_ARGS = {
+    "train_step",
+    "inference",
+    "quality",
+    "hot_paths",
+}  # --threads, --device, --smoke (truncation has none)
 
 
 def merge_ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -46,8 +52,15 @@ def merge_ratios(results: dict[str, dict[str, Any]]) -> dict[str, float]:
     return merged
 
 
-def command(script: str, json_path: str, quick: bool, smoke: bool, threads: int | None,
-            device: str | None, profile: bool = False) -> list[str]:
+def command(
+    script: str,
+    json_path: str,
+    quick: bool,
+    smoke: bool,
+    threads: int | None,
+    device: str | None,
+    profile: bool = False,
+) -> list[str]:
     cmd = [sys.executable, str(HERE / f"{script}.py"), "--json", json_path]
     if quick or (smoke and script not in TAKES_COMMON_ARGS):
         cmd.append("--quick")
@@ -125,8 +138,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         moved = probe.get("change")
         if moved is None and probe.get("before"):
             moved = abs(probe["after"] - probe["before"]) / probe["before"]
-        rows.append((script, f"{run['wall_s']:.0f} s", "ok" if run["returncode"] == 0 else f"FAILED ({run['returncode']})",
-                     "-" if moved is None else f"{100 * moved:.0f}%" + (" NOISY" if moved > 0.2 else "")))
+        rows.append(
+            (
+                script,
+                f"{run['wall_s']:.0f} s",
+                "ok" if run["returncode"] == 0 else f"FAILED ({run['returncode']})",
+                "-" if moved is None else f"{100 * moved:.0f}%" + (" NOISY" if moved > 0.2 else ""),
+            )
+        )
     print(markdown_table(["script", "wall", "status", "matmul probe moved"], rows))
     print("\nAll ratios (ours / theirs, or as each script defines them):\n")
     print(ratios_table(ratios))

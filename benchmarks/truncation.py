@@ -113,12 +113,16 @@ def bench_group(name: str, weights: list[torch.Tensor], repeats: int, cache_root
         cold, warm, svd = cold + [c], warm + [wa], svd + [sv]
     m, n = weights[0].shape
     return {
-        "group": name, "shape": [m, n], "count": len(weights),
-        "ours_cold_s": statistics.median(cold), "ours_warm_s": statistics.median(warm),
+        "group": name,
+        "shape": [m, n],
+        "count": len(weights),
+        "ours_cold_s": statistics.median(cold),
+        "ours_warm_s": statistics.median(warm),
         "fp32_svd_s": statistics.median(svd),
         "speedup_cold": statistics.median(s / c for s, c in zip(svd, cold)),
         "speedup_warm": statistics.median(s / w for s, w in zip(svd, warm)),
-        "error_ours": err_ours, "error_fp32_svd": err_svd,
+        "error_ours": err_ours,
+        "error_fp32_svd": err_svd,
         "repeats_s": {"ours_cold": cold, "ours_warm": warm, "fp32_svd": svd},
     }
 
@@ -167,16 +171,21 @@ def main() -> None:
 
     print(f"r={R}, repeats={repeats}, torch threads={threads}, torch {torch.__version__}, {platform.platform()}")
     print(markdown_table(rows))
-    print(f"\noverall speedup (total time): cold {ratios['truncation_speedup_cold']:.1f}x, "
-          f"warm {ratios['truncation_speedup_warm']:.1f}x")
+    print(
+        f"\noverall speedup (total time): cold {ratios['truncation_speedup_cold']:.1f}x, "
+        f"warm {ratios['truncation_speedup_warm']:.1f}x"
+    )
     noisy = drift > 0.2  # DESIGN.md section 6: the probe moved, so did the machine
-    print(f"matmul probe: {probe_before:.1f} -> {probe_after:.1f} GFLOP/s ({100 * drift:.0f}% change)"
-          + ("  NOISY RUN: the machine's speed moved, treat the timings with care" if noisy else ""))
+    print(
+        f"matmul probe: {probe_before:.1f} -> {probe_after:.1f} GFLOP/s ({100 * drift:.0f}% change)"
+        + ("  NOISY RUN: the machine's speed moved, treat the timings with care" if noisy else "")
+    )
 
     if args.json:
         result = {
             **header(),  # machine, date, command
-            "r": R, "repeats": repeats,
+            "r": R,
+            "repeats": repeats,
             "probe_gflops": {"before": probe_before, "after": probe_after, "noisy": noisy},
             "rows": rows,
             "ratios": ratios,

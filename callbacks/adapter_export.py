@@ -28,8 +28,11 @@ class AdapterExport(L.Callback):
         self.written: list[Path] = []
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        best = trainer.checkpoint_callback.best_model_path if isinstance(
-            trainer.checkpoint_callback, ModelCheckpoint) else ""
+        best = (
+            trainer.checkpoint_callback.best_model_path
+            if isinstance(trainer.checkpoint_callback, ModelCheckpoint)
+            else ""
+        )
         module, which = pl_module, "last"
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: a broadcast under DDP/FSDP
         if not (self.which == "best" and best) and shards_parameters(trainer.strategy):

@@ -117,8 +117,9 @@ class MetricsFile(L.Callback):
         self._update(trainer, fit=self._fit_part(trainer, finished=True))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._update(trainer, test={"metrics": _floats(trainer.callback_metrics, ("test/",)),
-                                    "ckpt_path": trainer.ckpt_path})
+        self._update(
+            trainer, test={"metrics": _floats(trainer.callback_metrics, ("test/",)), "ckpt_path": trainer.ckpt_path}
+        )
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:

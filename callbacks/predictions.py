@@ -48,8 +48,11 @@ def prediction_lines(prediction: Any) -> list[dict[str, Any]]:
     if isinstance(prediction, dict):
         return [prediction]
     if isinstance(prediction, torch.Tensor):
-        return [{"prediction": row} for row in prediction.detach().cpu().tolist()] if prediction.ndim else [
-            {"prediction": prediction.item()}]
+        return (
+            [{"prediction": row} for row in prediction.detach().cpu().tolist()]
+            if prediction.ndim
+            else [{"prediction": prediction.item()}]
+        )
     if isinstance(prediction, (list, tuple)):
         lines: list[dict[str, Any]] = []
         for item in prediction:
@@ -94,8 +97,16 @@ class JsonlPredictionWriter(BasePredictionWriter):
         self._handle = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115 (closed in on_predict_end)
         self.lines = 0
 
-    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
-                           batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int) -> None:
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
         if self._handle is None:
             raise RuntimeError("JsonlPredictionWriter: write_on_batch_end before on_predict_start")
         for line in prediction_lines(prediction):

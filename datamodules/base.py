@@ -76,9 +76,11 @@ class BaseDataModule(L.LightningDataModule):
         if batch_size < 1:
             raise ValueError(f"data.batch_size={batch_size} must be >= 1")
         if global_batch_size is not None and (global_batch_size < 1 or global_batch_size % batch_size):
-            raise ValueError(f"data.global_batch_size={global_batch_size} must be a positive multiple of "
-                             f"data.batch_size={batch_size} (the effective batch is batch_size x processes x "
-                             "accumulation steps)")
+            raise ValueError(
+                f"data.global_batch_size={global_batch_size} must be a positive multiple of "
+                f"data.batch_size={batch_size} (the effective batch is batch_size x processes x "
+                "accumulation steps)"
+            )
         self.tokenizer_name = tokenizer
         self.batch_size = batch_size
         self.global_batch_size = global_batch_size
@@ -95,7 +97,9 @@ class BaseDataModule(L.LightningDataModule):
     def tokenizer(self):  # noqa: ANN201
         if self._tokenizer is None:
             if not self.tokenizer_name:
-                raise ValueError("data.tokenizer is not set: give a Hub name or local path (the CLI links model.backbone)")
+                raise ValueError(
+                    "data.tokenizer is not set: give a Hub name or local path (the CLI links model.backbone)"
+                )
             from transformers import AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(self.tokenizer_name, "data.tokenizer"))
@@ -156,8 +160,12 @@ class BaseDataModule(L.LightningDataModule):
         # trainer.current_epoch: when max_steps ends an epoch early, Lightning already counts that epoch as done.
         epoch = self._sampler.epoch if self._sampler is not None else self.trainer.current_epoch
         # a checkpoint written in on_train_batch_end has processed the batch but not yet marked it completed
-        return {"epoch": epoch, "batches": progress.processed, "batch_size": self.batch_size,
-                "world_size": self.trainer.world_size}
+        return {
+            "epoch": epoch,
+            "batches": progress.processed,
+            "batch_size": self.batch_size,
+            "world_size": self.trainer.world_size,
+        }
 
     def _samples_done(self, state: dict[str, int], sampler: ResumableSampler, world: int) -> int:
         """This rank's samples of the saved epoch that were trained. A resume in the middle of an epoch needs
@@ -166,8 +174,11 @@ class BaseDataModule(L.LightningDataModule):
         batch_size, saved_world = state.get("batch_size", self.batch_size), state.get("world_size", world)
         done = state["batches"] * batch_size
         if 0 < done < sampler.num_samples and (batch_size, saved_world) != (self.batch_size, world):
-            setting, saved, now = (("data.batch_size", batch_size, self.batch_size) if batch_size != self.batch_size
-                                   else ("trainer.devices x trainer.num_nodes (processes)", saved_world, world))
+            setting, saved, now = (
+                ("data.batch_size", batch_size, self.batch_size)
+                if batch_size != self.batch_size
+                else ("trainer.devices x trainer.num_nodes (processes)", saved_world, world)
+            )
             raise ValueError(
                 f"{setting}={now}, but the checkpoint stopped in the middle of epoch {state['epoch']} with "
                 f"{state['batches']} batches of {batch_size} samples done on each of {saved_world} processes. "

@@ -60,10 +60,25 @@ class CausalLMDataModule(BaseDataModule):
         from datasets.fingerprint import Hasher
 
         tok = self.tokenizer
-        tokenizer = (type(tok).__name__, tok.name_or_path, len(tok), tok.bos_token_id, tok.eos_token_id,
-                     tok.pad_token_id)
-        return Hasher.hash([type(self).__name__, self.ENCODING_VERSION, getattr(data, "_fingerprint", None),
-                            tokenizer, self.max_length, self.overlength, *parts])
+        tokenizer = (
+            type(tok).__name__,
+            tok.name_or_path,
+            len(tok),
+            tok.bos_token_id,
+            tok.eos_token_id,
+            tok.pad_token_id,
+        )
+        return Hasher.hash(
+            [
+                type(self).__name__,
+                self.ENCODING_VERSION,
+                getattr(data, "_fingerprint", None),
+                tokenizer,
+                self.max_length,
+                self.overlength,
+                *parts,
+            ]
+        )
 
     def encode_pair(self, prompt: str, target: str) -> dict[str, list[int]] | None:
         """Token ids of prompt + target + EOS with the prompt masked in ``labels``; None if dropped."""
@@ -75,16 +90,15 @@ class CausalLMDataModule(BaseDataModule):
                 self.stats["dropped"] += 1
                 return None
             self.stats["truncated"] += 1
-            p = p[len(p) + len(t) - self.max_length:]
-        return {"input_ids": p + t, "attention_mask": [1] * (len(p) + len(t)),
-                "labels": [IGNORE_INDEX] * len(p) + t}
+            p = p[len(p) + len(t) - self.max_length :]
+        return {"input_ids": p + t, "attention_mask": [1] * (len(p) + len(t)), "labels": [IGNORE_INDEX] * len(p) + t}
 
     def encode_prompt(self, prompt: str) -> dict[str, list[int]]:
         ids = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
         budget = self.max_length - int(self.generation_kwargs.get("max_new_tokens", 0))
         if len(ids) > budget > 0:
             self.stats["truncated"] += 1
-            ids = ids[len(ids) - budget:]
+            ids = ids[len(ids) - budget :]
         return {"input_ids": ids, "attention_mask": [1] * len(ids)}
 
     # ------------------------------------------------------------------ batching
@@ -92,6 +106,7 @@ class CausalLMDataModule(BaseDataModule):
         pad = self.tokenizer.pad_token_id
         width = max(len(r["input_ids"]) for r in rows)
         if "labels" in rows[0]:  # training: right padding
+
             def right(seq: list[int], value: int) -> list[int]:
                 return list(seq) + [value] * (width - len(seq))
 

@@ -51,7 +51,8 @@ class ChatEncoding:
     def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
         """The conversation as text through the chat template."""
         return self.tokenizer.apply_chat_template(
-            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt)
+            messages, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -67,8 +68,9 @@ class ChatEncoding:
             full = self.render(probe)
             end_text = full.rsplit(reply, 1)[-1] if reply in full else ""
             end_ids = self._ids(end_text) if end_text.strip() else []
-            special = set(tok.all_special_ids) | {i for i, t in getattr(tok, "added_tokens_decoder", {}).items()
-                                                  if getattr(t, "special", False)}
+            special = set(tok.all_special_ids) | {
+                i for i, t in getattr(tok, "added_tokens_decoder", {}).items() if getattr(t, "special", False)
+            }
             stop = [tok.eos_token_id] if tok.eos_token_id is not None else []
             stop += [i for i in end_ids[:1] if i in special and i not in stop]
             self._turn_info = {
@@ -83,45 +85,51 @@ class ChatEncoding:
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
         if last is None:
             return None, "no_assistant"
-        messages = messages[:last + 1]  # later turns carry no target
+        messages = messages[: last + 1]  # later turns carry no target
         full = self.render(messages)
         spans = []
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
                 continue
             before = self.render(messages[:i], add_generation_prompt=True)
-            upto = self.render(messages[:i + 1])
+            upto = self.render(messages[: i + 1])
             if not (full.startswith(upto) and upto.startswith(before)):
                 raise ChatTemplateError(
                     "the chat template renders a conversation prefix differently from the same part of the whole "
                     f"conversation (assistant turn {i}), so the assistant tokens cannot be located reliably; "
-                    "give data.chat_template (e.g. 'chatml')")
+                    "give data.chat_template (e.g. 'chatml')"
+                )
             spans.append((len(before), len(upto)))
         tok = self.tokenizer
         if tok.is_fast:
             enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
             ids = list(enc["input_ids"])
-            labels = [tid if any(a <= start < b for a, b in spans) else IGNORE_INDEX
-                      for tid, (start, _) in zip(ids, enc["offset_mapping"])]
+            labels = [
+                tid if any(a <= start < b for a, b in spans) else IGNORE_INDEX
+                for tid, (start, _) in zip(ids, enc["offset_mapping"])
+            ]
         else:  # no offsets: token prefixes, checked
             ids = self._ids(full)
             labels = [IGNORE_INDEX] * len(ids)
             for a, b in spans:
                 pa, pb = self._ids(full[:a]), self._ids(full[:b])
-                if ids[:len(pb)] != pb or pb[:len(pa)] != pa:
+                if ids[: len(pb)] != pb or pb[: len(pa)] != pa:
                     raise ChatTemplateError("the tokenizer merges tokens across a turn boundary; use a fast tokenizer")
-                labels[len(pa):len(pb)] = pb[len(pa):]
+                labels[len(pa) : len(pb)] = pb[len(pa) :]
         if self.turn_info["append_eos"]:
             ids.append(tok.eos_token_id)
             labels.append(tok.eos_token_id)
         status = "ok"
         if len(ids) > self.max_length:
             # the last assistant turn (plus eos): from the first labelled token after the last prompt token
-            tail = len(ids) - max(j for j, lab in enumerate(labels) if lab == IGNORE_INDEX) - 1 if (
-                IGNORE_INDEX in labels) else len(ids)
+            tail = (
+                len(ids) - max(j for j, lab in enumerate(labels) if lab == IGNORE_INDEX) - 1
+                if (IGNORE_INDEX in labels)
+                else len(ids)
+            )
             if self.overlength == "drop" or tail >= self.max_length:
                 return None, "dropped"
-            ids, labels = ids[-self.max_length:], labels[-self.max_length:]
+            ids, labels = ids[-self.max_length :], labels[-self.max_length :]
             status = "truncated"
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}, status
 
@@ -131,5 +139,5 @@ class ChatEncoding:
         if end:
             for marker in (end, self.tokenizer.decode(self._ids(end), skip_special_tokens=True).strip()):
                 if marker and marker in text:
-                    text = text[:text.index(marker)]
+                    text = text[: text.index(marker)]
         return text.strip()

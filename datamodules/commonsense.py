@@ -63,8 +63,14 @@ DEFAULT_GENERATION: dict[str, Any] = {"num_beams": 4, "max_new_tokens": 32}
 _TRAIN_COLUMNS = ("instruction", "output")
 _TEST_COLUMNS = ("instruction", "answer")
 # Which extraction rule reads an answer of a given form (the answerN sets share one rule).
-_RULE_BY_PREFIX = (("true", "boolq"), ("false", "boolq"), ("solution", "piqa"), ("answer", "ARC-Easy"),
-                   ("ending", "hellaswag"), ("option", "winogrande"))
+_RULE_BY_PREFIX = (
+    ("true", "boolq"),
+    ("false", "boolq"),
+    ("solution", "piqa"),
+    ("answer", "ARC-Easy"),
+    ("ending", "hellaswag"),
+    ("option", "winogrande"),
+)
 
 
 def rule_for_answer(answer: str) -> str:
@@ -72,8 +78,9 @@ def rule_for_answer(answer: str) -> str:
     for prefix, name in _RULE_BY_PREFIX:
         if answer.startswith(prefix):
             return name
-    raise ValueError(f"cannot tell the answer format of {answer!r} (expected true/false, solutionN, answerN, "
-                     "endingN or optionN)")
+    raise ValueError(
+        f"cannot tell the answer format of {answer!r} (expected true/false, solutionN, answerN, endingN or optionN)"
+    )
 
 
 class CommonsenseDataModule(CausalLMDataModule):
@@ -113,8 +120,12 @@ class CommonsenseDataModule(CausalLMDataModule):
         generation: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(overlength=overlength, generation={**DEFAULT_GENERATION, **(generation or {})},
-                         max_length=max_length, **kwargs)
+        super().__init__(
+            overlength=overlength,
+            generation={**DEFAULT_GENERATION, **(generation or {})},
+            max_length=max_length,
+            **kwargs,
+        )
         test_sets = list(COMMONSENSE_DATASETS) if test_sets is None else list(test_sets)
         unknown = [name for name in test_sets if name not in COMMONSENSE_DATASETS]
         if unknown:
@@ -148,8 +159,9 @@ class CommonsenseDataModule(CausalLMDataModule):
         except DataFileError:
             raise
         except ValueError as err:  # e.g. an empty list: 'Instruction "train" corresponds to no data!'
-            raise ValueError(f"CommonsenseDataModule: no rows in {files} (empty or not a JSON list / JSON lines "
-                             f"of objects): {err}") from err
+            raise ValueError(
+                f"CommonsenseDataModule: no rows in {files} (empty or not a JSON list / JSON lines of objects): {err}"
+            ) from err
 
     def load_train(self) -> Any:
         """The raw training rows as a ``datasets.Dataset`` (before the validation split)."""
@@ -164,15 +176,18 @@ class CommonsenseDataModule(CausalLMDataModule):
                     return self._load_json(files)
             raise FileNotFoundError(f"data.train_path={path!r}: no train.json or <name>/train.json in this directory")
         if is_local_path(path):
-            raise FileNotFoundError(f"data.train_path={path!r} does not exist (give a Hub dataset name or a local "
-                                    "JSON file / directory)")
+            raise FileNotFoundError(
+                f"data.train_path={path!r} does not exist (give a Hub dataset name or a local JSON file / directory)"
+            )
         from datasets import load_dataset
 
         try:
             data = load_dataset(path, cache_dir=self.cache_dir)
         except Exception as err:  # datasets raises many types (offline, not found, no access)
-            raise FileNotFoundError(f"data.train_path={path!r}: not a local path, and the Hub dataset could not be "
-                                    f"loaded: {type(err).__name__}: {err}") from err
+            raise FileNotFoundError(
+                f"data.train_path={path!r}: not a local path, and the Hub dataset could not be "
+                f"loaded: {type(err).__name__}: {err}"
+            ) from err
         if "train" not in data:
             raise ValueError(f"data.train_path={path!r}: the Hub dataset has no 'train' split ({list(data)})")
         return data["train"]
@@ -180,15 +195,19 @@ class CommonsenseDataModule(CausalLMDataModule):
     def load_test(self, name: str) -> Any:
         """The raw rows of test set ``name`` as a ``datasets.Dataset``."""
         if self.test_dir is None:
-            raise ValueError("data.test_dir is not set: give a directory (or Hub dataset repository) with "
-                             "<name>/test.json files, as in LLM-Adapters' dataset/ folder")
+            raise ValueError(
+                "data.test_dir is not set: give a directory (or Hub dataset repository) with "
+                "<name>/test.json files, as in LLM-Adapters' dataset/ folder"
+            )
         local = os.path.expanduser(self.test_dir)
         if os.path.isdir(local):
             file = Path(local) / name / "test.json"
             if not file.is_file():
                 have = sorted(p.parent.name for p in Path(local).glob("*/test.json"))
-                raise FileNotFoundError(f"test set {name!r}: {file} does not exist; {local} has {have}; "
-                                        "set data.test_sets to the sets you have")
+                raise FileNotFoundError(
+                    f"test set {name!r}: {file} does not exist; {local} has {have}; "
+                    "set data.test_sets to the sets you have"
+                )
             return self._load_json([str(file)], "data.test_dir")
         if is_local_path(self.test_dir):
             raise FileNotFoundError(f"data.test_dir={self.test_dir!r} is not an existing directory")
@@ -197,8 +216,10 @@ class CommonsenseDataModule(CausalLMDataModule):
         try:
             return load_dataset(self.test_dir, data_files=f"{name}/test.json", split="train", cache_dir=self.cache_dir)
         except Exception as err:
-            raise FileNotFoundError(f"test set {name!r}: could not load {name}/test.json from the Hub dataset "
-                                    f"{self.test_dir!r}: {type(err).__name__}: {err}") from err
+            raise FileNotFoundError(
+                f"test set {name!r}: could not load {name}/test.json from the Hub dataset "
+                f"{self.test_dir!r}: {type(err).__name__}: {err}"
+            ) from err
 
     @staticmethod
     def _require(data: Any, columns: tuple[str, ...], what: str) -> None:
@@ -206,8 +227,10 @@ class CommonsenseDataModule(CausalLMDataModule):
             raise ValueError(f"CommonsenseDataModule: the {what} data is empty")
         missing = [c for c in columns if c not in data.column_names]
         if missing:
-            raise ValueError(f"CommonsenseDataModule: the {what} data lacks column(s) {missing}; it has "
-                             f"{data.column_names} (expected instruction, input, output, answer)")
+            raise ValueError(
+                f"CommonsenseDataModule: the {what} data lacks column(s) {missing}; it has "
+                f"{data.column_names} (expected instruction, input, output, answer)"
+            )
 
     # ------------------------------------------------------------------ tokenising
     def _encode(self, data: Any, split: str, generate: bool, dataset: str | None = None) -> Any:
@@ -218,8 +241,10 @@ class CommonsenseDataModule(CausalLMDataModule):
         columns = data.column_names
         no_output = [] if generate else [i for i, out in enumerate(data["output"]) if not _text(out)]
         if no_output:
-            rank_zero_warn(f"CommonsenseDataModule {split} split: skipped {len(no_output)} row(s) without an "
-                           f"output (nothing to learn): rows {no_output[:10]}{' ...' if len(no_output) > 10 else ''}")
+            rank_zero_warn(
+                f"CommonsenseDataModule {split} split: skipped {len(no_output)} row(s) without an "
+                f"output (nothing to learn): rows {no_output[:10]}{' ...' if len(no_output) > 10 else ''}"
+            )
 
         def rows(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
             out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "_truncated": []}
@@ -233,14 +258,17 @@ class CommonsenseDataModule(CausalLMDataModule):
                 before = self.stats["truncated"]
                 if generate:
                     if not _text(batch["answer"][i]):
-                        raise DataFileError(f"CommonsenseDataModule {split} split, row {index}: no answer (the "
-                                            "gold answer is missing or empty); fix or remove the row")
+                        raise DataFileError(
+                            f"CommonsenseDataModule {split} split, row {index}: no answer (the "
+                            "gold answer is missing or empty); fix or remove the row"
+                        )
                     enc = self.encode_prompt(prompt)
                     answer = str(batch["answer"][i])
                     name = dataset or rule_for_answer(answer)
                     out["targets"].append({"dataset": name, "answer": answer})
-                    out["meta"].append({"index": index, "dataset": name, "instruction": batch["instruction"][i],
-                                        "answer": answer})
+                    out["meta"].append(
+                        {"index": index, "dataset": name, "instruction": batch["instruction"][i], "answer": answer}
+                    )
                 else:
                     if not _text(batch["output"][i]):
                         continue  # no output: counted above
@@ -253,19 +281,32 @@ class CommonsenseDataModule(CausalLMDataModule):
                 out["_truncated"].append(self.stats["truncated"] > before)
             return out
 
-        encoded = data.map(rows, batched=True, with_indices=True, remove_columns=columns,
-                           new_fingerprint=self.map_fingerprint(data, int(self.generation_kwargs.get("max_new_tokens", 0)),
-                                                                 split, generate, dataset),
-                           desc=f"Tokenising commonsense {split}")
+        encoded = data.map(
+            rows,
+            batched=True,
+            with_indices=True,
+            remove_columns=columns,
+            new_fingerprint=self.map_fingerprint(
+                data, int(self.generation_kwargs.get("max_new_tokens", 0)), split, generate, dataset
+            ),
+            desc=f"Tokenising commonsense {split}",
+        )
         if len(encoded) == 0:
             if len(no_output) == len(data):
                 raise ValueError(f"CommonsenseDataModule: no row of the {split} split has an output")
-            raise ValueError(f"CommonsenseDataModule: every row of the {split} split was dropped as longer than "
-                             f"max_length={self.max_length}; raise data.max_length or use overlength='truncate'")
-        self.split_stats[split] = {"rows": len(data), "truncated": int(sum(encoded["_truncated"])),
-                                   "dropped": len(data) - len(no_output) - len(encoded), "no_output": len(no_output)}
-        self.stats = {key: sum(s.get(key, 0) for s in self.split_stats.values())
-                      for key in ("truncated", "dropped", "no_output")}
+            raise ValueError(
+                f"CommonsenseDataModule: every row of the {split} split was dropped as longer than "
+                f"max_length={self.max_length}; raise data.max_length or use overlength='truncate'"
+            )
+        self.split_stats[split] = {
+            "rows": len(data),
+            "truncated": int(sum(encoded["_truncated"])),
+            "dropped": len(data) - len(no_output) - len(encoded),
+            "no_output": len(no_output),
+        }
+        self.stats = {
+            key: sum(s.get(key, 0) for s in self.split_stats.values()) for key in ("truncated", "dropped", "no_output")
+        }
         return encoded.remove_columns("_truncated")
 
     # ------------------------------------------------------------------ Lightning hooks
@@ -322,8 +363,9 @@ class CommonsenseDataModule(CausalLMDataModule):
         if self.trainer is None:
             return None
         logged = self.trainer.callback_metrics
-        accuracy = {name: float(logged[f"test/accuracy_{name}"]) for name in self.test_sets
-                    if f"test/accuracy_{name}" in logged}
+        accuracy = {
+            name: float(logged[f"test/accuracy_{name}"]) for name in self.test_sets if f"test/accuracy_{name}" in logged
+        }
         if not accuracy:
             return None
         return {
@@ -343,8 +385,9 @@ class CommonsenseDataModule(CausalLMDataModule):
             return
         results = self.results()
         if results is None:
-            rank_zero_warn(f"CommonsenseDataModule: no test/accuracy_<name> was logged; {self.results_path} "
-                           "not written")
+            rank_zero_warn(
+                f"CommonsenseDataModule: no test/accuracy_<name> was logged; {self.results_path} not written"
+            )
             return
         path = Path(self.results_path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,5 +28,7 @@ class SentimentDemoDataModule(BaseDataModule):
 
     def _tokenize(self, rows: list[dict]) -> list[dict]:
         enc = self.tokenizer([r["text"] for r in rows], truncation=True, max_length=self.max_length)
-        return [{"input_ids": ids, "attention_mask": mask, "labels": r["label"]}
-                for ids, mask, r in zip(enc["input_ids"], enc["attention_mask"], rows)]
+        return [
+            {"input_ids": ids, "attention_mask": mask, "labels": r["label"]}
+            for ids, mask, r in zip(enc["input_ids"], enc["attention_mask"], rows)
+        ]

@@ -76,8 +76,10 @@ class E2EDataModule(CausalLMDataModule):
         if os.path.exists(path):
             columns, rows = read_e2e_csv(path)
         elif is_local_path(path):
-            raise FileNotFoundError(f"data.{split}_path={path!r} does not exist (give an E2E csv file or a Hub "
-                                    "dataset name such as 'GEM/e2e_nlg')")
+            raise FileNotFoundError(
+                f"data.{split}_path={path!r} does not exist (give an E2E csv file or a Hub "
+                "dataset name such as 'GEM/e2e_nlg')"
+            )
         else:
             import datasets
 
@@ -100,8 +102,11 @@ class E2EDataModule(CausalLMDataModule):
         for where, row in rows:
             refs = (row["references"] or []) if use_list else [row[ref_col]]
             if row[mr_col] is None or not str(row[mr_col]).strip():
-                raise DataFileError(f"{path}:{where}: the MR is empty" if os.path.exists(path) else
-                                    f"E2E {split} data {path!r}, row {where}: the MR is empty")
+                raise DataFileError(
+                    f"{path}:{where}: the MR is empty"
+                    if os.path.exists(path)
+                    else f"E2E {split} data {path!r}, row {where}: the MR is empty"
+                )
             mrs[row[mr_col]] = None
             for ref in refs:
                 if ref is None or not str(ref).strip():
@@ -109,17 +114,28 @@ class E2EDataModule(CausalLMDataModule):
                 else:
                     pairs.append((row[mr_col], ref))
         if not pairs:
-            raise ValueError(f"E2E {split} data {path!r} is empty"
-                             + (f" (all {len(empty)} references are empty)" if empty else ""))
+            raise ValueError(
+                f"E2E {split} data {path!r} is empty" + (f" (all {len(empty)} references are empty)" if empty else "")
+            )
         lost = len(mrs) - len({mr for mr, _ in pairs})  # MRs left without any reference
-        self.split_stats[split] = {"rows": len(pairs) + len(empty), "empty_reference": len(empty),
-                                   "mr_without_reference": lost}
+        self.split_stats[split] = {
+            "rows": len(pairs) + len(empty),
+            "empty_reference": len(empty),
+            "mr_without_reference": lost,
+        }
         self.stats["empty_reference"] = sum(s["empty_reference"] for s in self.split_stats.values())
         if empty:
             unit = "line" if os.path.exists(path) else "row"
-            log.warning("E2E %s split (%s): skipped %d reference(s) that are empty: %s(s) %s%s%s", split, path,
-                        len(empty), unit, empty[:10], " ..." if len(empty) > 10 else "",
-                        f"; {lost} MR(s) have no reference left and are not used" if lost else "")
+            log.warning(
+                "E2E %s split (%s): skipped %d reference(s) that are empty: %s(s) %s%s%s",
+                split,
+                path,
+                len(empty),
+                unit,
+                empty[:10],
+                " ..." if len(empty) > 10 else "",
+                f"; {lost} MR(s) have no reference left and are not used" if lost else "",
+            )
         return pairs
 
     def prompt(self, mr: str) -> str:
@@ -140,8 +156,9 @@ class E2EDataModule(CausalLMDataModule):
         settings); over-long pairs are truncated or dropped and counted in ``stats`` (also on a cache hit)."""
         import datasets
 
-        data = datasets.Dataset.from_dict({"prompt": [self.prompt(mr) for mr, _ in pairs],
-                                           "target": [" " + ref for _, ref in pairs]})
+        data = datasets.Dataset.from_dict(
+            {"prompt": [self.prompt(mr) for mr, _ in pairs], "target": [" " + ref for _, ref in pairs]}
+        )
 
         def rows(batch: dict[str, list[str]]) -> dict[str, list[Any]]:
             out: dict[str, list[Any]] = {"input_ids": [], "attention_mask": [], "labels": [], "_truncated": []}
@@ -155,9 +172,13 @@ class E2EDataModule(CausalLMDataModule):
                 out["_truncated"].append(self.stats["truncated"] > before)
             return out
 
-        encoded = data.map(rows, batched=True, remove_columns=data.column_names,
-                           new_fingerprint=self.map_fingerprint(data, "train"),
-                           desc="Tokenising E2E train")
+        encoded = data.map(
+            rows,
+            batched=True,
+            remove_columns=data.column_names,
+            new_fingerprint=self.map_fingerprint(data, "train"),
+            desc="Tokenising E2E train",
+        )
         self.stats["dropped"] = len(data) - len(encoded)
         self.stats["truncated"] = int(sum(encoded["_truncated"]))
         return encoded.remove_columns("_truncated")
@@ -168,8 +189,10 @@ class E2EDataModule(CausalLMDataModule):
         for mr, ref in pairs:
             grouped.setdefault(mr, []).append(ref)
         items = list(grouped.items())[: self.max_eval_mrs]
-        return [{**self.encode_prompt(self.prompt(mr)), "targets": refs, "meta": {"index": i, "mr": mr}}
-                for i, (mr, refs) in enumerate(items)]
+        return [
+            {**self.encode_prompt(self.prompt(mr)), "targets": refs, "meta": {"index": i, "mr": mr}}
+            for i, (mr, refs) in enumerate(items)
+        ]
 
     def build_metrics(self, stage: str) -> dict[str, Any]:
         from kasa_lightning.metrics.e2e import E2EMetric
@@ -201,13 +224,17 @@ def read_e2e_csv(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, di
                 if header is None:
                     header = fields
                 elif len(fields) != len(header):
-                    raise DataFileError(f"{path}:{line}: {len(fields)} fields, but the header {header} has "
-                                        f"{len(header)}; quote fields that contain commas (\"name[A], food[B]\")")
+                    raise DataFileError(
+                        f"{path}:{line}: {len(fields)} fields, but the header {header} has "
+                        f'{len(header)}; quote fields that contain commas ("name[A], food[B]")'
+                    )
                 else:
                     rows.append((line, dict(zip(header, fields))))
         except csv.Error as err:
             raise DataFileError(f"{path}:{start}: not valid CSV ({err}); check the quotes on this line") from None
     if header is None:
-        raise DataFileError(f"{path} is empty: an E2E csv file holds a header line (mr,ref) and one row per "
-                            "(MR, reference); copy the complete file again")
+        raise DataFileError(
+            f"{path} is empty: an E2E csv file holds a header line (mr,ref) and one row per "
+            "(MR, reference); copy the complete file again"
+        )
     return header, rows

@@ -40,8 +40,9 @@ def data_errors(what: str, files: Sequence[str | os.PathLike] = ()) -> Iterator[
         names = [str(f) for f in files]
         empty = [f for f in names if os.path.isfile(f) and not _has_content(f)]
         if empty:
-            raise DataFileError(f"{what}: {empty[0]} is empty (no data); give the file with its rows, or remove "
-                                f"it from {what}") from None
+            raise DataFileError(
+                f"{what}: {empty[0]} is empty (no data); give the file with its rows, or remove it from {what}"
+            ) from None
         if cause is None:
             raise
         where = _first_bad_json(names) if any(f.endswith((".json", ".jsonl", ".json.gz")) for f in names) else None

@@ -46,20 +46,50 @@ class GlueTask:
 TASKS: dict[str, GlueTask] = {
     "cola": GlueTask("cola", "CoLA", ("sentence",), (3,), 1, ("0", "1"), header=False, metrics=("mcc",)),
     "sst2": GlueTask("sst2", "SST-2", ("sentence",), ("sentence",), "label", ("0", "1")),
-    "mrpc": GlueTask("mrpc", "MRPC", ("sentence1", "sentence2"), ("#1 String", "#2 String"), "Quality", ("0", "1"),
-                     metrics=("accuracy", "f1")),
-    "qqp": GlueTask("qqp", "QQP", ("question1", "question2"), ("question1", "question2"), "is_duplicate",
-                    ("0", "1"), metrics=("accuracy", "f1")),
-    "stsb": GlueTask("stsb", "STS-B", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "score", None,
-                     metrics=("pearson", "spearman")),
-    "mnli": GlueTask("mnli", "MNLI", ("premise", "hypothesis"), ("sentence1", "sentence2"), "gold_label",
-                     ("entailment", "neutral", "contradiction"),
-                     val_hub=("validation_matched", "validation_mismatched"),
-                     val_files=("dev_matched.tsv", "dev_mismatched.tsv"), val_names=("matched", "mismatched")),
-    "qnli": GlueTask("qnli", "QNLI", ("question", "sentence"), ("question", "sentence"), "label",
-                     ("entailment", "not_entailment")),
-    "rte": GlueTask("rte", "RTE", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label",
-                    ("entailment", "not_entailment")),
+    "mrpc": GlueTask(
+        "mrpc",
+        "MRPC",
+        ("sentence1", "sentence2"),
+        ("#1 String", "#2 String"),
+        "Quality",
+        ("0", "1"),
+        metrics=("accuracy", "f1"),
+    ),
+    "qqp": GlueTask(
+        "qqp",
+        "QQP",
+        ("question1", "question2"),
+        ("question1", "question2"),
+        "is_duplicate",
+        ("0", "1"),
+        metrics=("accuracy", "f1"),
+    ),
+    "stsb": GlueTask(
+        "stsb",
+        "STS-B",
+        ("sentence1", "sentence2"),
+        ("sentence1", "sentence2"),
+        "score",
+        None,
+        metrics=("pearson", "spearman"),
+    ),
+    "mnli": GlueTask(
+        "mnli",
+        "MNLI",
+        ("premise", "hypothesis"),
+        ("sentence1", "sentence2"),
+        "gold_label",
+        ("entailment", "neutral", "contradiction"),
+        val_hub=("validation_matched", "validation_mismatched"),
+        val_files=("dev_matched.tsv", "dev_mismatched.tsv"),
+        val_names=("matched", "mismatched"),
+    ),
+    "qnli": GlueTask(
+        "qnli", "QNLI", ("question", "sentence"), ("question", "sentence"), "label", ("entailment", "not_entailment")
+    ),
+    "rte": GlueTask(
+        "rte", "RTE", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "label", ("entailment", "not_entailment")
+    ),
 }
 
 
@@ -70,10 +100,12 @@ def read_glue_tsv(path: str | os.PathLike, task: str) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     if not any(fields and fields != [""] for fields in lines):
-        raise DataFileError(f"{path} is empty: a GLUE {task!r} TSV file holds "
-                            + ("a header line and " if spec.header else "")
-                            + "one tab-separated row per example, as GLUE publishes it; copy the complete file "
-                            "again (or remove it and point data.data_dir at a complete GLUE folder)")
+        raise DataFileError(
+            f"{path} is empty: a GLUE {task!r} TSV file holds "
+            + ("a header line and " if spec.header else "")
+            + "one tab-separated row per example, as GLUE publishes it; copy the complete file "
+            "again (or remove it and point data.data_dir at a complete GLUE folder)"
+        )
     if spec.header:
         header, lines, first = lines[0], lines[1:], 2
 
@@ -96,8 +128,13 @@ def read_glue_tsv(path: str | os.PathLike, task: str) -> list[dict[str, Any]]:
         if max(text_idx + [label_idx]) >= len(fields):
             raise DataFileError(f"{path}:{n}: {len(fields)} fields, too few for GLUE task {task!r}")
         raw = fields[label_idx].strip()
-        rows.append({"text_a": fields[text_idx[0]], "text_b": fields[text_idx[1]] if len(text_idx) > 1 else None,
-                     "label": _label(raw, spec, f"{path}:{n}")})
+        rows.append(
+            {
+                "text_a": fields[text_idx[0]],
+                "text_b": fields[text_idx[1]] if len(text_idx) > 1 else None,
+                "label": _label(raw, spec, f"{path}:{n}"),
+            }
+        )
     return rows
 
 
@@ -109,7 +146,9 @@ def _label(raw: Any, spec: GlueTask, where: str) -> float | int:
             raise DataFileError(f"{where}: regression label {raw!r} is not a number") from None
     value = str(raw)
     if value not in spec.labels:
-        raise DataFileError(f"{where}: unknown label {raw!r} for GLUE task {spec.hub_config!r}; known: {list(spec.labels)}")
+        raise DataFileError(
+            f"{where}: unknown label {raw!r} for GLUE task {spec.hub_config!r}; known: {list(spec.labels)}"
+        )
     return spec.labels.index(value)
 
 
@@ -170,7 +209,9 @@ class GLUEDataModule(BaseDataModule):
         if self.data_dir is not None:
             folder = Path(self.data_dir) / self.spec.folder
             if not folder.is_dir():
-                raise FileNotFoundError(f"data.data_dir: {folder} does not exist (expected <data_dir>/{self.spec.folder})")
+                raise FileNotFoundError(
+                    f"data.data_dir: {folder} does not exist (expected <data_dir>/{self.spec.folder})"
+                )
 
             def load(name: str, split: str) -> Any:
                 path = folder / name
@@ -178,19 +219,27 @@ class GLUEDataModule(BaseDataModule):
                     raise FileNotFoundError(f"GLUE {self.glue_task}: {path} does not exist")
                 stat = path.stat()  # in the cache key, so that an edited file is read again
                 label = datasets.Value("float32" if self.spec.labels is None else "int64")
-                features = datasets.Features({"text_a": datasets.Value("string"),
-                                              "text_b": datasets.Value("string"), "label": label})
+                features = datasets.Features(
+                    {"text_a": datasets.Value("string"), "text_b": datasets.Value("string"), "label": label}
+                )
                 try:
                     with data_errors(f"GLUE {self.glue_task} {split} file", [path]):  # the bad row's message last
                         return datasets.Dataset.from_generator(
-                            _generate, features=features,
-                            gen_kwargs={"path": str(path), "task": self.glue_task,
-                                        "stamp": f"{stat.st_size}-{stat.st_mtime_ns}"})
+                            _generate,
+                            features=features,
+                            gen_kwargs={
+                                "path": str(path),
+                                "task": self.glue_task,
+                                "stamp": f"{stat.st_size}-{stat.st_mtime_ns}",
+                            },
+                        )
                 except DataFileError:
                     raise
                 except ValueError as err:
                     if "corresponds to no data" in str(err):
-                        raise ValueError(f"GLUE {self.glue_task}: the {split} split is empty ({path} has no rows)") from None
+                        raise ValueError(
+                            f"GLUE {self.glue_task}: the {split} split is empty ({path} has no rows)"
+                        ) from None
                     raise
 
             train = load(self.train_file, "train") if with_train else None
@@ -203,10 +252,14 @@ class GLUEDataModule(BaseDataModule):
                 missing = [c for c in (*self.spec.hub_text, "label") if c not in split.column_names]
                 if missing:
                     raise ValueError(f"{self.hub_name}/{self.spec.hub_config}: columns {missing} missing")
-                return split.map(lambda row: {"text_a": row[columns["text_a"]],
-                                              "text_b": row[columns["text_b"]] if "text_b" in columns else None,
-                                              "label": self._hub_label(row["label"])},
-                                 remove_columns=split.column_names)
+                return split.map(
+                    lambda row: {
+                        "text_a": row[columns["text_a"]],
+                        "text_b": row[columns["text_b"]] if "text_b" in columns else None,
+                        "label": self._hub_label(row["label"]),
+                    },
+                    remove_columns=split.column_names,
+                )
 
             train = convert(hub["train"]) if with_train else None
             vals = [] if self.val_from_train else [convert(hub[s]) for s in self.spec.val_hub]
@@ -223,7 +276,9 @@ class GLUEDataModule(BaseDataModule):
         if self.spec.labels is None:
             return float(label)
         if not 0 <= int(label) < len(self.spec.labels):  # the Hub's test splits carry -1
-            raise ValueError(f"{self.hub_name}/{self.spec.hub_config}: label {label} outside 0..{len(self.spec.labels) - 1}")
+            raise ValueError(
+                f"{self.hub_name}/{self.spec.hub_config}: label {label} outside 0..{len(self.spec.labels) - 1}"
+            )
         return int(label)
 
     def _tokenize(self, data: Any, split: str) -> Any:

@@ -26,7 +26,8 @@ text closes each assistant span; when it holds no stop token (eos, or a special 
 those end-of-turn tokens are added to ``generate``'s ``eos_token_id``. Loading: ``datamodules/loading.py``;
 MT-Bench answer files: ``kasa_lightning.metrics.mtbench``.
 
-Rows: a training conversation without an assistant turn (Alpaca: an ``output`` that is null or blank) is skipped, counted in ``stats["no_assistant"]`` and
+Rows: a training conversation without an assistant turn (Alpaca: an ``output`` that is null or blank) is skipped,
+counted in ``stats["no_assistant"]`` and
 logged (its row indices); messages after the last assistant turn are dropped. Missing columns raise an error
 naming them. Over-long conversations (``max_length`` tokens) are truncated from the left (the last assistant turn
 is kept whole; earlier context is cut) or dropped, per ``overlength``, and counted (``stats``); a last assistant
@@ -162,8 +163,10 @@ class InstructionDataModule(ChatEncoding, CausalLMDataModule):
 
     def prepare_data(self) -> None:
         """Download Hub datasets once (rank 0); ``setup`` then reads them from the cache."""
-        for path, split, role in ((self.train_path, self.train_split, "train"),
-                                  (self.test_path, self.test_split, "test")):
+        for path, split, role in (
+            (self.train_path, self.train_split, "train"),
+            (self.test_path, self.test_split, "test"),
+        ):
             if isinstance(path, str) and not is_local_path(path):
                 self._load(path, split, role)
 
@@ -176,11 +179,14 @@ class InstructionDataModule(ChatEncoding, CausalLMDataModule):
             raise ValueError(
                 f"data.{role}_path: cannot tell the format from columns {sorted(columns)}; expected "
                 + "; or ".join(f"{fmt}: {list(cols)}" for fmt, cols in REQUIRED_COLUMNS.items())
-                + f" (or set data.{role}_source)")
+                + f" (or set data.{role}_source)"
+            )
         missing = [c for c in REQUIRED_COLUMNS[declared] if c not in columns]
         if missing:
-            raise ValueError(f"data.{role}_path: the {declared!r} format needs column(s) {missing}, which the data "
-                             f"lacks (it has {sorted(columns)})")
+            raise ValueError(
+                f"data.{role}_path: the {declared!r} format needs column(s) {missing}, which the data "
+                f"lacks (it has {sorted(columns)})"
+            )
         return declared
 
     # ------------------------------------------------------------------ rows -> conversations
@@ -235,7 +241,7 @@ class InstructionDataModule(ChatEncoding, CausalLMDataModule):
         following = conv[last_user + 1] if last_user + 1 < len(conv) else None
         target = following["content"] if following is not None and following["role"] == "assistant" else None
         meta.update({"prompt": conv[last_user]["content"], "reference": target})
-        return conv[:last_user + 1], target, meta
+        return conv[: last_user + 1], target, meta
 
     def _previous_answers(self) -> dict[Any, str]:
         if not hasattr(self, "_prev_cache"):
@@ -257,16 +263,20 @@ class InstructionDataModule(ChatEncoding, CausalLMDataModule):
                 out["status"].append(status)
             return out
 
-        encoded = data.map(encode, batched=True, remove_columns=data.column_names,
-                           new_fingerprint=self._fingerprint_of(data, "train", fmt), desc=f"tokenize {split}")
+        encoded = data.map(
+            encode,
+            batched=True,
+            remove_columns=data.column_names,
+            new_fingerprint=self._fingerprint_of(data, "train", fmt),
+            desc=f"tokenize {split}",
+        )
         return self._keep(encoded, split)
 
     def _encode_eval(self, data: Any, fmt: str, split: str) -> Any:
         budget = self.max_length - int(self.generation_kwargs.get("max_new_tokens", 0))
 
         def encode(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-            out: dict[str, list] = {"input_ids": [], "attention_mask": [], "targets": [], "meta_json": [],
-                                    "status": []}
+            out: dict[str, list] = {"input_ids": [], "attention_mask": [], "targets": [], "meta_json": [], "status": []}
             for i, index in enumerate(indices):
                 row = {k: v[i] for k, v in batch.items()}
                 conv, target, meta = self._eval_example(row, fmt, index)
@@ -274,7 +284,7 @@ class InstructionDataModule(ChatEncoding, CausalLMDataModule):
                 if conv is not None:
                     ids, status = self._ids(self.render(conv, add_generation_prompt=True)), "ok"
                     if len(ids) > budget > 0:
-                        ids, status = ids[len(ids) - budget:], "truncated"
+                        ids, status = ids[len(ids) - budget :], "truncated"
                 out["input_ids"].append(ids)
                 out["attention_mask"].append([1] * len(ids))
                 out["targets"].append(target)
@@ -282,9 +292,14 @@ class InstructionDataModule(ChatEncoding, CausalLMDataModule):
                 out["status"].append(status)
             return out
 
-        encoded = data.map(encode, batched=True, with_indices=True, remove_columns=data.column_names,
-                           new_fingerprint=self._fingerprint_of(data, "eval", fmt, budget, self.mt_bench_turn,
-                                                             self._prev_key()), desc=f"tokenize {split}")
+        encoded = data.map(
+            encode,
+            batched=True,
+            with_indices=True,
+            remove_columns=data.column_names,
+            new_fingerprint=self._fingerprint_of(data, "eval", fmt, budget, self.mt_bench_turn, self._prev_key()),
+            desc=f"tokenize {split}",
+        )
         return self._keep(encoded, split)
 
     def _prev_key(self) -> Any:
@@ -301,17 +316,26 @@ class InstructionDataModule(ChatEncoding, CausalLMDataModule):
         self.split_stats[split] = dict(counts)
         for key in ("truncated", "dropped", "no_assistant", "no_user"):
             self.stats[key] = self.stats.get(key, 0) + counts.get(key, 0)
-        reasons = {"no_assistant": "without an assistant turn (nothing to learn)",
-                   "no_user": "without a user turn (no prompt)",
-                   "dropped": f"over max_length={self.max_length} tokens (overlength={self.overlength!r})"}
+        reasons = {
+            "no_assistant": "without an assistant turn (nothing to learn)",
+            "no_user": "without a user turn (no prompt)",
+            "dropped": f"over max_length={self.max_length} tokens (overlength={self.overlength!r})",
+        }
         for reason, what in reasons.items():
             if counts.get(reason):
                 rows = [i for i, s in enumerate(statuses) if s == reason]
-                log.warning("%s split: skipped %d row(s) %s: rows %s%s", split, len(rows), what, rows[:10],
-                            " ..." if len(rows) > 10 else "")
+                log.warning(
+                    "%s split: skipped %d row(s) %s: rows %s%s",
+                    split,
+                    len(rows),
+                    what,
+                    rows[:10],
+                    " ..." if len(rows) > 10 else "",
+                )
         if counts.get("truncated"):
-            log.info("%s split: truncated %d over-long row(s) (overlength=%r)", split, counts["truncated"],
-                     self.overlength)
+            log.info(
+                "%s split: truncated %d over-long row(s) (overlength=%r)", split, counts["truncated"], self.overlength
+            )
         keep = [i for i, s in enumerate(statuses) if s in ("ok", "truncated")]
         encoded = encoded.select(keep) if len(keep) < len(statuses) else encoded
         return encoded.remove_columns("status")
@@ -322,8 +346,10 @@ class InstructionDataModule(ChatEncoding, CausalLMDataModule):
             if self.train_path is None:
                 raise ValueError("data.train_path is not set: give a Hub dataset name or local json/jsonl files")
             if self.source == "mt_bench":
-                raise ValueError("data.source='mt_bench' is prediction only: train with source 'alpaca' (or "
-                                 "'llamaduo') and give the MT-Bench questions as data.test_path")
+                raise ValueError(
+                    "data.source='mt_bench' is prediction only: train with source 'alpaca' (or "
+                    "'llamaduo') and give the MT-Bench questions as data.test_path"
+                )
             raw = self._load(self.train_path, self.train_split, "train")
             fmt = self._format_of(raw, self.source, "train")
             n_val = _count(self.val_size, len(raw))
@@ -344,10 +370,14 @@ class InstructionDataModule(ChatEncoding, CausalLMDataModule):
             self._test_format = self._format_of(raw, self.test_source, "test")
             self.test_set = self._encode_eval(raw, self._test_format, "test")
         if stage in ("test", "predict") and self.test_set is None:
-            raise ValueError(f"data.test_path is not set: {stage} needs test prompts (e.g. llama-duo/coverage_dataset "
-                             "with data.test_split=test_classify, or FastChat's MT-Bench question.jsonl)")
-        for key, value in {"eos_token_id": self.turn_info["stop_ids"] or None,
-                           "pad_token_id": self.tokenizer.pad_token_id}.items():
+            raise ValueError(
+                f"data.test_path is not set: {stage} needs test prompts (e.g. llama-duo/coverage_dataset "
+                "with data.test_split=test_classify, or FastChat's MT-Bench question.jsonl)"
+            )
+        for key, value in {
+            "eos_token_id": self.turn_info["stop_ids"] or None,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }.items():
             if value is not None:
                 self.generation_kwargs.setdefault(key, value)
 
@@ -372,8 +402,9 @@ class InstructionDataModule(ChatEncoding, CausalLMDataModule):
     def format_prediction(self, meta: dict[str, Any], text: str) -> dict[str, Any]:
         text = self.clean_output(text)
         if "question_id" in meta and self._test_format == "mt_bench":
-            return fastchat_answer(meta["question_id"], meta.get("category"), self.model_id,
-                                   [*meta.get("previous_turns", []), text])
+            return fastchat_answer(
+                meta["question_id"], meta.get("category"), self.model_id, [*meta.get("previous_turns", []), text]
+            )
         return {**meta, "output": text}
 
 

@@ -30,8 +30,9 @@ def load_local_or_hub(path: str | list[str], split: str, setting: str, cache_dir
         for pattern in paths:
             pattern = os.path.expanduser(pattern)
             if os.path.isdir(pattern):
-                found = sorted(f for ext in ("json", "jsonl", "parquet")
-                               for f in glob.glob(os.path.join(pattern, f"*.{ext}")))
+                found = sorted(
+                    f for ext in ("json", "jsonl", "parquet") for f in glob.glob(os.path.join(pattern, f"*.{ext}"))
+                )
             else:
                 found = sorted(glob.glob(pattern))
             if not found:
@@ -47,8 +48,10 @@ def load_local_or_hub(path: str | list[str], split: str, setting: str, cache_dir
     try:
         return datasets.load_dataset(paths[0], split=split, cache_dir=cache_dir)
     except Exception as err:  # noqa: BLE001 (add which setting to change)
-        message = (f"{setting}={paths[0]!r} (split {split!r}) could not be loaded from the Hub ({err}); "
-                   "offline, give local .json/.jsonl/.parquet files instead")
+        message = (
+            f"{setting}={paths[0]!r} (split {split!r}) could not be loaded from the Hub ({err}); "
+            "offline, give local .json/.jsonl/.parquet files instead"
+        )
         try:
             wrapped = type(err)(message)
         except Exception:  # noqa: BLE001 (exception types with other constructors)

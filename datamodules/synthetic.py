@@ -10,12 +10,56 @@ from __future__ import annotations
 
 import random
 
-POSITIVE = ["wonderful", "moving", "brilliant", "delightful", "superb", "charming", "gripping", "excellent",
-            "beautiful", "clever", "funny", "touching", "great", "good", "enjoyable", "memorable"]
-NEGATIVE = ["dull", "boring", "awful", "tedious", "clumsy", "lifeless", "terrible", "bland", "messy",
-            "forgettable", "painful", "weak", "bad", "poor", "annoying", "predictable"]
-SUBJECTS = ["the film", "the movie", "the plot", "the acting", "the soundtrack", "the script", "the ending",
-            "the cast", "the direction", "the story", "this picture", "the dialogue"]
+POSITIVE = [
+    "wonderful",
+    "moving",
+    "brilliant",
+    "delightful",
+    "superb",
+    "charming",
+    "gripping",
+    "excellent",
+    "beautiful",
+    "clever",
+    "funny",
+    "touching",
+    "great",
+    "good",
+    "enjoyable",
+    "memorable",
+]
+NEGATIVE = [
+    "dull",
+    "boring",
+    "awful",
+    "tedious",
+    "clumsy",
+    "lifeless",
+    "terrible",
+    "bland",
+    "messy",
+    "forgettable",
+    "painful",
+    "weak",
+    "bad",
+    "poor",
+    "annoying",
+    "predictable",
+]
+SUBJECTS = [
+    "the film",
+    "the movie",
+    "the plot",
+    "the acting",
+    "the soundtrack",
+    "the script",
+    "the ending",
+    "the cast",
+    "the direction",
+    "the story",
+    "this picture",
+    "the dialogue",
+]
 VERBS = ["was", "is", "felt", "seemed", "turned out"]
 OPENERS = ["", "", "honestly, ", "overall, ", "i thought ", "to be fair, ", "in the end, "]
 INTENSIFIERS = ["", "", "quite ", "really ", "truly ", "rather "]

@@ -1,6 +1,6 @@
 """KaSA on the real all-MiniLM-L6-v2 in a plain PyTorch loop (no Lightning), on generated data, offline.
 
-    python examples/quickstart.py
+python examples/quickstart.py
 """
 
 import time

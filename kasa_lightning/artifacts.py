@@ -7,11 +7,14 @@ import copy
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from kasa_lightning.hub import resolve_for_export, resolve_pretrained
 from kasa_lightning.kasa import export_peft, merge_and_unload, save_adapter
 from kasa_lightning.kasa.atomic import default_file_mode
+
+if TYPE_CHECKING:
+    from kasa_lightning.module import KaSAModule
 
 ExportFormat = Literal["peft-kasa", "peft-lora", "merged", "adapter"]
 FORMATS = ("peft-kasa", "peft-lora", "merged", "adapter")
@@ -62,7 +65,7 @@ def prepare_output_dir(output_dir: str | Path, overwrite: bool = False, keep: It
     return out
 
 
-def export_module(module, format: ExportFormat, output_dir: str | Path, overwrite: bool = False) -> Path:
+def export_module(module: KaSAModule, format: ExportFormat, output_dir: str | Path, overwrite: bool = False) -> Path:
     """Write ``module``'s adapted model as ``format`` into ``output_dir`` (which must be new or empty, unless
     ``overwrite``: see ``prepare_output_dir``):
 
@@ -91,4 +94,3 @@ def export_module(module, format: ExportFormat, output_dir: str | Path, overwrit
         for file in output_dir.rglob("*.safetensors"):
             file.chmod(default_file_mode())
     return output_dir
-

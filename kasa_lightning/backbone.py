@@ -25,8 +25,9 @@ def build_backbone(
     in ``dtype`` (a key of ``DTYPES``) when given. Errors name the ``model.*`` setting."""
     import transformers
 
-    auto = transformers.AutoModelForCausalLM if task == "causal_lm" else (
-        transformers.AutoModelForSequenceClassification)
+    auto = (
+        transformers.AutoModelForCausalLM if task == "causal_lm" else (transformers.AutoModelForSequenceClassification)
+    )
     kwargs: dict[str, Any] = {}
     if task != "causal_lm":
         kwargs["num_labels"] = num_labels
@@ -52,9 +53,7 @@ def build_backbone(
         try:
             model = auto.from_pretrained(path, **kwargs)
         except (OSError, ValueError) as err:
-            raise type(err)(
-                f"model.backbone={backbone!r} could not be loaded for task {task!r}: {err}"
-            ) from err
+            raise type(err)(f"model.backbone={backbone!r} could not be loaded for task {task!r}: {err}") from err
     if task != "causal_lm" and getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = getattr(model.config, "eos_token_id", None)
     return model

@@ -25,12 +25,17 @@ def accumulation_steps(global_batch_size: int, batch_size: int, world_size: int)
     """
     per_step = batch_size * world_size
     if global_batch_size < 1 or batch_size < 1 or world_size < 1:
-        raise ValueError(f"data.global_batch_size={global_batch_size}, data.batch_size={batch_size} and the "
-                         f"number of processes ({world_size}) must all be >= 1")
+        raise ValueError(
+            f"data.global_batch_size={global_batch_size}, data.batch_size={batch_size} and the "
+            f"number of processes ({world_size}) must all be >= 1"
+        )
     if global_batch_size % per_step:
         divisors = [b for b in range(1, batch_size + 1) if global_batch_size % (b * world_size) == 0]
-        hint = (f"set data.batch_size to one of {divisors}" if divisors else
-                f"use a number of processes (trainer.devices x trainer.num_nodes) that divides {global_batch_size}")
+        hint = (
+            f"set data.batch_size to one of {divisors}"
+            if divisors
+            else f"use a number of processes (trainer.devices x trainer.num_nodes) that divides {global_batch_size}"
+        )
         raise ValueError(
             f"data.global_batch_size={global_batch_size} is not a multiple of data.batch_size={batch_size} x "
             f"{world_size} process(es) = {per_step}, so no gradient accumulation gives that effective batch: {hint}, "
@@ -50,11 +55,15 @@ def apply_global_batch_size(trainer: Any) -> int | None:
         return None
     batch_size = getattr(datamodule, "batch_size", None)
     if not isinstance(batch_size, int):
-        raise TypeError(f"data.global_batch_size={global_batch} needs a DataModule with an integer batch_size "
-                         f"(the per-process micro-batch); {type(datamodule).__name__} has {batch_size!r}")
+        raise TypeError(
+            f"data.global_batch_size={global_batch} needs a DataModule with an integer batch_size "
+            f"(the per-process micro-batch); {type(datamodule).__name__} has {batch_size!r}"
+        )
     if any(isinstance(c, GradientAccumulationScheduler) for c in trainer.callbacks):
-        raise ValueError("data.global_batch_size sets trainer.accumulate_grad_batches and cannot be combined with "
-                         "a GradientAccumulationScheduler callback: remove one of them")
+        raise ValueError(
+            "data.global_batch_size sets trainer.accumulate_grad_batches and cannot be combined with "
+            "a GradientAccumulationScheduler callback: remove one of them"
+        )
     steps = accumulation_steps(global_batch, batch_size, trainer.world_size)
     if trainer.accumulate_grad_batches not in (1, steps):
         raise ValueError(

@@ -54,7 +54,7 @@ def is_url(path: Any) -> bool:
 def read_url(url: str) -> io.BytesIO:
     """The bytes at ``url`` (timeout `URL_TIMEOUT_S`)."""
     try:
-        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
+        with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:  # noqa: S310 (http(s) only: is_url)
             return io.BytesIO(response.read())
     except OSError as err:  # URLError, HTTPError and timeouts are OSErrors
         raise OSError(f"could not download the checkpoint {url}: {err}") from err
@@ -65,15 +65,22 @@ def explain(source: str, err: Exception) -> UnsafeCheckpointError:
     load with ``weights_only=False``)."""
     text = str(err)
     asked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(
-        r"Unsupported (operand[^\n.]*|class [\w.]+)", text)
+        r"Unsupported (operand[^\n.]*|class [\w.]+)", text
+    )
     if asked is not None:
         return UnsafeCheckpointError(
             f"refusing to load {source}: it is not a plain checkpoint. Its pickle asks for "
             f"{asked.group(1)!r}, which no kasa-lightning checkpoint holds (loading it could run code from the file). "
             "Load checkpoints written by `fit` (tensors, numbers and plain containers only)."
         )
-    first = next((line.strip() for line in text.splitlines() if line.strip() and "weights_only" not in line
-                  and "Weights only load failed" not in line), "")
+    first = next(
+        (
+            line.strip()
+            for line in text.splitlines()
+            if line.strip() and "weights_only" not in line and "Weights only load failed" not in line
+        ),
+        "",
+    )
     first = f"{type(err).__name__}: {first}" if first else type(err).__name__
     return UnsafeCheckpointError(
         f"{source} is not a readable PyTorch checkpoint ({first[:300]}). Pass a .ckpt file written by `fit`."
@@ -190,5 +197,12 @@ def _verified(load: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, An
     return load_checkpoint
 
 
-__all__ = ["AtomicCheckpointIO", "UnsafeCheckpointError", "explain", "install", "is_url", "load_checkpoint_safely",
-           "read_url"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "UnsafeCheckpointError",
+    "explain",
+    "install",
+    "is_url",
+    "load_checkpoint_safely",
+    "read_url",
+]

@@ -65,7 +65,7 @@ class CheckpointMixin:
 
     @_restricted_classmethod  # as Lightning's: calling it on an instance is an error
     def load_from_checkpoint(  # type: ignore[override]
-        cls,
+        cls,  # noqa: N805 (a restricted classmethod)
         checkpoint_path: Any,
         map_location: Any = None,
         hparams_file: Any = None,
@@ -90,8 +90,9 @@ class CheckpointMixin:
         token = LOADING_CHECKPOINT.set(True)
         try:
             with torch.serialization.safe_globals(checkpoint_io.SAFE_GLOBALS):
-                return super().load_from_checkpoint(checkpoint_path, map_location, hparams_file, strict,
-                                                    weights_only is not False, **kwargs)
+                return super().load_from_checkpoint(
+                    checkpoint_path, map_location, hparams_file, strict, weights_only is not False, **kwargs
+                )
         finally:
             LOADING_CHECKPOINT.reset(token)
 
@@ -141,7 +142,7 @@ class CheckpointMixin:
         from torch.nn.modules.module import _IncompatibleKeys
 
         prefix = "model."
-        state = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         others = sorted(k for k in state_dict if not k.startswith(prefix))
         if self.model is None or others or (state and len(state) == len(self.model.state_dict())):
             return super().load_state_dict(state_dict, strict=strict, assign=assign)

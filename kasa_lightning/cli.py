@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from kasa_lightning.artifacts import ExportFormat
@@ -63,7 +64,7 @@ class KaSACLI(LightningCLI):
         parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
 
-    def _add_subcommands(self, parser, **kwargs: Any) -> None:
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
         """LightningCLI's subcommands, then the rows of ``COMMANDS``, so that ``--help`` lists every command.
         (``main`` runs those before LightningCLI parses anything; their parsers here only carry the help line.)"""
         super()._add_subcommands(parser, **kwargs)
@@ -87,7 +88,7 @@ class KaSACLI(LightningCLI):
         if isinstance(backbone, str) and init.get("backbone_config") is None:
             resolve_pretrained(backbone, "model.backbone")
 
-    def instantiate_trainer(self, **kwargs: Any):
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's Trainer, with ``AtomicTensorBoardLogger`` where Lightning would make its default
         TensorBoard logger (``trainer.logger`` unset or true), with the same arguments."""
         trainer = super().instantiate_trainer(**kwargs)
@@ -96,8 +97,9 @@ class KaSACLI(LightningCLI):
         if default and not isinstance(trainer.logger, AtomicTensorBoardLogger):
             from lightning.fabric.plugins.environments import SLURMEnvironment
 
-            trainer.loggers = [AtomicTensorBoardLogger(save_dir=trainer.default_root_dir,
-                                                       version=SLURMEnvironment.job_id())]
+            trainer.loggers = [
+                AtomicTensorBoardLogger(save_dir=trainer.default_root_dir, version=SLURMEnvironment.job_id())
+            ]
         return trainer
 
 
@@ -158,9 +160,13 @@ def _run_export(args: list[str]) -> Any:
     parser = ArgumentParser(prog="python -m kasa_lightning export", description=COMMANDS["export"].help)
     parser.add_argument("-c", "--config", action=ActionConfigFile, help="Path to a configuration file (yaml).")
     parser.add_function_arguments(export, skip={"overwrite"})
-    parser.add_argument("--overwrite", action=ActionYesNo, default=False,
-                        help="Export into a non-empty --output_dir after deleting its contents (never a folder that "
-                             "holds the checkpoint, the current directory or the home directory).")
+    parser.add_argument(
+        "--overwrite",
+        action=ActionYesNo,
+        default=False,
+        help="Export into a non-empty --output_dir after deleting its contents (never a folder that "
+        "holds the checkpoint, the current directory or the home directory).",
+    )
     config = parser.parse_args(args).as_dict()
     config.pop("config", None)
     config.pop("__path__", None)
@@ -183,10 +189,16 @@ def _run_module(name: str) -> Callable[[list[str]], None]:
 #: the extra commands, by name (add a row for a new one; ``main`` dispatches, ``--help`` lists them)
 COMMANDS: dict[str, Command] = {
     "export": Command(_run_export, "Turn a fit checkpoint into a PEFT adapter, a merged model or an adapter file."),
-    "sweep": Command(_run_module("sweep"), "Run configs x seeds x methods (or the ablation) as resumable fit runs, "
-                     "one directory each; --dry-run prints their commands."),
-    "report": Command(_run_module("report"), "Aggregate a sweep by the paper's protocol beside the paper's numbers: "
-                      "results.md, results.json, plots, Welch and TOST tests."),
+    "sweep": Command(
+        _run_module("sweep"),
+        "Run configs x seeds x methods (or the ablation) as resumable fit runs, "
+        "one directory each; --dry-run prints their commands.",
+    ),
+    "report": Command(
+        _run_module("report"),
+        "Aggregate a sweep by the paper's protocol beside the paper's numbers: "
+        "results.md, results.json, plots, Welch and TOST tests.",
+    ),
 }
 
 

@@ -47,8 +47,9 @@ class FiniteWatch:
         """Record this step's terms (no host-device sync)."""
         with torch.no_grad():
             device = loss.device
-            values = torch.stack([torch.as_tensor(t, device=device).detach().float().reshape(())
-                                  for t in (loss, task, l2, l3)])  # (4,)
+            values = torch.stack(
+                [torch.as_tensor(t, device=device).detach().float().reshape(()) for t in (loss, task, l2, l3)]
+            )  # (4,)
             bad = ~torch.isfinite(values).all()
             if self.flag is None or self.flag.device != device:
                 self.flag = torch.zeros((), dtype=torch.bool, device=device)
@@ -73,22 +74,31 @@ class FiniteWatch:
 def blame(values: list[float], beta: float, gamma: float) -> tuple[str, str]:
     """(the term that blew up, a hint) for [loss, task, L2, L3] of a non-finite step."""
     loss, task, l2, l3 = values
-    lr_hint = ("Try a lower learning rate, gradient clipping (trainer.gradient_clip_val), or bf16-mixed instead "
-               "of 16-mixed.")
+    lr_hint = (
+        "Try a lower learning rate, gradient clipping (trainer.gradient_clip_val), or bf16-mixed instead of 16-mixed."
+    )
     if _overflows(task):
         return "task loss", f"The task loss itself is {task}: the model's outputs overflowed. {lr_hint}"
     if _overflows(l2):
-        return "L2", (f"L2 = sum(dsigma^2) is {l2}: the learned singular values diverged. {lr_hint} "
-                      f"A larger beta (now {beta:g}) holds dsigma smaller.")
+        return "L2", (
+            f"L2 = sum(dsigma^2) is {l2}: the learned singular values diverged. {lr_hint} "
+            f"A larger beta (now {beta:g}) holds dsigma smaller."
+        )
     if _overflows(l3):
-        return "L3", (f"L3 (the orthogonality of dU, dV) is {l3}: the adapter matrices diverged. {lr_hint} "
-                      f"A larger gamma (now {gamma:g}) holds them closer to orthonormal.")
+        return "L3", (
+            f"L3 (the orthogonality of dU, dV) is {l3}: the adapter matrices diverged. {lr_hint} "
+            f"A larger gamma (now {gamma:g}) holds them closer to orthonormal."
+        )
     if _overflows(beta * l2):
-        return "beta * L2", (f"L2 = {l2:g} is finite but beta * L2 overflows float32: model.adapter.beta = "
-                             f"{beta:g} is far too large (the paper uses 1e-4 to 1e-1).")
+        return "beta * L2", (
+            f"L2 = {l2:g} is finite but beta * L2 overflows float32: model.adapter.beta = "
+            f"{beta:g} is far too large (the paper uses 1e-4 to 1e-1)."
+        )
     if _overflows(gamma * l3):
-        return "gamma * L3", (f"L3 = {l3:g} is finite but gamma * L3 overflows float32: model.adapter.gamma = "
-                              f"{gamma:g} is far too large (the paper uses 1e-4 to 1e-1).")
+        return "gamma * L3", (
+            f"L3 = {l3:g} is finite but gamma * L3 overflows float32: model.adapter.gamma = "
+            f"{gamma:g} is far too large (the paper uses 1e-4 to 1e-1)."
+        )
     parts = {"task loss": abs(task), "beta * L2": abs(beta * l2), "gamma * L3": abs(gamma * l3)}
     worst = max(parts, key=parts.get)
     return worst, f"Each term is finite but their sum ({loss}) is not; the largest is {worst}. {lr_hint}"
@@ -96,8 +106,9 @@ def blame(values: list[float], beta: float, gamma: float) -> tuple[str, str]:
 
 def checkpoint_problem(state: dict[str, Any], bound: float) -> str | None:
     """Which floating tensors of ``state`` are non-finite or have |value| > ``bound`` (None: all are fine)."""
-    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
-               and v.numel() > 0}
+    tensors = {
+        k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() > 0
+    }
     if not tensors:
         return None
     with torch.no_grad():

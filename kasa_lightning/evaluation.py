@@ -55,7 +55,7 @@ class EvaluationMixin:
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
         prompt = batch["input_ids"]
         out = self.model.generate(input_ids=prompt, attention_mask=batch.get("attention_mask"), **kwargs)
-        return tokenizer.batch_decode(out[:, prompt.shape[1]:], skip_special_tokens=True)
+        return tokenizer.batch_decode(out[:, prompt.shape[1] :], skip_special_tokens=True)
 
     def _own_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
@@ -78,8 +78,9 @@ class EvaluationMixin:
         suffix = self._loader_names(stage)[dataloader_idx] if dataloader_idx < len(self._loader_names(stage)) else ""
         if getattr(outputs, "loss", None) is not None:
             name = f"{stage}/loss" + (f"_{suffix}" if suffix else "")
-            self.log(name, outputs.loss, prog_bar=stage == "val", batch_size=bs, sync_dist=True,
-                     add_dataloader_idx=False)
+            self.log(
+                name, outputs.loss, prog_bar=stage == "val", batch_size=bs, sync_dist=True, add_dataloader_idx=False
+            )
         if self.task == "causal_lm":
             if getattr(outputs, "loss", None) is not None:
                 self._val_losses.append(outputs.loss.detach().float())
@@ -138,8 +139,11 @@ class EvaluationMixin:
             texts = self.generate_texts(batch)
             dm = self._datamodule()
             metas = batch.get("meta") or [{} for _ in texts]
-            fmt = dm.format_prediction if isinstance(dm, FormatsPredictions) else (
-                lambda meta, text: {**meta, "output": text})
+            fmt = (
+                dm.format_prediction
+                if isinstance(dm, FormatsPredictions)
+                else (lambda meta, text: {**meta, "output": text})
+            )
             return [fmt(meta, text) for meta, text in zip(metas, texts)]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = self.model(**inputs).logits

@@ -75,8 +75,11 @@ def gathered_adapters(root: FSDP) -> Iterator[None]:
     offload = root.compute_device.type != "cpu"
     with contextlib.ExitStack() as stack:
         for unit in units:
-            stack.enter_context(FSDP.summon_full_params(
-                unit, recurse=False, writeback=False, rank0_only=offload, offload_to_cpu=offload))
+            stack.enter_context(
+                FSDP.summon_full_params(
+                    unit, recurse=False, writeback=False, rank0_only=offload, offload_to_cpu=offload
+                )
+            )
         yield
 
 

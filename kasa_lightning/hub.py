@@ -37,7 +37,7 @@ def resolve_pretrained(name_or_path: str, setting: str = "model.backbone") -> st
         PretrainedNotAvailableError: a Hub name that is not cached while offline or while the Hub is unreachable.
     """
     if name_or_path.startswith(PKG_SCHEME):
-        module, _, sub = name_or_path[len(PKG_SCHEME):].partition("/")
+        module, _, sub = name_or_path[len(PKG_SCHEME) :].partition("/")
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.submodule_search_locations:
             dist = module.replace("_", "-")
@@ -107,21 +107,21 @@ def _check_hub_name(repo_id: str, setting: str) -> None:
 
     if in_hub_cache(repo_id):
         return  # from_pretrained uses the cache when the network is down, without retries
-    ways_out = (
-        f"Either set {setting} to a local model directory (or pkg://<package>/<dir>), or let it download: "
-    )
+    ways_out = f"Either set {setting} to a local model directory (or pkg://<package>/<dir>), or let it download: "
     if is_offline_mode():
         raise PretrainedNotAvailableError(
             f"{setting}={repo_id!r} is a Hugging Face Hub name that is not in the local cache "
             f"({constants.HF_HUB_CACHE}), and offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set). "
-            + ways_out + "connect to the network and unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE."
+            + ways_out
+            + "connect to the network and unset HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE."
         )
     reason = _hub_unreachable(constants.ENDPOINT, constants.HF_HUB_ETAG_TIMEOUT)
     if reason is not None:
         raise PretrainedNotAvailableError(
             f"{setting}={repo_id!r} is a Hugging Face Hub name that is not in the local cache "
             f"({constants.HF_HUB_CACHE}), and the Hub at {constants.ENDPOINT} cannot be reached ({reason}; waited at "
-            f"most HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s). " + ways_out
+            f"most HF_HUB_ETAG_TIMEOUT={constants.HF_HUB_ETAG_TIMEOUT} s). "
+            + ways_out
             + "check the network connection (or proxy, or HF_ENDPOINT)."
         )
 

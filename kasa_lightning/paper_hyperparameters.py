@@ -57,8 +57,10 @@ def _raw() -> dict[str, Any]:
 
 def paper_hyperparameters() -> dict[str, PaperSettings]:
     """Experiment key -> the table's settings, e.g. ``"glue/roberta-base/rte"``, ``"instruct/gemma-7b"``."""
-    return {key: PaperSettings(experiment=key, table=entry["table"], settings=dict(entry["settings"]))
-            for key, entry in _raw()["experiments"].items()}
+    return {
+        key: PaperSettings(experiment=key, table=entry["table"], settings=dict(entry["settings"]))
+        for key, entry in _raw()["experiments"].items()
+    }
 
 
 def deviations() -> list[Deviation]:

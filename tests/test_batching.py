@@ -25,21 +25,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                     limit_val_batches=0, **kwargs)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        **kwargs,
+    )
 
 
-@pytest.mark.parametrize(("global_batch", "batch", "world", "steps"),
-                         [(16, 4, 1, 4), (16, 4, 2, 2), (16, 4, 4, 1), (32, 32, 1, 1), (8, 2, 2, 2)])
+@pytest.mark.parametrize(
+    ("global_batch", "batch", "world", "steps"),
+    [(16, 4, 1, 4), (16, 4, 2, 2), (16, 4, 4, 1), (32, 32, 1, 1), (8, 2, 2, 2)],
+)
 def test_accumulation_steps_keep_the_product(global_batch, batch, world, steps):
     assert accumulation_steps(global_batch, batch, world) == steps
     assert batch * world * steps == global_batch
 
 
 def test_a_number_of_processes_that_does_not_divide_is_refused_with_the_fix():
-    with pytest.raises(ValueError, match=r"data.global_batch_size=16 is not a multiple of data.batch_size=4 x 3 "
-                                         r"process\(es\) = 12.*a number of processes .* that divides 16"):
+    with pytest.raises(
+        ValueError,
+        match=r"data.global_batch_size=16 is not a multiple of data.batch_size=4 x 3 "
+        r"process\(es\) = 12.*a number of processes .* that divides 16",
+    ):
         accumulation_steps(16, 4, 3)
     with pytest.raises(ValueError, match=r"set data.batch_size to one of \[1, 2\]"):
         accumulation_steps(16, 32, 8)  # 32 per process x 8 > 16: smaller micro-batches divide
@@ -49,8 +63,12 @@ def test_a_number_of_processes_that_does_not_divide_is_refused_with_the_fix():
 
 def _fake_trainer(world_size: int, accumulate: int = 1, callbacks=()):
     """A stand-in with the attributes ``apply_global_batch_size`` reads (a world size without processes)."""
-    return SimpleNamespace(datamodule=tiny_data(batch_size=4, global_batch_size=16), world_size=world_size,
-                           accumulate_grad_batches=accumulate, callbacks=list(callbacks))
+    return SimpleNamespace(
+        datamodule=tiny_data(batch_size=4, global_batch_size=16),
+        world_size=world_size,
+        accumulate_grad_batches=accumulate,
+        callbacks=list(callbacks),
+    )
 
 
 @pytest.mark.parametrize(("world", "steps"), [(1, 4), (2, 2), (4, 1)])
@@ -93,18 +111,43 @@ def test_ddp_two_processes_keep_the_effective_batch(tmp_path):
     data = {"train_size": 32, "val_size": 4, "batch_size": 2, "max_length": 32, "global_batch_size": 8}
     config = {
         "seed_everything": 0,
-        "trainer": {"default_root_dir": str(tmp_path / "run"), "accelerator": "cpu", "devices": 2, "max_epochs": 1,
-                    "limit_val_batches": 0, "num_sanity_val_steps": 0, "logger": False, "enable_progress_bar": False},
-        "model": {"class_path": "kasa_lightning.KaSAModule",
-                  "init_args": {"backbone": MINILM, "backbone_config": TINY_BERT, "adapter": {"r": 2}}},
+        "trainer": {
+            "default_root_dir": str(tmp_path / "run"),
+            "accelerator": "cpu",
+            "devices": 2,
+            "max_epochs": 1,
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+            "logger": False,
+            "enable_progress_bar": False,
+        },
+        "model": {
+            "class_path": "kasa_lightning.KaSAModule",
+            "init_args": {"backbone": MINILM, "backbone_config": TINY_BERT, "adapter": {"r": 2}},
+        },
         "data": {"class_path": "kasa_lightning.datamodules.SentimentDemoDataModule", "init_args": data},
     }
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(yaml.safe_dump(config))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "kasa_lightning", "fit", "--config", str(cfg),
-                           "--config", str(ROOT / "configs/strategies/ddp.yaml")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kasa_lightning",
+            "fit",
+            "--config",
+            str(cfg),
+            "--config",
+            str(ROOT / "configs/strategies/ddp.yaml"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = sorted(p.name for p in (tmp_path / "run").rglob("*.ckpt") if p.name != "last.ckpt")
     assert steps == ["epoch=0-step=4.ckpt"]

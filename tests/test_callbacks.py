@@ -29,12 +29,22 @@ def fitted(tmp_path):
     module = tiny_module()
     logger = TensorBoardLogger(tmp_path, name="tb")
     heat = SingularValueHeatmap(spectrum=True)
-    t = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", max_steps=6, logger=logger,
-                  enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-                  callbacks=[RegularizerMonitor(every_n_steps=2), heat,
-                             ModelCheckpoint(monitor="val/accuracy", mode="max"),
-                             AdapterExport(formats=["peft-lora", "adapter"], which="best")],
-                  val_check_interval=3)
+    t = L.Trainer(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        max_steps=6,
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        callbacks=[
+            RegularizerMonitor(every_n_steps=2),
+            heat,
+            ModelCheckpoint(monitor="val/accuracy", mode="max"),
+            AdapterExport(formats=["peft-lora", "adapter"], which="best"),
+        ],
+        val_check_interval=3,
+    )
     t.fit(module, tiny_data())
     return t, module
 
@@ -71,8 +81,12 @@ def test_heatmaps_are_logged_and_saved_with_the_layer_grid(fitted):
     matrix = np.load(png.replace(".png", ".npy"))
     assert matrix.shape == (2, 8)  # 2 layers x r = 8
     np.testing.assert_allclose(matrix, sigma_matrices(module.model)["query"])
-    expected = torch.stack([layer.delta_sigma.detach() for name, layer in
-                            ((n, m) for n, m in module.model.named_modules() if n.endswith("self.query"))])
+    expected = torch.stack(
+        [
+            layer.delta_sigma.detach()
+            for name, layer in ((n, m) for n, m in module.model.named_modules() if n.endswith("self.query"))
+        ]
+    )
     np.testing.assert_allclose(matrix, expected.numpy(), rtol=1e-6)
     spectrum = np.load(f"{directory}/spectrum_query_step0000006.npy")
     assert spectrum.shape == (2, 8) and (np.diff(spectrum, axis=1) <= 1e-6).all()  # singular values descend
@@ -83,7 +97,7 @@ def test_best_adapter_is_exported(fitted):
     root = t.log_dir + "/export/best"
     config = json.loads(open(f"{root}/peft-lora/adapter_config.json").read())
     assert config["r"] == 16  # rank 2r: the removed minor part and the learned update
-    assert (t.log_dir and __import__("os").path.exists(f"{root}/adapter/adapter.safetensors"))
+    assert t.log_dir and __import__("os").path.exists(f"{root}/adapter/adapter.safetensors")
 
 
 def test_interval_must_be_positive():

@@ -15,8 +15,18 @@ from kasa_lightning.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
-SMALL = ["--data.init_args.train_size", "48", "--data.init_args.val_size", "16", "--trainer.max_epochs", "1",
-         "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu"]
+SMALL = [
+    "--data.init_args.train_size",
+    "48",
+    "--data.init_args.val_size",
+    "16",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.accelerator",
+    "cpu",
+]
 
 
 def _fit(root: Path, *extra: str):
@@ -58,8 +68,9 @@ def test_composed_configs_and_misspelled_key(tmp_path, capsys):
     assert "adaptr" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", sorted(p.relative_to(ROOT / "configs").as_posix()
-                                        for p in (ROOT / "configs").rglob("*.yaml")))
+@pytest.mark.parametrize(
+    "name", sorted(p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml"))
+)
 def test_every_shipped_config_parses(name, capsys):
     args = ["fit", "--config", str(QUICKSTART)] if name.startswith("strategies/") else ["fit"]
     with pytest.raises(SystemExit) as exit_info:
@@ -113,24 +124,52 @@ def test_ddp_two_cpu_processes_end_with_identical_adapters(tmp_path):
     config = {
         "seed_everything": 0,
         "trainer": {
-            "default_root_dir": str(tmp_path / "run"), "accelerator": "cpu", "devices": 2, "max_steps": 3,
-            "enable_progress_bar": False, "logger": False, "enable_checkpointing": False,
-            "callbacks": [{"class_path": "lightning_helpers.SaveAdapterState",
-                           "init_args": {"directory": str(tmp_path / "ranks")}}],
+            "default_root_dir": str(tmp_path / "run"),
+            "accelerator": "cpu",
+            "devices": 2,
+            "max_steps": 3,
+            "enable_progress_bar": False,
+            "logger": False,
+            "enable_checkpointing": False,
+            "callbacks": [
+                {
+                    "class_path": "lightning_helpers.SaveAdapterState",
+                    "init_args": {"directory": str(tmp_path / "ranks")},
+                }
+            ],
         },
-        "model": {"class_path": "kasa_lightning.KaSAModule",
-                  "init_args": {"backbone": MINILM, "backbone_config": TINY_BERT, "adapter": {"r": 4}}},
-        "data": {"class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
-                 "init_args": {"train_size": 32, "val_size": 8, "batch_size": 4, "max_length": 32}},
+        "model": {
+            "class_path": "kasa_lightning.KaSAModule",
+            "init_args": {"backbone": MINILM, "backbone_config": TINY_BERT, "adapter": {"r": 4}},
+        },
+        "data": {
+            "class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
+            "init_args": {"train_size": 32, "val_size": 8, "batch_size": 4, "max_length": 32},
+        },
     }
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "kasa_lightning", "fit", "--config", str(cfg),
-         "--config", str(ROOT / "configs/strategies/ddp.yaml")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "kasa_lightning",
+            "fit",
+            "--config",
+            str(cfg),
+            "--config",
+            str(ROOT / "configs/strategies/ddp.yaml"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(tmp_path / "ranks/rank0.pt")
@@ -143,6 +182,15 @@ def test_ddp_two_cpu_processes_end_with_identical_adapters(tmp_path):
 @pytest.mark.slow
 def test_quickstart_as_shipped_reaches_90_percent(tmp_path):
     """The README's main job, unchanged except where it writes (about 40 s on 2 CPU cores)."""
-    cli = main(["fit", "--config", str(QUICKSTART), "--trainer.default_root_dir", str(tmp_path),
-                "--trainer.enable_progress_bar", "false"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(QUICKSTART),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert float(cli.trainer.callback_metrics["val/accuracy"]) >= 0.90

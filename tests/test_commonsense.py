@@ -78,8 +78,16 @@ def test_extract_answer_rules(dataset: str, text: str, expected: str | None) -> 
 def test_extract_answer_unknown_dataset_lists_the_names() -> None:
     with pytest.raises(ValueError, match="unknown commonsense dataset 'siqa'.*boolq.*social_i_qa.*openbookqa"):
         extract_answer("siqa", "answer1")
-    assert set(COMMONSENSE_DATASETS) == {"boolq", "piqa", "social_i_qa", "hellaswag", "winogrande", "ARC-Challenge",
-                                         "ARC-Easy", "openbookqa"}
+    assert set(COMMONSENSE_DATASETS) == {
+        "boolq",
+        "piqa",
+        "social_i_qa",
+        "hellaswag",
+        "winogrande",
+        "ARC-Challenge",
+        "ARC-Easy",
+        "openbookqa",
+    }
 
 
 def test_commonsense_prompt_is_the_alpaca_template() -> None:
@@ -96,9 +104,14 @@ def test_commonsense_prompt_is_the_alpaca_template() -> None:
 
 def test_accuracy_metric() -> None:
     metric = CommonsenseAccuracy()
-    metric.update(["the correct answer is true", "false", "nothing"],
-                  [{"dataset": "boolq", "answer": "true"}, {"dataset": "boolq", "answer": "true"},
-                   {"dataset": "boolq", "answer": "false"}])
+    metric.update(
+        ["the correct answer is true", "false", "nothing"],
+        [
+            {"dataset": "boolq", "answer": "true"},
+            {"dataset": "boolq", "answer": "true"},
+            {"dataset": "boolq", "answer": "false"},
+        ],
+    )
     metric.update(["### Response: ending3"], [{"dataset": "hellaswag", "answer": "ending3"}])
     assert metric.compute() == pytest.approx(0.5)
     metric.reset()
@@ -147,10 +160,10 @@ def test_training_rows_mask_exactly_the_prompt(cache: Path) -> None:
         ids, labels, mask = batch["input_ids"][i], batch["labels"][i], batch["attention_mask"][i]
         n = int(mask.sum())
         assert mask[:n].all() and not mask[n:].any()  # right padding
-        assert ids[:len(prompt)].tolist() == prompt
-        assert (labels[:len(prompt)] == -100).all() and (labels[n:] == -100).all()
-        target = labels[len(prompt):n]
-        assert (target != -100).all() and target.tolist() == ids[len(prompt):n].tolist()
+        assert ids[: len(prompt)].tolist() == prompt
+        assert (labels[: len(prompt)] == -100).all() and (labels[n:] == -100).all()
+        target = labels[len(prompt) : n]
+        assert (target != -100).all() and target.tolist() == ids[len(prompt) : n].tolist()
         assert target[-1].item() == tok.eos_token_id
         assert tok.decode(target[:-1]) == row["output"]
         assert tok.decode(target) == row["output"] + " " + tok.eos_token
@@ -247,8 +260,12 @@ def test_trainer_test_logs_per_set_accuracy_and_writes_results(tmp_path: Path, c
     results = tmp_path / "out" / "results.json"
     dm = _data(cache, val_size=8, results_path=str(results), generation={"num_beams": 2, "max_new_tokens": 3})
     assert dm.generation_kwargs == {"num_beams": 2, "max_new_tokens": 3}
-    model = KaSAModule(backbone=MINILM, task="causal_lm", backbone_config=TINY_GPT2,
-                       adapter=AdapterConfig(r=4, target_modules=["c_attn"]))
+    model = KaSAModule(
+        backbone=MINILM,
+        task="causal_lm",
+        backbone_config=TINY_GPT2,
+        adapter=AdapterConfig(r=4, target_modules=["c_attn"]),
+    )
     t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     t.fit(model, datamodule=dm)
     assert "val/loss" in t.callback_metrics and "val/perplexity" in t.callback_metrics

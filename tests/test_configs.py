@@ -15,27 +15,38 @@ TINY = {
     "roberta": {"model_type": "roberta", "max_position_embeddings": 64},
     "deberta": {"model_type": "deberta-v2", "max_position_embeddings": 64},
     "gpt2": {"model_type": "gpt2", "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4},
-    "llama": {"model_type": "llama"}, "mistral": {"model_type": "mistral"},
+    "llama": {"model_type": "llama"},
+    "mistral": {"model_type": "mistral"},
     "gemma": {"model_type": "gemma", "head_dim": 32},
     "minilm": {"model_type": "bert", "max_position_embeddings": 64},
 }
-COMMON = {"vocab_size": 128, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-          "intermediate_size": 64}
+COMMON = {
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+}
 DECODER = {"num_key_value_heads": 2, "hidden_size": 128, "intermediate_size": 256}  # r = 32 must fit k_proj
 
 
 def _tiny(backbone: str) -> dict:
-    kind = next(k for k in TINY if k in backbone.lower().replace("meta-llama", "llama")
-                .replace("all_minilm", "minilm"))
+    kind = next(k for k in TINY if k in backbone.lower().replace("meta-llama", "llama").replace("all_minilm", "minilm"))
     if kind == "gpt2":
         return {**TINY[kind], "vocab_size": 128}
     return {**COMMON, **(DECODER if kind in ("llama", "mistral", "gemma") else {}), **TINY[kind]}
 
 
-TASK_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")
-                      if p.relative_to(CONFIGS).parts[0] not in OVERLAYS)
-OVERLAY_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")
-                         if p.relative_to(CONFIGS).parts[0] in ("methods", "ablation"))
+TASK_CONFIGS = sorted(
+    p.relative_to(CONFIGS).as_posix()
+    for p in CONFIGS.rglob("*.yaml")
+    if p.relative_to(CONFIGS).parts[0] not in OVERLAYS
+)
+OVERLAY_CONFIGS = sorted(
+    p.relative_to(CONFIGS).as_posix()
+    for p in CONFIGS.rglob("*.yaml")
+    if p.relative_to(CONFIGS).parts[0] in ("methods", "ablation")
+)
 
 
 def _instantiate(*configs: str):
@@ -43,8 +54,14 @@ def _instantiate(*configs: str):
 
     first = yaml.safe_load((CONFIGS / configs[0]).read_text())
     backbone = first["model"]["init_args"]["backbone"]
-    args = ["--trainer.accelerator", "cpu", "--trainer.logger", "false",
-            "--model.init_args.backbone_config", json.dumps(_tiny(backbone))]
+    args = [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.logger",
+        "false",
+        "--model.init_args.backbone_config",
+        json.dumps(_tiny(backbone)),
+    ]
     args = [a for c in configs for a in ("--config", str(CONFIGS / c))] + args  # later files override earlier
     cli = KaSACLI(args=args, run=False)
     cli.model.configure_model()  # builds the tiny backbone and applies the adapters: target names must exist
@@ -54,8 +71,12 @@ def _instantiate(*configs: str):
 def test_the_paper_configs_are_all_there():
     assert len([c for c in TASK_CONFIGS if c.startswith("glue/")]) == 8 + 6 + 6
     assert {c for c in TASK_CONFIGS if not c.startswith(("glue/", "instruct/"))} == {
-        "quickstart.yaml", "e2e/gpt2-medium.yaml", "e2e/gpt2-large.yaml", "commonsense/llama2-7b.yaml",
-        "commonsense/llama3-8b.yaml"}
+        "quickstart.yaml",
+        "e2e/gpt2-medium.yaml",
+        "e2e/gpt2-large.yaml",
+        "commonsense/llama2-7b.yaml",
+        "commonsense/llama3-8b.yaml",
+    }
     assert len([c for c in TASK_CONFIGS if c.startswith("instruct/")]) == 4 * 5
 
 
@@ -70,8 +91,12 @@ def test_task_config_instantiates(name):
 def test_method_and_ablation_overlays_compose_with_a_task_config(name):
     cli = _instantiate("glue/roberta-base/rte.yaml", name)
     cfg = cli.model.adapter_config
-    expected = {"methods/lora.yaml": "lora", "methods/pissa.yaml": "pissa", "methods/milora.yaml": "milora",
-                "ablation/1-lora.yaml": "lora"}.get(name, "kasa")
+    expected = {
+        "methods/lora.yaml": "lora",
+        "methods/pissa.yaml": "pissa",
+        "methods/milora.yaml": "milora",
+        "ablation/1-lora.yaml": "lora",
+    }.get(name, "kasa")
     assert cfg.method == expected
     if expected != "kasa":
         assert cfg.beta == cfg.gamma == 0

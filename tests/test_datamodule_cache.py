@@ -15,8 +15,11 @@ def test_fingerprint_follows_data_version_tokenizer_lengths_and_parts():
     other = datasets.Dataset.from_dict({"x": ["a", "c"]})
     dm = E2EDataModule(tokenizer=TOK, max_length=64)
     key = dm.map_fingerprint(data, "train")
-    assert dm.map_fingerprint(data, "train") == key == E2EDataModule(tokenizer=TOK, max_length=64).map_fingerprint(
-        data, "train")
+    assert (
+        dm.map_fingerprint(data, "train")
+        == key
+        == E2EDataModule(tokenizer=TOK, max_length=64).map_fingerprint(data, "train")
+    )
     assert dm.map_fingerprint(other, "train") != key
     assert dm.map_fingerprint(data, "eval") != key
     assert E2EDataModule(tokenizer=TOK, max_length=65).map_fingerprint(data, "train") != key
@@ -32,6 +35,8 @@ def test_fingerprint_follows_data_version_tokenizer_lengths_and_parts():
 
 def test_each_encoding_has_its_own_class_key():
     data = datasets.Dataset.from_dict({"x": ["a"]})
-    keys = {cls(tokenizer=TOK).map_fingerprint(data) for cls in (E2EDataModule, CommonsenseDataModule,
-                                                                 InstructionDataModule)}
+    keys = {
+        cls(tokenizer=TOK).map_fingerprint(data)
+        for cls in (E2EDataModule, CommonsenseDataModule, InstructionDataModule)
+    }
     assert len(keys) == 3

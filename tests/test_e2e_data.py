@@ -34,9 +34,13 @@ def test_loads_pairs_groups_references_and_masks_the_prompt():
     for row, (mr, ref) in zip(dm.train_set.select(range(50)), pairs[:50]):
         target = [i for i, label in zip(row["input_ids"], row["labels"]) if label != -100]
         assert target == [i for i in row["labels"] if i != -100]
-        assert tok.decode(target, skip_special_tokens=True) == tok.decode(tok(" " + ref, add_special_tokens=False)["input_ids"])
+        assert tok.decode(target, skip_special_tokens=True) == tok.decode(
+            tok(" " + ref, add_special_tokens=False)["input_ids"]
+        )
         prompt = [i for i, label in zip(row["input_ids"], row["labels"]) if label == -100]
-        assert tok.decode(prompt, skip_special_tokens=True) == tok.decode(tok(mr + " ||")["input_ids"], skip_special_tokens=True)
+        assert tok.decode(prompt, skip_special_tokens=True) == tok.decode(
+            tok(mr + " ||")["input_ids"], skip_special_tokens=True
+        )
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
@@ -72,10 +76,18 @@ def test_missing_columns_are_named(tmp_path):
 @needs_e2e
 def test_fit_and_test_with_generation_on_a_tiny_gpt2(tmp_path):
     L.seed_everything(0)
-    dm = _dm(max_eval_mrs=4, eval_batch_size=4, generation={"num_beams": 2, "max_new_tokens": 8},
-             metrics=("BLEU", "NIST", "ROUGE_L", "CIDEr"))
-    module = KaSAModule(backbone=MINILM, backbone_config=TINY_GPT2, task="causal_lm",
-                        adapter=AdapterConfig(r=4, target_modules=["c_attn"]))
+    dm = _dm(
+        max_eval_mrs=4,
+        eval_batch_size=4,
+        generation={"num_beams": 2, "max_new_tokens": 8},
+        metrics=("BLEU", "NIST", "ROUGE_L", "CIDEr"),
+    )
+    module = KaSAModule(
+        backbone=MINILM,
+        backbone_config=TINY_GPT2,
+        task="causal_lm",
+        adapter=AdapterConfig(r=4, target_modules=["c_attn"]),
+    )
     t = trainer(tmp_path, max_steps=2, limit_val_batches=1, val_check_interval=2)
     t.fit(module, dm)
     assert {"val/BLEU", "val/NIST", "val/ROUGE_L", "val/CIDEr", "val/BLEU_best"} <= set(t.callback_metrics)

@@ -67,7 +67,12 @@ def test_integer_weight_in_fold_mode():
 
 
 def test_regex_targets():
-    model = apply_adapters(make_tiny_bert(), AdapterConfig(r=2, target_modules=[r".*layer\.1\.attention\.self\.(query|key)"]))
+    model = apply_adapters(
+        make_tiny_bert(), AdapterConfig(r=2, target_modules=[r".*layer\.1\.attention\.self\.(query|key)"])
+    )
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert names == {f"bert.encoder.layer.1.attention.self.{t}.{p}" for t in ("query", "key")
-                     for p in ("delta_u", "delta_sigma", "delta_v")}
+    assert names == {
+        f"bert.encoder.layer.1.attention.self.{t}.{p}"
+        for t in ("query", "key")
+        for p in ("delta_u", "delta_sigma", "delta_v")
+    }

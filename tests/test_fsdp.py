@@ -24,10 +24,16 @@ from kasa_lightning.fsdp import AdapterWrapPolicy
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = "transformers.models.bert.modeling_bert.BertLayer"
 BACKBONE = TINY_BERT  # with dropout: the resumed run must draw the masks the uninterrupted one drew
-FSDP = {"class_path": "lightning_helpers.CPUFSDPStrategy",
-        "init_args": {"state_dict_type": "full",
-                      "auto_wrap_policy": {"class_path": "kasa_lightning.fsdp.AdapterWrapPolicy",
-                                           "init_args": {"module_classes": [BLOCK]}}}}
+FSDP = {
+    "class_path": "lightning_helpers.CPUFSDPStrategy",
+    "init_args": {
+        "state_dict_type": "full",
+        "auto_wrap_policy": {
+            "class_path": "kasa_lightning.fsdp.AdapterWrapPolicy",
+            "init_args": {"module_classes": [BLOCK]},
+        },
+    },
+}
 DDP = {"class_path": "lightning.pytorch.strategies.DDPStrategy", "init_args": {"find_unused_parameters": False}}
 
 
@@ -41,37 +47,62 @@ def backbone(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("tiny-bert")
     cfg = dict(BACKBONE)
     torch.manual_seed(0)
-    AutoModelForSequenceClassification.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).save_pretrained(path)
+    AutoModelForSequenceClassification.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).save_pretrained(
+        path
+    )
     AutoTokenizer.from_pretrained(resolve_pretrained(MINILM)).save_pretrained(path)
     return str(path)
 
 
-def _fit(root: Path, strategy: dict, max_steps: int, backbone: str, ckpt_path: Path | None = None,
-         stop_after: int = 0) -> Path:
+def _fit(
+    root: Path, strategy: dict, max_steps: int, backbone: str, ckpt_path: Path | None = None, stop_after: int = 0
+) -> Path:
     config = {
         "seed_everything": 0,
         "trainer": {
-            "default_root_dir": str(root), "accelerator": "cpu", "devices": 2, "max_steps": max_steps,
-            "strategy": strategy, "enable_progress_bar": False, "val_check_interval": 2,
+            "default_root_dir": str(root),
+            "accelerator": "cpu",
+            "devices": 2,
+            "max_steps": max_steps,
+            "strategy": strategy,
+            "enable_progress_bar": False,
+            "val_check_interval": 2,
             "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                 "init_args": {"save_last": True, "every_n_train_steps": 2, "save_top_k": -1}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"save_last": True, "every_n_train_steps": 2, "save_top_k": -1},
+                },
                 {"class_path": "kasa_lightning.callbacks.SingularValueHeatmap"},
                 {"class_path": "kasa_lightning.callbacks.RegularizerMonitor", "init_args": {"every_n_steps": 1}},
-                {"class_path": "kasa_lightning.callbacks.AdapterExport",
-                 "init_args": {"formats": ["adapter"], "which": "last"}},
-            ] + ([{"class_path": "lightning_helpers.StopAfter", "init_args": {"step": stop_after}}] if stop_after else []),
+                {
+                    "class_path": "kasa_lightning.callbacks.AdapterExport",
+                    "init_args": {"formats": ["adapter"], "which": "last"},
+                },
+            ]
+            + (
+                [{"class_path": "lightning_helpers.StopAfter", "init_args": {"step": stop_after}}] if stop_after else []
+            ),
         },
-        "model": {"class_path": "kasa_lightning.KaSAModule",
-                  "init_args": {"backbone": backbone, "gradient_checkpointing": True,
-                                "adapter": {"r": 4, "beta": 0.05, "gamma": 0.05}}},
-        "data": {"class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
-                 "init_args": {"train_size": 32, "val_size": 8, "batch_size": 4, "max_length": 32}},
+        "model": {
+            "class_path": "kasa_lightning.KaSAModule",
+            "init_args": {
+                "backbone": backbone,
+                "gradient_checkpointing": True,
+                "adapter": {"r": 4, "beta": 0.05, "gamma": 0.05},
+            },
+        },
+        "data": {
+            "class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
+            "init_args": {"train_size": 32, "val_size": 8, "batch_size": 4, "max_length": 32},
+        },
     }
     root.mkdir(parents=True, exist_ok=True)
     (root / "cfg.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+    }
     cmd = [sys.executable, "-m", "kasa_lightning", "fit", "--config", str(root / "cfg.yaml")]
     if ckpt_path is not None:
         cmd += ["--ckpt_path", str(ckpt_path)]
@@ -139,9 +170,10 @@ def test_fsdp_trains_like_ddp_checkpoints_adapters_only_and_resumes_exactly(tmp_
     # uninterrupted run (same optimiser, schedule and data position)
     half = _fit(tmp_path / "half", FSDP, 4, backbone, stop_after=2)
     at_2 = _last(half)
-    assert at_2["global_step"] == 2 and not all(torch.equal(at_2["state_dict"][k], fsdp["state_dict"][k]) for k in trained)
+    assert at_2["global_step"] == 2 and not all(
+        torch.equal(at_2["state_dict"][k], fsdp["state_dict"][k]) for k in trained
+    )
     resumed = _last(_fit(tmp_path / "resumed", FSDP, 4, backbone, ckpt_path=next(half.rglob("last.ckpt"))))
     assert resumed["global_step"] == 4
     for k in fsdp["state_dict"]:
         torch.testing.assert_close(resumed["state_dict"][k], fsdp["state_dict"][k], atol=1e-7, rtol=1e-6)
-

@@ -74,8 +74,9 @@ def _write(path, text):
 def _mnli_dir(tmp_path, n=24):
     header = "index\tsentence1\tsentence2\tgold_label\n"
     labels = ["entailment", "neutral", "contradiction"]
-    rows = "".join(f"{i}\ta man plays {'music' if i % 3 else 'chess'} number {i}\ta man plays\t{labels[i % 3]}\n"
-                   for i in range(n))
+    rows = "".join(
+        f"{i}\ta man plays {'music' if i % 3 else 'chess'} number {i}\ta man plays\t{labels[i % 3]}\n" for i in range(n)
+    )
     for name in ("train.tsv", "dev_matched.tsv", "dev_mismatched.tsv"):
         _write(tmp_path / "MNLI" / name, header + rows)
     return tmp_path
@@ -88,8 +89,13 @@ def test_mnli_logs_matched_and_mismatched_and_best(tmp_path):
     t = trainer(tmp_path / "run", max_epochs=2)
     t.fit(module, dm)
     metrics = t.callback_metrics
-    for key in ("val/accuracy_matched", "val/accuracy_mismatched", "val/accuracy_average",
-                "val/accuracy_matched_best", "val/loss_matched"):
+    for key in (
+        "val/accuracy_matched",
+        "val/accuracy_mismatched",
+        "val/accuracy_average",
+        "val/accuracy_matched_best",
+        "val/loss_matched",
+    ):
         assert key in metrics, (key, sorted(metrics))
     assert float(metrics["val/accuracy_matched_best"]) >= float(metrics["val/accuracy_matched"])
     assert dm.num_labels == 3

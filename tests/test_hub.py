@@ -14,8 +14,18 @@ def test_hub_names_are_not_local(value):
 
 @pytest.mark.parametrize(
     "value",
-    ["./model", "/abs/missing", "~/data", "runs/x/model", "data/*.jsonl", "train.json", "commonsense_170k.json",
-     "e2e/devset.csv", "shards.parquet", "glue/RTE/dev.tsv"],
+    [
+        "./model",
+        "/abs/missing",
+        "~/data",
+        "runs/x/model",
+        "data/*.jsonl",
+        "train.json",
+        "commonsense_170k.json",
+        "e2e/devset.csv",
+        "shards.parquet",
+        "glue/RTE/dev.tsv",
+    ],
 )
 def test_paths_meant_as_local_are_local_even_when_missing(value):
     assert is_local_path(value)

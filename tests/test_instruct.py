@@ -72,8 +72,12 @@ def byte_tokenizer():
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     texts = ["<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\nHi, Café!<|im_end|>\n"] * 20
-    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=["</s>", "<pad>"],
-                                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tk.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=400, special_tokens=["</s>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="</s>", pad_token="<pad>")
 
 
@@ -84,9 +88,14 @@ def with_tokenizer(tok, **kwargs) -> InstructionDataModule:
 
 
 def test_masks_exact_with_chatml_and_other_templates(byte_tokenizer):
-    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"},
-            {"role": "assistant", "content": "Hi, Café!"}, {"role": "user", "content": "And 2+2?"},
-            {"role": "assistant", "content": " 4 (four)"}, {"role": "user", "content": "trailing, no reply"}]
+    conv = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hello there"},
+        {"role": "assistant", "content": "Hi, Café!"},
+        {"role": "user", "content": "And 2+2?"},
+        {"role": "assistant", "content": " 4 (four)"},
+        {"role": "user", "content": "trailing, no reply"},
+    ]
     dm = with_tokenizer(byte_tokenizer, max_length=4096)
     row, status = dm.encode_chat(conv)
     assert status == "ok"
@@ -94,18 +103,24 @@ def test_masks_exact_with_chatml_and_other_templates(byte_tokenizer):
     assert [dec(r) for r in label_runs(row)] == ["Hi, Café!<|im_end|>\n", " 4 (four)<|im_end|>\n</s>"]
     assert dec(row["input_ids"]).endswith("<|im_start|>assistant\n 4 (four)<|im_end|>\n</s>")  # trailing user cut
     masked = dec([t for t, lab in zip(row["input_ids"], row["labels"]) if lab == IGNORE])
-    assert masked == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello there<|im_end|>\n"
-                      "<|im_start|>assistant\n<|im_start|>user\nAnd 2+2?<|im_end|>\n<|im_start|>assistant\n")
+    assert masked == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello there<|im_end|>\n"
+        "<|im_start|>assistant\n<|im_start|>user\nAnd 2+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
     # a template whose end of turn is the eos token: nothing appended, eos labelled
-    inst = ("{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% else %}"
-            "{{ m['content'] }}</s>{% endif %}{% endfor %}")
+    inst = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]{% else %}"
+        "{{ m['content'] }}</s>{% endif %}{% endfor %}"
+    )
     dm = with_tokenizer(byte_tokenizer, chat_template=inst, max_length=4096)
     row, _ = dm.encode_chat(conv[1:5])
     assert [dec(r) for r in label_runs(row)] == ["Hi, Café!</s>", " 4 (four)</s>"]
     assert dm.turn_info["append_eos"] is False
     # a template that renders earlier turns differently once the conversation goes on is refused
-    unstable = ("{% for m in messages %}{% if loop.last %}{{ m['role'] }}: {{ m['content'] }}\n{% else %}"
-                "{{ m['role'] }}> {{ m['content'] }}\n{% endif %}{% endfor %}")
+    unstable = (
+        "{% for m in messages %}{% if loop.last %}{{ m['role'] }}: {{ m['content'] }}\n{% else %}"
+        "{{ m['role'] }}> {{ m['content'] }}\n{% endif %}{% endfor %}"
+    )
     with pytest.raises(ChatTemplateError, match="prefix"):
         with_tokenizer(byte_tokenizer, chat_template=unstable).encode_chat(conv[1:5])
 
@@ -127,14 +142,15 @@ def test_llamaduo_local_shards_masks_hide_exactly_the_prompt():
         hidden = [t for t, lab in zip(row["input_ids"], row["labels"]) if lab == IGNORE]
         prompt = f"<|im_start|>user\n{msgs[0]['content']}<|im_end|>\n<|im_start|>assistant\n"
         assert norm(tok.decode(hidden, skip_special_tokens=True)) == norm(prompt)
-        assert row["labels"][:len(hidden)] == [IGNORE] * len(hidden)  # the prompt comes first, all of it hidden
+        assert row["labels"][: len(hidden)] == [IGNORE] * len(hidden)  # the prompt comes first, all of it hidden
 
 
 @needs_data
 def test_alpaca_local_rows_validation_and_overlength():
     raw = json.loads((INSTRUCT / "alpaca_sample.json").read_text())[:60]
-    dm = data(source="alpaca", train_path=str(INSTRUCT / "alpaca_sample.json"), max_samples=60, val_size=10,
-              max_length=4096)
+    dm = data(
+        source="alpaca", train_path=str(INSTRUCT / "alpaca_sample.json"), max_samples=60, val_size=10, max_length=4096
+    )
     dm.setup("fit")
     assert len(dm.train_set) == 50 and len(dm.val_set) == 10 and "labels" in dm.val_set[0]  # loss validation
     tok = dm.tokenizer
@@ -146,17 +162,29 @@ def test_alpaca_local_rows_validation_and_overlength():
         hidden = [t for t, lab in zip(row["input_ids"], row["labels"]) if lab == IGNORE]
         assert norm(tok.decode(hidden)) == norm(f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n")
     # the held-out rows follow the seed; generate-mode validation has prompts and references instead
-    again = data(source="alpaca", train_path=str(INSTRUCT / "alpaca_sample.json"), max_samples=60, val_size=10,
-                 val_mode="generate", max_length=4096)
+    again = data(
+        source="alpaca",
+        train_path=str(INSTRUCT / "alpaca_sample.json"),
+        max_samples=60,
+        val_size=10,
+        val_mode="generate",
+        max_length=4096,
+    )
     again.setup("fit")
     assert [norm(t + "<|im_end|>") for t in again.val_set["targets"]] == [
-        norm(tok.decode(label_runs(r)[0], skip_special_tokens=True)) for r in dm.val_set]
+        norm(tok.decode(label_runs(r)[0], skip_special_tokens=True)) for r in dm.val_set
+    ]
     assert "rougeL" in again.build_metrics("val") and dm.build_metrics("val") == {}
     # over-long rows: truncated (prompt start cut, answer whole) or dropped, and counted
     short = data(source="alpaca", train_path=str(INSTRUCT / "alpaca_sample.json"), max_samples=60, max_length=96)
     short.setup("fit")
-    drop = data(source="alpaca", train_path=str(INSTRUCT / "alpaca_sample.json"), max_samples=60, max_length=96,
-                overlength="drop")
+    drop = data(
+        source="alpaca",
+        train_path=str(INSTRUCT / "alpaca_sample.json"),
+        max_samples=60,
+        max_length=96,
+        overlength="drop",
+    )
     drop.setup("fit")
     assert short.stats["truncated"] > 0 and drop.stats["dropped"] >= short.stats["truncated"] + short.stats["dropped"]
     assert len(drop.train_set) == 60 - drop.stats["dropped"]
@@ -173,18 +201,37 @@ def test_mt_bench_prompts_and_second_turn(tmp_path):
     assert (batch["attention_mask"][:, -1] == 1).all()  # left padding
     text = dm.tokenizer.decode(dm.test_set[0]["input_ids"])
     assert norm(text).startswith(norm("<|im_start|>user\nCompose an engaging travel blog")) and norm(text).endswith(
-        norm("<|im_end|>\n<|im_start|>assistant\n"))
-    refs = {json.loads(line)["question_id"]: json.loads(line).get("reference") for line in open(
-        INSTRUCT / "mt_bench_questions.jsonl")}
+        norm("<|im_end|>\n<|im_start|>assistant\n")
+    )
+    refs = {
+        json.loads(line)["question_id"]: json.loads(line).get("reference")
+        for line in open(INSTRUCT / "mt_bench_questions.jsonl")
+    }
     for row in dm.test_set:
         qid = json.loads(row["meta_json"])["question_id"]
         assert row["targets"] == (refs[qid][0] if refs[qid] else None)
     # second turn: the first answer goes into the context, and both turns into the answer line
-    first = write_jsonl(tmp_path / "turn1.jsonl", [
-        {"question_id": q, "answer_id": "x", "model_id": "m", "choices": [{"index": 0, "turns": [f"answer {q}"]}],
-         "tstamp": 0.0} for q in (81, 82, 83)])
-    dm2 = data(source="mt_bench", test_path=str(INSTRUCT / "mt_bench_questions.jsonl"), max_samples=3,
-               mt_bench_turn=2, previous_answers=str(first), model_id="tiny")
+    first = write_jsonl(
+        tmp_path / "turn1.jsonl",
+        [
+            {
+                "question_id": q,
+                "answer_id": "x",
+                "model_id": "m",
+                "choices": [{"index": 0, "turns": [f"answer {q}"]}],
+                "tstamp": 0.0,
+            }
+            for q in (81, 82, 83)
+        ],
+    )
+    dm2 = data(
+        source="mt_bench",
+        test_path=str(INSTRUCT / "mt_bench_questions.jsonl"),
+        max_samples=3,
+        mt_bench_turn=2,
+        previous_answers=str(first),
+        model_id="tiny",
+    )
     dm2.setup("predict")
     row = dm2.collate([dm2.test_set[0]])
     text = norm(dm2.tokenizer.decode(dm2.test_set[0]["input_ids"]))
@@ -199,8 +246,13 @@ def test_rows_without_assistant_are_skipped_and_counted(tmp_path, caplog):
     rows = [
         {"messages": [{"role": "user", "content": "one"}, {"role": "assistant", "content": "reply one"}]},
         {"messages": [{"role": "user", "content": "no answer here"}]},
-        {"messages": [{"role": "user", "content": "two"}, {"role": "assistant", "content": "reply two"},
-                      {"role": "user", "content": "dangling"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "two"},
+                {"role": "assistant", "content": "reply two"},
+                {"role": "user", "content": "dangling"},
+            ]
+        },
     ]
     path = write_jsonl(tmp_path / "chat.jsonl", rows)
     dm = data(source="llamaduo", train_path=str(path), test_path=str(path))
@@ -210,7 +262,9 @@ def test_rows_without_assistant_are_skipped_and_counted(tmp_path, caplog):
     assert "skipped 1 row(s) without an assistant turn" in caplog.text and "rows [1]" in caplog.text
     tok = dm.tokenizer
     assert [tok.decode(label_runs(r)[0], skip_special_tokens=True) for r in dm.train_set] == [
-        "reply one < | im _ end | >", "reply two < | im _ end | >"]
+        "reply one < | im _ end | >",
+        "reply two < | im _ end | >",
+    ]
     # evaluation rows: prompt up to the last user turn, the reply after it as the target (None if there is none)
     dm.setup("test")
     assert dm.test_set["targets"] == ["reply one", None, None]
@@ -238,15 +292,26 @@ def test_missing_columns_and_bad_settings_are_named(tmp_path):
 
 # --------------------------------------------------------------------------- end to end with a tiny causal model
 def tiny_causal_lm() -> KaSAModule:
-    return KaSAModule(backbone=MINILM, task="causal_lm", backbone_config=dict(TINY_GPT2),
-                      adapter=AdapterConfig(r=4, target_modules=["c_attn"]))
+    return KaSAModule(
+        backbone=MINILM,
+        task="causal_lm",
+        backbone_config=dict(TINY_GPT2),
+        adapter=AdapterConfig(r=4, target_modules=["c_attn"]),
+    )
 
 
 @needs_data
 def test_predict_writes_fastchat_answer_file(tmp_path):
     L.seed_everything(0)
-    dm = data(source="mt_bench", test_path=str(INSTRUCT / "mt_bench_questions.jsonl"), max_samples=3,
-              eval_batch_size=2, max_length=384, generation={"max_new_tokens": 4}, model_id="kasa-tiny")
+    dm = data(
+        source="mt_bench",
+        test_path=str(INSTRUCT / "mt_bench_questions.jsonl"),
+        max_samples=3,
+        eval_batch_size=2,
+        max_length=384,
+        generation={"max_new_tokens": 4},
+        model_id="kasa-tiny",
+    )
     out = tmp_path / "answers" / "kasa-tiny.jsonl"
     writer = JsonlPredictionWriter(out)
     t = trainer(tmp_path, callbacks=[writer])
@@ -265,8 +330,17 @@ def test_predict_writes_fastchat_answer_file(tmp_path):
 def test_fit_validate_and_test_with_rouge(tmp_path):
     L.seed_everything(0)
     shard = str(INSTRUCT / "synth_classification_ds_gpt4o_dedup.part26.jsonl")
-    dm = data(source="llamaduo", train_path=shard, test_path=shard, max_samples=12, val_size=2, batch_size=2,
-              eval_batch_size=2, max_length=160, generation={"max_new_tokens": 3})
+    dm = data(
+        source="llamaduo",
+        train_path=shard,
+        test_path=shard,
+        max_samples=12,
+        val_size=2,
+        batch_size=2,
+        eval_batch_size=2,
+        max_length=160,
+        generation={"max_new_tokens": 3},
+    )
     module = tiny_causal_lm()
     t = trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=1)
     t.fit(module, dm)
@@ -332,8 +406,9 @@ class FakeJudge:
                     self.send_response(500)
                     self.end_headers()
                     return
-                reply = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant",
-                                                                          "content": fake.replies.pop(0)}}]}).encode()
+                reply = json.dumps(
+                    {"choices": [{"index": 0, "message": {"role": "assistant", "content": fake.replies.pop(0)}}]}
+                ).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
@@ -347,8 +422,7 @@ class FakeJudge:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
     def __enter__(self) -> FakeJudge:
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
         return self
 
@@ -362,8 +436,16 @@ def test_judge_against_local_endpoint(tmp_path, monkeypatch):
     for var in ("KASA_JUDGE_BASE_URL", "KASA_JUDGE_MODEL", "KASA_JUDGE_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     with FakeJudge(["I would rather not say.", "Helpful and accurate. Rating: [[7]]", "Rating: [[8.5]]"]) as fake:
-        scores = judge_answers(["What is 2+2?", "Name a colour."], ["4", "Blue"], [None, None], base_url=fake.url,
-                               model="judge-x", api_key="sk-test", retry_sleep=0, timeout=10)
+        scores = judge_answers(
+            ["What is 2+2?", "Name a colour."],
+            ["4", "Blue"],
+            [None, None],
+            base_url=fake.url,
+            model="judge-x",
+            api_key="sk-test",
+            retry_sleep=0,
+            timeout=10,
+        )
     assert scores == [7.0, 8.5] and len(fake.requests) == 3  # the unparsable reply was asked again
     for req in fake.requests:
         assert req["path"] == "/v1/chat/completions" and req["auth"] == "Bearer sk-test"
@@ -383,16 +465,37 @@ def test_judge_against_local_endpoint(tmp_path, monkeypatch):
     assert "[The Start of Reference Answer]\nthe ref" in fake.requests[0]["body"]["messages"][1]["content"]
 
     # the command line on MT-Bench style files
-    questions = write_jsonl(tmp_path / "q.jsonl", [
-        {"question_id": 1, "category": "writing", "turns": ["Write.", "Again."]},
-        {"question_id": 2, "category": "math", "turns": ["1+1?", "2+2?"], "reference": ["2", "4"]}])
-    answers = write_jsonl(tmp_path / "a.jsonl", [
-        {"question_id": q, "answer_id": "x", "model_id": "m", "choices": [{"index": 0, "turns": [t]}], "tstamp": 0}
-        for q, t in ((1, "A poem."), (2, "2"))])
+    questions = write_jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {"question_id": 1, "category": "writing", "turns": ["Write.", "Again."]},
+            {"question_id": 2, "category": "math", "turns": ["1+1?", "2+2?"], "reference": ["2", "4"]},
+        ],
+    )
+    answers = write_jsonl(
+        tmp_path / "a.jsonl",
+        [
+            {"question_id": q, "answer_id": "x", "model_id": "m", "choices": [{"index": 0, "turns": [t]}], "tstamp": 0}
+            for q, t in ((1, "A poem."), (2, "2"))
+        ],
+    )
     with FakeJudge(["[[6]]", "[[10]]"]) as fake:
-        status = judge_mod.main(["--questions", str(questions), "--answers", str(answers), "--output",
-                                 str(tmp_path / "s.jsonl"), "--base-url", fake.url, "--concurrency", "1",
-                                 "--retry-sleep", "0"])
+        status = judge_mod.main(
+            [
+                "--questions",
+                str(questions),
+                "--answers",
+                str(answers),
+                "--output",
+                str(tmp_path / "s.jsonl"),
+                "--base-url",
+                fake.url,
+                "--concurrency",
+                "1",
+                "--retry-sleep",
+                "0",
+            ]
+        )
     assert status == 0
     lines = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert [(x["question_id"], x["score"], x["rougeL"]) for x in lines] == [(1, 6.0, None), (2, 10.0, 1.0)]
@@ -404,9 +507,13 @@ def test_judge_without_endpoint_says_so(tmp_path, monkeypatch, capsys):
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(JudgeNotConfiguredError, match="KASA_JUDGE_BASE_URL.*KASA_JUDGE_MODEL"):
         judge_answers(["q"], ["a"])
-    preds = write_jsonl(tmp_path / "p.jsonl", [
-        {"index": 0, "prompt": "Say hi", "reference": "hi there", "output": "hi there"},
-        {"index": 1, "prompt": "Say bye", "reference": None, "output": "bye"}])
+    preds = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"index": 0, "prompt": "Say hi", "reference": "hi there", "output": "hi there"},
+            {"index": 1, "prompt": "Say bye", "reference": None, "output": "bye"},
+        ],
+    )
     status = judge_mod.main(["--answers", str(preds), "--output", str(tmp_path / "s.jsonl")])
     assert status == 2 and "no LLM judge endpoint configured" in capsys.readouterr().err
     lines = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]

@@ -44,8 +44,14 @@ def test_gradients_reach_only_adapters_and_modules_to_save(tiny_mlp):
     loss.backward()
     trainable = {n for n, p in tiny_mlp.named_parameters() if p.requires_grad}
     assert trainable == {
-        "fc1.delta_u", "fc1.delta_sigma", "fc1.delta_v", "fc2.delta_u", "fc2.delta_sigma", "fc2.delta_v",
-        "head.weight", "head.bias",
+        "fc1.delta_u",
+        "fc1.delta_sigma",
+        "fc1.delta_v",
+        "fc2.delta_u",
+        "fc2.delta_sigma",
+        "fc2.delta_v",
+        "head.weight",
+        "head.bias",
     }
     for n, p in tiny_mlp.named_parameters():
         assert (p.grad is not None) == (n in trainable), n
@@ -62,7 +68,7 @@ def test_fold_equals_lowrank_and_lowrank_keeps_base():
     randomize_adapters(fold)
     randomize_adapters(low)
     torch.testing.assert_close(_logits(fold), _logits(low), atol=1e-5, rtol=1e-5)
-    for (name, layer_low) in adapted_layers(low):
+    for name, layer_low in adapted_layers(low):
         orig = original.get_submodule(name).weight
         assert torch.equal(layer_low.base_layer.weight, orig)  # the base is untouched in lowrank mode
         assert not torch.equal(fold.get_submodule(name).base_layer.weight, orig)
@@ -180,8 +186,9 @@ def test_grouped_regulariser_equals_per_layer_formulas(form):
     # query/value (h, h), attention.output.dense (h, h), intermediate.dense (i, h), output.dense (h, i): the batched
     # computation groups equal shapes, so several groups of different sizes are exercised.
     targets = ["query", "value", "intermediate.dense", "output.dense"]
-    model = apply_adapters(make_tiny_bert(), AdapterConfig(r=4, beta=0.3, gamma=0.7, target_modules=targets,
-                                                           reg_form=form))
+    model = apply_adapters(
+        make_tiny_bert(), AdapterConfig(r=4, beta=0.3, gamma=0.7, target_modules=targets, reg_form=form)
+    )
     randomize_adapters(model)
     layers = list(adapted_layers(model))
     assert len({(tuple(x.delta_u.shape), tuple(x.delta_v.shape)) for _, x in layers}) >= 3
@@ -218,8 +225,11 @@ def test_in_place_adapter_add_equals_closed_form_and_spares_hooked_outputs(mode)
         layer.delta_u.normal_()
         layer.delta_sigma.normal_()
     x = torch.randn(2, 5, 12, requires_grad=True)
-    u, v, s = (layer.delta_u.detach().clone().requires_grad_(), layer.delta_v.detach().clone().requires_grad_(),
-               layer.delta_sigma.detach().clone().requires_grad_())
+    u, v, s = (
+        layer.delta_u.detach().clone().requires_grad_(),
+        layer.delta_v.detach().clone().requires_grad_(),
+        layer.delta_sigma.detach().clone().requires_grad_(),
+    )
     x_ref = x.detach().clone().requires_grad_()
     world = original - layer.dropped_u @ layer.dropped_v.T  # W - D, whichever mode holds it
     ref = x_ref @ world.T + lin.bias.detach() + layer.scaling * ((x_ref @ v) * s) @ u.T
@@ -231,8 +241,12 @@ def test_in_place_adapter_add_equals_closed_form_and_spares_hooked_outputs(mode)
     g = torch.randn_like(ref)
     out.backward(g)
     ref.backward(g)
-    for got, want in ((x.grad, x_ref.grad), (layer.delta_u.grad, u.grad), (layer.delta_v.grad, v.grad),
-                      (layer.delta_sigma.grad, s.grad)):
+    for got, want in (
+        (x.grad, x_ref.grad),
+        (layer.delta_u.grad, u.grad),
+        (layer.delta_v.grad, v.grad),
+        (layer.delta_sigma.grad, s.grad),
+    ):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
     seen = []

@@ -17,8 +17,14 @@ def test_minilm_kasa_trains_and_unloads():
     cfg = AdapterConfig(r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier"])
     apply_adapters(model, cfg)
     assert len(list(adapted_layers(model))) == 12  # 6 layers x (query, value)
-    texts = ["a wonderful, moving film", "dull and far too long", "great acting and a clever plot",
-             "a boring mess", "I loved every minute", "the worst film of the year"] * 2
+    texts = [
+        "a wonderful, moving film",
+        "dull and far too long",
+        "great acting and a clever plot",
+        "a boring mess",
+        "I loved every minute",
+        "the worst film of the year",
+    ] * 2
     labels = torch.tensor([1, 0, 1, 0, 1, 0] * 2)
     batch = tok(texts, padding=True, return_tensors="pt")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)

@@ -91,7 +91,9 @@ def test_minilm_checkpoint_is_under_five_percent_of_the_base(tmp_path):
 
     L.seed_everything(0)
     module = KaSAModule(backbone=MINILM)
-    t = trainer(tmp_path, max_steps=1, limit_val_batches=0, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+    t = trainer(
+        tmp_path, max_steps=1, limit_val_batches=0, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True)]
+    )
     t.fit(module, tiny_data(train_size=8))
     base = os.path.getsize(os.path.join(resolve_pretrained(MINILM), "model.safetensors"))
     size = os.path.getsize(tmp_path / "last.ckpt")
@@ -171,8 +173,9 @@ def test_non_finite_loss_stops_without_overwriting_the_good_checkpoint(tmp_path)
 
     L.seed_everything(0)
     module = Exploding(backbone=MINILM, backbone_config=TINY_BERT)
-    t = trainer(tmp_path, max_steps=6, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True,
-                                                                    every_n_train_steps=1)])
+    t = trainer(
+        tmp_path, max_steps=6, callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)]
+    )
     with pytest.raises(NonFiniteLossError, match="global step 2.*learning rate"):
         t.fit(module, tiny_data())
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)
@@ -215,8 +218,10 @@ def test_bf16_mixed_and_bf16_true_keep_adapters_training(tmp_path):
             for p in layer.adapter_parameters():
                 assert p.dtype == torch.float32, precision
         after = _adapters(module)
-        assert not torch.equal(before[next(k for k in before if k.endswith("delta_u"))],
-                               after[next(k for k in after if k.endswith("delta_u"))]), precision
+        assert not torch.equal(
+            before[next(k for k in before if k.endswith("delta_u"))],
+            after[next(k for k in after if k.endswith("delta_u"))],
+        ), precision
         if precision == "bf16-true":
             assert module.model.bert.encoder.layer[0].attention.self.query.base_layer.weight.dtype == torch.bfloat16
 
@@ -224,10 +229,12 @@ def test_bf16_mixed_and_bf16_true_keep_adapters_training(tmp_path):
 def test_gradient_checkpointing_and_accumulation_match_plain_training(tmp_path):
     def run(batch_size=8, gc=False, **kwargs):
         L.seed_everything(0)
-        module = tiny_module(backbone_config={**TINY_BERT, "hidden_dropout_prob": 0.0,
-                                              "attention_probs_dropout_prob": 0.0},
-                             gradient_checkpointing=gc, warmup_ratio=0.0,
-                             optimizer=lambda p: torch.optim.SGD(p, lr=0.05))
+        module = tiny_module(
+            backbone_config={**TINY_BERT, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+            gradient_checkpointing=gc,
+            warmup_ratio=0.0,
+            optimizer=lambda p: torch.optim.SGD(p, lr=0.05),
+        )
         trainer(tmp_path, limit_val_batches=0, **kwargs).fit(module, tiny_data(batch_size=batch_size))
         return _adapters(module)
 
@@ -269,13 +276,20 @@ def test_label_smoothing_and_cosine_warmup_steps(tmp_path):
     from lightning_helpers import ready
 
     gpt = {"model_type": "gpt2", "vocab_size": 30522, "n_positions": 64, "n_embd": 32, "n_layer": 1, "n_head": 4}
-    module = tiny_module(task="causal_lm", backbone_config=gpt, label_smoothing=0.1,
-                         adapter=AdapterConfig(r=2, target_modules=["c_attn"]))
+    module = tiny_module(
+        task="causal_lm",
+        backbone_config=gpt,
+        label_smoothing=0.1,
+        adapter=AdapterConfig(r=2, target_modules=["c_attn"]),
+    )
     module.configure_model()
     module.eval()
     batch = next(iter(ready(tiny_data()).train_dataloader()))
-    batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-             "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)}
+    batch = {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "labels": batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100),
+    }
     with torch.no_grad():
         out = module.model(**batch)
         logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
@@ -297,10 +311,14 @@ def test_label_smoothing_and_cosine_warmup_steps(tmp_path):
 def test_wrapper_prefixes_are_removed_from_checkpoint_names():
     from kasa_lightning.kasa.inject import plain_name as _plain_name
 
-    assert _plain_name("model.layers.0._fsdp_wrapped_module.self_attn.q_proj.delta_u") == \
-        "model.layers.0.self_attn.q_proj.delta_u"
-    assert _plain_name("_orig_mod.bert.encoder.layer.0._checkpoint_wrapped_module.attention.self.query.delta_v") == \
-        "bert.encoder.layer.0.attention.self.query.delta_v"
+    assert (
+        _plain_name("model.layers.0._fsdp_wrapped_module.self_attn.q_proj.delta_u")
+        == "model.layers.0.self_attn.q_proj.delta_u"
+    )
+    assert (
+        _plain_name("_orig_mod.bert.encoder.layer.0._checkpoint_wrapped_module.attention.self.query.delta_v")
+        == "bert.encoder.layer.0.attention.self.query.delta_v"
+    )
 
 
 def test_default_adamw_is_fused_unless_clipping(tmp_path):

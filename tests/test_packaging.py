@@ -16,7 +16,9 @@ def test_wheel_contains_mapped_packages_only(tmp_path):
     pytest.importorskip("build")
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
     )
     (wheel,) = tmp_path.glob("kasa_lightning-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -38,8 +40,12 @@ def test_wheel_contains_mapped_packages_only(tmp_path):
         "from kasa_lightning.paper_results import lookup;"
         "assert lookup('roberta-base', 'rte', 'kasa', 'accuracy').value == 81.6"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env={"PYTHONPATH": str(site),
-                   "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+    )
 
 
 def test_editable_install_imports_under_package_names():
@@ -79,7 +85,10 @@ def test_method_package_does_not_import_lightning(tmp_path):
     (adapters applied, loss backpropagated, a PEFT export written), leave Lightning unimported."""
     done = subprocess.run(
         [sys.executable, "-c", LIGHTNING_FREE, str(tmp_path / "peft")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "peft" / "adapter_model.safetensors").is_file()

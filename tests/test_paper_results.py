@@ -12,18 +12,21 @@ from kasa_lightning.paper_results import load, lookup, not_in_paper, paper_model
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("model, task, method, metric, value", [
-    ("roberta-base", "sst2", "kasa", "accuracy", 95.2),
-    ("roberta-base", "mrpc", "kasa", "accuracy", 90.7),
-    ("roberta-base", "cola", "kasa", "mcc", 65.8),
-    ("roberta-base", "qnli", "kasa", "accuracy", 93.3),
-    ("roberta-base", "rte", "kasa", "accuracy", 81.6),
-    ("roberta-base", "stsb", "kasa", "pearson", 91.1),
-    ("gpt2-medium", "e2e", "kasa", "BLEU", 70.6),
-    ("meta-llama/Meta-Llama-3-8B", "commonsense", "kasa", "accuracy_ARC-Challenge", 79.4),
-    ("google/gemma-7b", "mt_bench", "kasa", "judge", 4.97),
-    ("microsoft/deberta-v3-base", "cola", "kasa", "mcc", 70.41),
-])
+@pytest.mark.parametrize(
+    "model, task, method, metric, value",
+    [
+        ("roberta-base", "sst2", "kasa", "accuracy", 95.2),
+        ("roberta-base", "mrpc", "kasa", "accuracy", 90.7),
+        ("roberta-base", "cola", "kasa", "mcc", 65.8),
+        ("roberta-base", "qnli", "kasa", "accuracy", 93.3),
+        ("roberta-base", "rte", "kasa", "accuracy", 81.6),
+        ("roberta-base", "stsb", "kasa", "pearson", 91.1),
+        ("gpt2-medium", "e2e", "kasa", "BLEU", 70.6),
+        ("meta-llama/Meta-Llama-3-8B", "commonsense", "kasa", "accuracy_ARC-Challenge", 79.4),
+        ("google/gemma-7b", "mt_bench", "kasa", "judge", 4.97),
+        ("microsoft/deberta-v3-base", "cola", "kasa", "mcc", 70.41),
+    ],
+)
 def test_spot_checks_against_the_paper(model, task, method, metric, value):
     result = lookup(model, task, method, metric)
     assert result is not None and result.value == value
@@ -55,14 +58,19 @@ def _paper_key(path: Path) -> tuple[str, str, str]:
         return backbone, "e2e", "BLEU"
     if cls == "CommonsenseDataModule":
         return backbone, "commonsense", "accuracy_average"
-    task = {"test_summarize": "summarization", "test_classify": "classification", "test_coding": "coding",
-            "test_closed_qa": "closed_qa"}.get(init.get("test_split"), "mt_bench")
+    task = {
+        "test_summarize": "summarization",
+        "test_classify": "classification",
+        "test_coding": "coding",
+        "test_closed_qa": "closed_qa",
+    }.get(init.get("test_split"), "mt_bench")
     return backbone, task, "judge"
 
 
 def test_every_shipped_paper_config_has_its_paper_value():
-    paths = sorted(p for family in ("glue", "e2e", "commonsense", "instruct")
-                   for p in (CONFIGS / family).rglob("*.yaml"))
+    paths = sorted(
+        p for family in ("glue", "e2e", "commonsense", "instruct") for p in (CONFIGS / family).rglob("*.yaml")
+    )
     assert len(paths) >= 20 + 2 + 2 + 20
     exempt = {(paper_model(e["model"]), e["task"]) for e in not_in_paper()}
     missing, seen_exempt = [], set()

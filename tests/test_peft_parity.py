@@ -41,8 +41,7 @@ def test_kasa_matches_peft(which):
     ours = apply_adapters(base, cfg)
     theirs = peft.get_peft_model(
         theirs_base,
-        peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets,
-                        kasa_config=peft.KasaConfig(beta=0.01, gamma=0.02)),
+        peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, kasa_config=peft.KasaConfig(beta=0.01, gamma=0.02)),
     )
     # same truncated base weights
     for name, layer in adapted_layers(ours):
@@ -67,7 +66,9 @@ def test_kasa_matches_peft(which):
 
 def test_lora_matches_peft():
     base = make_tiny_bert()
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    theirs = peft.get_peft_model(
+        copy.deepcopy(base), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"])
+    )
     ours = apply_adapters(base, AdapterConfig(method="lora", r=4, alpha=8))
     randomize_adapters(ours)
     _copy_into_peft(ours, theirs)
@@ -93,15 +94,18 @@ def test_pissa_matches_peft():
 
 
 def test_reference_regulariser_equals_the_authors_formula():
-    model = apply_adapters(make_tiny_bert(), AdapterConfig(r=4, beta=0.3, gamma=0.7, reg_form="reference",
-                                                          reg_reduction="mean"))
+    model = apply_adapters(
+        make_tiny_bert(), AdapterConfig(r=4, beta=0.3, gamma=0.7, reg_form="reference", reg_reduction="mean")
+    )
     randomize_adapters(model)
     # the authors' GLUE code: big Gram matrices of A (r, in) and B (out, r), mean over adapted layers
     l2s, l3s = [], []
     for _, layer in adapted_layers(model):
         a, b = layer.delta_v.T.detach(), layer.delta_u.detach()
         l2s.append(torch.sum(layer.delta_sigma.detach() ** 2))
-        l3s.append(torch.norm(a.T @ a - torch.eye(a.shape[1]), p="fro") + torch.norm(b @ b.T - torch.eye(b.shape[0]), p="fro"))
+        l3s.append(
+            torch.norm(a.T @ a - torch.eye(a.shape[1]), p="fro") + torch.norm(b @ b.T - torch.eye(b.shape[0]), p="fro")
+        )
     expected = (0.3 * sum(l2s) + 0.7 * sum(l3s)) / len(l2s)
     terms = adapter_loss(model, per_layer=True)
     torch.testing.assert_close(terms.loss, expected, atol=1e-5, rtol=1e-5)
@@ -116,8 +120,9 @@ def _reload_in_peft(path, original):
 @pytest.mark.parametrize("mode", ["fold", "lowrank"])
 def test_export_kasa_and_lora_load_in_peft(tmp_path, mode):
     original = make_tiny_bert()
-    ours = apply_adapters(copy.deepcopy(original),
-                          AdapterConfig(r=4, alpha=8, modules_to_save=["classifier"], truncation_mode=mode))
+    ours = apply_adapters(
+        copy.deepcopy(original), AdapterConfig(r=4, alpha=8, modules_to_save=["classifier"], truncation_mode=mode)
+    )
     randomize_adapters(ours)
     with torch.no_grad():
         ours.classifier.weight.add_(0.5)

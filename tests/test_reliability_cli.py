@@ -27,9 +27,14 @@ TESTS = Path(__file__).resolve().parent
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
     env.update(extra)
     return {k: v for k, v in env.items() if v is not None}
 
@@ -37,21 +42,41 @@ def _env(**extra: str) -> dict[str, str]:
 def _tiny_config(path: Path, root: Path, seed: int = 0, **trainer) -> Path:
     config = {
         "seed_everything": seed,
-        "trainer": {"default_root_dir": str(root), "accelerator": "cpu", "devices": 1, "max_steps": 2,
-                    "limit_val_batches": 0, "num_sanity_val_steps": 0, "log_every_n_steps": 1,
-                    "enable_progress_bar": False, "enable_model_summary": False, **trainer},
-        "model": {"class_path": "kasa_lightning.KaSAModule",
-                  "init_args": {"backbone": MINILM, "backbone_config": TINY_BERT, "adapter": {"r": 4}}},
-        "data": {"class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
-                 "init_args": {"train_size": 16, "val_size": 8, "batch_size": 8, "max_length": 16}},
+        "trainer": {
+            "default_root_dir": str(root),
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 2,
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+            "log_every_n_steps": 1,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            **trainer,
+        },
+        "model": {
+            "class_path": "kasa_lightning.KaSAModule",
+            "init_args": {"backbone": MINILM, "backbone_config": TINY_BERT, "adapter": {"r": 4}},
+        },
+        "data": {
+            "class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
+            "init_args": {"train_size": 16, "val_size": 8, "batch_size": 8, "max_length": 16},
+        },
     }
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def _cli(*args: str, cwd: Path, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kasa_lightning", *args], cwd=cwd, env=_env(**env),
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kasa_lightning", *args],
+        cwd=cwd,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 # ---------------------------------------------------------------- item 3: atomic run-folder claims
@@ -96,9 +121,14 @@ def test_two_fit_processes_started_together_get_their_own_folders(tmp_path):
     procs = {}
     for seed in (11, 22):
         cfg = _tiny_config(tmp_path / f"run{seed}.yaml", root, seed=seed, profiler=profiler)
-        procs[seed] = subprocess.Popen([sys.executable, "-m", "kasa_lightning", "fit", "--config", str(cfg)],
-                                       cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True)
+        procs[seed] = subprocess.Popen(
+            [sys.executable, "-m", "kasa_lightning", "fit", "--config", str(cfg)],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     try:
         outs = {seed: p.communicate(timeout=240) for seed, p in procs.items()}
     finally:
@@ -181,7 +211,6 @@ def test_top_level_help_lists_every_command(tmp_path):
     assert expected <= set(choices)
 
 
-
 def test_export_help_shows_the_overwrite_flag(capsys):
     from kasa_lightning.cli import main
 
@@ -195,8 +224,17 @@ def test_export_help_shows_the_overwrite_flag(capsys):
 # ---------------------------------------------------------------- item 13: a Hub name that cannot be loaded
 def test_hub_name_offline_names_the_setting_and_the_ways_out(tmp_path):
     cfg = _tiny_config(tmp_path / "run.yaml", tmp_path / "root")
-    proc = _cli("fit", "--config", str(cfg), "--model.backbone", "foo/bar", "--model.backbone_config", "null",
-                cwd=tmp_path, HF_HUB_CACHE=str(tmp_path / "empty_cache"))
+    proc = _cli(
+        "fit",
+        "--config",
+        str(cfg),
+        "--model.backbone",
+        "foo/bar",
+        "--model.backbone_config",
+        "null",
+        cwd=tmp_path,
+        HF_HUB_CACHE=str(tmp_path / "empty_cache"),
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert "model.backbone='foo/bar'" in last, last

@@ -60,12 +60,14 @@ def test_e2e_empty_references_are_counted_and_logged(tmp_path, caplog):
         out.writerow(["name[Alimentum], food[Thai]", "Alimentum serves Thai food."])  # line 2
         out.writerow(["name[Alimentum], food[Thai]", ""])  # line 3: empty
         out.writerow(["name[Bibimbap House], area[riverside]", "   "])  # line 4: blank, and the MR's only one
-        out.writerow(["name[Cotto], eatType[pub]", "Cotto is a pub, \"the\" place."])  # line 5
+        out.writerow(["name[Cotto], eatType[pub]", 'Cotto is a pub, "the" place.'])  # line 5
     dm = E2EDataModule(train_path=str(path), val_path=str(path), test_path=None, tokenizer=MINILM)
     with caplog.at_level(logging.WARNING, logger="kasa_lightning.datamodules.e2e"):
         pairs = dm.load_pairs("train")
-    assert pairs == [("name[Alimentum], food[Thai]", "Alimentum serves Thai food."),
-                     ("name[Cotto], eatType[pub]", 'Cotto is a pub, "the" place.')]
+    assert pairs == [
+        ("name[Alimentum], food[Thai]", "Alimentum serves Thai food."),
+        ("name[Cotto], eatType[pub]", 'Cotto is a pub, "the" place.'),
+    ]
     assert dm.stats["empty_reference"] == 2
     assert dm.split_stats["train"] == {"rows": 4, "empty_reference": 2, "mr_without_reference": 1}
     warning = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
@@ -112,7 +114,8 @@ BETA = math.log(2) / math.log(1.5) ** 2  # mteval: penalty exp(-BETA * ln(ratio)
 
 def test_nist_brevity_penalty_is_one_half_at_two_thirds_of_the_reference_length():
     # refs "a b c d", "a b" (6 words, 2 reference sets): average reference length 6 / 2 = 3; hyp "a b": 2 words
-    # info(a) = info(b) = log2(6 words / 2 occurrences) = log2 3; info(a b) = log2(count(a) / count(a b)) = log2(2/2) = 0
+    # info(a) = info(b) = log2(6 words / 2 occurrences) = log2 3;
+    # info(a b) = log2(count(a) / count(a b)) = log2(2/2) = 0
     # raw NIST = (log2 3 + log2 3) / 2 unigrams + 0 / 1 bigram = log2 3 = 1.58496...
     # ratio 2 / 3 -> penalty exp(-BETA * ln(2/3)^2) = exp(-ln 2) = 0.5  -> NIST = log2(3) / 2 = 0.79248...
     got = e2e_scores(["a b"], [["a b c d", "a b"]], metrics=("NIST",))["NIST"]
@@ -130,8 +133,9 @@ def test_nist_of_a_name_only_output_is_penalised():
     raw = (math.log2(14 / 3) + math.log2(7)) / 2 + math.log2(1.5)
     expected = raw * math.exp(-BETA * math.log(2 / 7) ** 2)
     assert expected == pytest.approx(4.14614e-3, rel=1e-5)
-    got = e2e_scores(["The Eagle"], [["The Eagle is a pub near the river.", "The Eagle is cheap."]],
-                     metrics=("NIST",))["NIST"]
+    got = e2e_scores(["The Eagle"], [["The Eagle is a pub near the river.", "The Eagle is cheap."]], metrics=("NIST",))[
+        "NIST"
+    ]
     assert got == pytest.approx(expected, rel=1e-12)
 
 
@@ -154,18 +158,40 @@ def test_nist_equals_nltk_on_single_reference_corpora_with_short_outputs():
     # nltk's corpus_nist has the same information weights and length penalty (Doddington 2002) and, with one
     # reference per segment, the same reference length: an independent implementation to compare with
     nist_score = pytest.importorskip("nltk.translate.nist_score")
-    words = ["the", "eagle", "is", "a", "cheap", "pub", "near", "the", "river", "with", "a", "view", "of", "the", "city", "centre", "and", "serves", "food"]
+    words = [
+        "the",
+        "eagle",
+        "is",
+        "a",
+        "cheap",
+        "pub",
+        "near",
+        "the",
+        "river",
+        "with",
+        "a",
+        "view",
+        "of",
+        "the",
+        "city",
+        "centre",
+        "and",
+        "serves",
+        "food",
+    ]
     refs, hyps = [], []
     for i in range(30):  # references of 12 words; hypotheses of 5..12 words (ratios 0.42 .. 1)
         ref = [words[(i * 7 + j * 3) % len(words)] for j in range(12)]
         refs.append([" ".join(ref)])
         hyps.append(" ".join(ref[: 5 + i % 8]))
     ours = e2e_scores(hyps, refs, metrics=("NIST",))["NIST"]
-    theirs = nist_score.corpus_nist([[mteval_tokenize(r) for r in rs] for rs in refs],
-                                    [mteval_tokenize(h) for h in hyps])
+    theirs = nist_score.corpus_nist(
+        [[mteval_tokenize(r) for r in rs] for rs in refs], [mteval_tokenize(h) for h in hyps]
+    )
     assert ours == pytest.approx(theirs, rel=1e-12)
-    assert ours < nist_score.corpus_nist([[mteval_tokenize(r) for r in rs] for rs in refs],
-                                         [mteval_tokenize(r[0]) for r in refs])
+    assert ours < nist_score.corpus_nist(
+        [[mteval_tokenize(r) for r in rs] for rs in refs], [mteval_tokenize(r[0]) for r in refs]
+    )
 
 
 # ------------------------------------------------------------------------------------------ item 14: data errors
@@ -175,8 +201,10 @@ def test_glue_bad_row_is_the_last_line_of_the_traceback(tmp_path):
     dm = GLUEDataModule(task="rte", data_dir=str(tmp_path), tokenizer=MINILM)
     with pytest.raises(DataFileError) as info:
         dm.setup("fit")
-    assert _last_line(info.value) == (f"kasa_lightning.datamodules.errors.DataFileError: {tmp_path}/RTE/train.tsv:11: "
-                                      "2 fields, too few for GLUE task 'rte'")
+    assert _last_line(info.value) == (
+        f"kasa_lightning.datamodules.errors.DataFileError: {tmp_path}/RTE/train.tsv:11: "
+        "2 fields, too few for GLUE task 'rte'"
+    )
 
 
 def test_glue_empty_file_says_it_is_empty(tmp_path):
@@ -190,13 +218,25 @@ def test_glue_empty_file_says_it_is_empty(tmp_path):
 
 def _glue_config(tmp_path: Path, data_dir: Path) -> Path:
     config = {
-        "trainer": {"default_root_dir": str(tmp_path / "run"), "accelerator": "cpu", "devices": 1, "max_steps": 1,
-                    "logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
-                    "enable_model_summary": False, "num_sanity_val_steps": 0},
-        "model": {"class_path": "kasa_lightning.KaSAModule",
-                  "init_args": {"backbone": MINILM, "backbone_config": TINY_BERT, "adapter": {"r": 2}}},
-        "data": {"class_path": "kasa_lightning.datamodules.GLUEDataModule",
-                 "init_args": {"task": "rte", "data_dir": str(data_dir), "batch_size": 4, "max_length": 32}},
+        "trainer": {
+            "default_root_dir": str(tmp_path / "run"),
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 1,
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+        },
+        "model": {
+            "class_path": "kasa_lightning.KaSAModule",
+            "init_args": {"backbone": MINILM, "backbone_config": TINY_BERT, "adapter": {"r": 2}},
+        },
+        "data": {
+            "class_path": "kasa_lightning.datamodules.GLUEDataModule",
+            "init_args": {"task": "rte", "data_dir": str(data_dir), "batch_size": 4, "max_length": 32},
+        },
     }
     path = tmp_path / "glue.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -217,16 +257,33 @@ main()
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "OMP_NUM_THREADS": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf-cache")}
-    return subprocess.run([sys.executable, "-c", _WATCHED_CLI, *args], check=False, cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "hf-cache"),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", _WATCHED_CLI, *args],
+        check=False,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("content, message", [
-    (RTE_HEADER + _rte_rows(9) + "9\tonly one sentence\n", "train.tsv:11: 2 fields, too few for GLUE task 'rte'"),
-    ("", "train.tsv is empty: a GLUE 'rte' TSV file holds a header line"),
-], ids=["bad-row", "empty-file"])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (RTE_HEADER + _rte_rows(9) + "9\tonly one sentence\n", "train.tsv:11: 2 fields, too few for GLUE task 'rte'"),
+        ("", "train.tsv is empty: a GLUE 'rte' TSV file holds a header line"),
+    ],
+    ids=["bad-row", "empty-file"],
+)
 def test_cli_fit_ends_with_the_data_error(tmp_path, content, message):
     data = tmp_path / "glue"
     _write(data / "RTE" / "train.tsv", content)
@@ -242,8 +299,7 @@ def test_cli_fit_ends_with_the_data_error(tmp_path, content, message):
 def test_glue_validate_needs_only_dev_tsv(tmp_path):
     _write(tmp_path / "RTE" / "dev.tsv", RTE_HEADER + _rte_rows(8))
     dm = GLUEDataModule(task="rte", data_dir=str(tmp_path), tokenizer=MINILM, batch_size=4, max_length=32)
-    module = KaSAModule(backbone=MINILM, backbone_config=TINY_BERT, num_labels=2,
-                        adapter=AdapterConfig(r=2))
+    module = KaSAModule(backbone=MINILM, backbone_config=TINY_BERT, num_labels=2, adapter=AdapterConfig(r=2))
     result = trainer(tmp_path / "run").validate(module, dm)
     assert 0.0 <= result[0]["val/accuracy"] <= 1.0
     assert dm.train_set is None and len(dm.val_set) == 8  # the training split was neither read nor tokenised
@@ -287,21 +343,32 @@ BAD_JSONL = '{"instruction": "q1", "output": "a1", "answer": "true"}\n{"instruct
 
 
 def _commonsense(path: Path, **kwargs) -> CommonsenseDataModule:
-    return CommonsenseDataModule(train_path=str(path), val_size=0, tokenizer=MINILM, max_length=64,
-                                 cache_dir=str(path.parent / "cache"), **kwargs)
+    return CommonsenseDataModule(
+        train_path=str(path),
+        val_size=0,
+        tokenizer=MINILM,
+        max_length=64,
+        cache_dir=str(path.parent / "cache"),
+        **kwargs,
+    )
 
 
 def _instruct(path: Path) -> InstructionDataModule:
-    return InstructionDataModule(source="alpaca", train_path=str(path), tokenizer=MINILM, max_length=64,
-                                 cache_dir=str(path.parent / "cache"))
+    return InstructionDataModule(
+        source="alpaca", train_path=str(path), tokenizer=MINILM, max_length=64, cache_dir=str(path.parent / "cache")
+    )
 
 
 @pytest.mark.parametrize("make", [_commonsense, _instruct], ids=["commonsense", "instruct"])
-@pytest.mark.parametrize("name, text, message", [
-    ("train.json", BAD_JSON, "train.json:2: not valid JSON (Expecting value, column 18)"),
-    ("train.jsonl", BAD_JSONL, "train.jsonl:2: not valid JSON lines (Expecting value, column 17)"),
-    ("train.json", "", "train.json is empty"),
-], ids=["json", "jsonl", "empty"])
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("train.json", BAD_JSON, "train.json:2: not valid JSON (Expecting value, column 18)"),
+        ("train.jsonl", BAD_JSONL, "train.jsonl:2: not valid JSON lines (Expecting value, column 17)"),
+        ("train.json", "", "train.json is empty"),
+    ],
+    ids=["json", "jsonl", "empty"],
+)
 def test_json_loaders_end_with_the_file_and_line(tmp_path, make, name, text, message):
     path = _write(tmp_path / name, text)
     with pytest.raises(DataFileError) as info:
@@ -311,30 +378,44 @@ def test_json_loaders_end_with_the_file_and_line(tmp_path, make, name, text, mes
 
 
 def test_commonsense_rows_without_output_are_counted_not_crashing(tmp_path):
-    rows = [{"instruction": "Is the sky blue?", "input": "", "output": "the correct answer is true", "answer": "true"},
-            {"instruction": "Is fire cold?", "input": "", "output": None, "answer": "false"},
-            {"instruction": "Is ice hot?", "input": "", "output": "  ", "answer": "false"},
-            {"instruction": "Is snow white?", "input": "", "output": "the correct answer is true", "answer": "true"}]
+    rows = [
+        {"instruction": "Is the sky blue?", "input": "", "output": "the correct answer is true", "answer": "true"},
+        {"instruction": "Is fire cold?", "input": "", "output": None, "answer": "false"},
+        {"instruction": "Is ice hot?", "input": "", "output": "  ", "answer": "false"},
+        {"instruction": "Is snow white?", "input": "", "output": "the correct answer is true", "answer": "true"},
+    ]
     path = _write(tmp_path / "train.json", json.dumps(rows))
     dm = _commonsense(path)
-    with pytest.warns(UserWarning, match=re.escape("skipped 2 row(s) without an output (nothing to learn): rows [1, 2]")):
+    with pytest.warns(
+        UserWarning, match=re.escape("skipped 2 row(s) without an output (nothing to learn): rows [1, 2]")
+    ):
         dm.setup("fit")
     assert len(dm.train_set) == 2 and dm.stats == {"truncated": 0, "dropped": 0, "no_output": 2}
 
 
 def test_commonsense_test_row_without_answer_is_an_error(tmp_path):
-    rows = [{"instruction": "Is the sky blue?", "input": "", "output": "x", "answer": "true"},
-            {"instruction": "Is fire cold?", "input": "", "output": "x", "answer": None}]
+    rows = [
+        {"instruction": "Is the sky blue?", "input": "", "output": "x", "answer": "true"},
+        {"instruction": "Is fire cold?", "input": "", "output": "x", "answer": None},
+    ]
     _write(tmp_path / "boolq" / "test.json", json.dumps(rows))
-    dm = CommonsenseDataModule(train_path=str(tmp_path), test_dir=str(tmp_path), test_sets=["boolq"], val_size=0,
-                               tokenizer=MINILM, cache_dir=str(tmp_path / "cache"))
+    dm = CommonsenseDataModule(
+        train_path=str(tmp_path),
+        test_dir=str(tmp_path),
+        test_sets=["boolq"],
+        val_size=0,
+        tokenizer=MINILM,
+        cache_dir=str(tmp_path / "cache"),
+    )
     with pytest.raises(DataFileError, match=re.escape("test/boolq split, row 1: no answer")):
         dm.setup("test")  # before: scored against the string 'None', always wrong, silently
 
 
 def test_instruct_blank_alpaca_output_is_counted_as_no_assistant(tmp_path, caplog):
-    rows = [{"instruction": "Say hi", "input": "", "output": "hi"},
-            {"instruction": "Say nothing", "input": "", "output": ""}]
+    rows = [
+        {"instruction": "Say hi", "input": "", "output": "hi"},
+        {"instruction": "Say nothing", "input": "", "output": ""},
+    ]
     path = _write(tmp_path / "train.json", json.dumps(rows))
     dm = _instruct(path)
     with caplog.at_level(logging.WARNING, logger="kasa_lightning.datamodules.instruct"):
@@ -344,12 +425,24 @@ def test_instruct_blank_alpaca_output_is_counted_as_no_assistant(tmp_path, caplo
 
 
 def test_instruct_bad_previous_answers_line_names_file_and_line(tmp_path):
-    questions = _write(tmp_path / "question.jsonl", json.dumps(
-        {"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Make it shorter."]}) + "\n")
-    answers = _write(tmp_path / "turn1.jsonl", json.dumps(
-        {"question_id": 80, "choices": [{"index": 0, "turns": ["ok"]}]}) + "\n" + '{"question_id": 81, "choi\n')
-    dm = InstructionDataModule(source="mt_bench", test_path=str(questions), mt_bench_turn=2,
-                               previous_answers=str(answers), tokenizer=MINILM, cache_dir=str(tmp_path / "cache"))
+    questions = _write(
+        tmp_path / "question.jsonl",
+        json.dumps({"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Make it shorter."]}) + "\n",
+    )
+    answers = _write(
+        tmp_path / "turn1.jsonl",
+        json.dumps({"question_id": 80, "choices": [{"index": 0, "turns": ["ok"]}]})
+        + "\n"
+        + '{"question_id": 81, "choi\n',
+    )
+    dm = InstructionDataModule(
+        source="mt_bench",
+        test_path=str(questions),
+        mt_bench_turn=2,
+        previous_answers=str(answers),
+        tokenizer=MINILM,
+        cache_dir=str(tmp_path / "cache"),
+    )
     with pytest.raises(ValueError) as info:  # before: a bare JSONDecodeError naming neither file nor line
         dm.setup("predict")
     assert f"{answers}:2: not a JSON line" in _last_line(info.value)

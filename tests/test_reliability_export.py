@@ -27,9 +27,17 @@ def trained(tmp_path_factory) -> tuple[Path, torch.Tensor]:
     root = tmp_path_factory.mktemp("fit")
     torch.manual_seed(0)
     module = KaSAModule(backbone=MINILM, adapter=AdapterConfig(r=4, target_modules=["query", "value"]))
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                        default_root_dir=root, callbacks=[ModelCheckpoint(dirpath=root / "ckpt", save_last=True)])
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=root,
+        callbacks=[ModelCheckpoint(dirpath=root / "ckpt", save_last=True)],
+    )
     trainer.fit(module, tiny_data(tokenizer=MINILM, train_size=16))
     ckpt = root / "ckpt" / "last.ckpt"
     with torch.no_grad():
@@ -55,13 +63,18 @@ def test_adapter_export_into_a_merged_model_folder_needs_overwrite(trained, tmp_
     out = tmp_path / "model"
     _export(ckpt, "merged", out)
     merged_files = sorted(p.name for p in out.iterdir())
-    torch.testing.assert_close(_logits(AutoModelForSequenceClassification.from_pretrained(out)), expected,
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        _logits(AutoModelForSequenceClassification.from_pretrained(out)), expected, atol=1e-4, rtol=1e-4
+    )
     # why: an adapter written next to the merged model is applied by transformers ON TOP of the merged weights
     mixed = tmp_path / "mixed"
     _export(ckpt, "merged", mixed)
-    export_peft(KaSAModule.load_from_checkpoint(ckpt, map_location="cpu").model, mixed, format="lora",
-                base_model_name_or_path=resolve_pretrained(MINILM))
+    export_peft(
+        KaSAModule.load_from_checkpoint(ckpt, map_location="cpu").model,
+        mixed,
+        format="lora",
+        base_model_name_or_path=resolve_pretrained(MINILM),
+    )
     off = (_logits(AutoModelForSequenceClassification.from_pretrained(mixed)) - expected).abs().max()
     assert off > 5e-4, off  # 1.5e-3 here (2 steps, r=4); the correct loads below agree within 1e-4
 
@@ -70,8 +83,9 @@ def test_adapter_export_into_a_merged_model_folder_needs_overwrite(trained, tmp_
     assert sorted(p.name for p in out.iterdir()) == merged_files  # untouched
     _export(ckpt, "peft-lora", out, "--overwrite")
     assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    torch.testing.assert_close(_logits(AutoModelForSequenceClassification.from_pretrained(out)), expected,
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        _logits(AutoModelForSequenceClassification.from_pretrained(out)), expected, atol=1e-4, rtol=1e-4
+    )
 
 
 def test_overwrite_never_deletes_the_checkpoint_or_anything_outside(trained, tmp_path, monkeypatch):

@@ -71,11 +71,32 @@ def test_fit_refuses_a_malicious_checkpoint_url_and_the_payload_does_not_run(tmp
         assert marker.exists()
         marker.unlink()
 
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-               "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        cmd = [sys.executable, "-m", "kasa_lightning", "fit", "--config", "configs/quickstart.yaml",
-               "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
-               "--data.train_size", "16", "--data.val_size", "16", "--ckpt_path", f"{base}/evil.ckpt"]
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "kasa_lightning",
+            "fit",
+            "--config",
+            "configs/quickstart.yaml",
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--data.train_size",
+            "16",
+            "--data.val_size",
+            "16",
+            "--ckpt_path",
+            f"{base}/evil.ckpt",
+        ]
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode != 0
     assert not marker.exists(), "the pickle payload ran"

@@ -28,16 +28,20 @@ def _logits(model):
 def test_state_holds_only_adapters_truncation_and_saved_modules():
     model = apply_adapters(make_tiny_bert(), AdapterConfig(r=4, modules_to_save=["classifier"]))
     keys = set(adapter_state_dict(model))
-    layer_keys = {f"{n}.{k}" for n, _ in adapted_layers(model)
-                  for k in ("delta_u", "delta_sigma", "delta_v", "dropped_u", "dropped_v")}
+    layer_keys = {
+        f"{n}.{k}"
+        for n, _ in adapted_layers(model)
+        for k in ("delta_u", "delta_sigma", "delta_v", "dropped_u", "dropped_v")
+    }
     assert keys == layer_keys | {"classifier.weight", "classifier.bias"}
 
 
 @pytest.mark.parametrize("mode", ["fold", "lowrank"])
 def test_save_then_rebuild_from_original_base(tmp_path, mode):
     original = make_tiny_bert()
-    model = apply_adapters(copy.deepcopy(original), AdapterConfig(r=4, truncation_mode=mode,
-                                                                  modules_to_save=["classifier"]))
+    model = apply_adapters(
+        copy.deepcopy(original), AdapterConfig(r=4, truncation_mode=mode, modules_to_save=["classifier"])
+    )
     randomize_adapters(model)
     with torch.no_grad():
         model.classifier.bias.add_(1.0)

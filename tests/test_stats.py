@@ -61,7 +61,11 @@ def test_compare_means_guards_and_summary():
     assert one.p_difference is None and "2 seeds" in one.reason
     flat = compare_means([1.0, 1.0], [1.0, 1.0], margin=1.0)
     assert flat.p_difference is None and "spread" in flat.reason
-    assert summarize([3.0, 1.0, 2.0, 10.0]) == {"median": 2.5, "mean": 4.0, "std": pytest.approx(math.sqrt(50 / 3)),
-                                                "n": 4}
+    assert summarize([3.0, 1.0, 2.0, 10.0]) == {
+        "median": 2.5,
+        "mean": 4.0,
+        "std": pytest.approx(math.sqrt(50 / 3)),
+        "n": 4,
+    }
     assert summarize([]) == {"median": None, "mean": None, "std": None, "n": 0}
     assert summarize([0.5])["std"] is None

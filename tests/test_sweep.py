@@ -26,34 +26,72 @@ EPOCHS = 6
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]),
+    }
 
 
 def _tiny_config(path: Path) -> Path:
     """A KaSA run on the generated sentiment task with a 2-layer BERT built from its config: 4 steps per epoch."""
     config = {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": EPOCHS, "logger": False,
-                    "num_sanity_val_steps": 0, "enable_model_summary": False, "log_every_n_steps": 1,
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"monitor": "val/accuracy", "mode": "max", "save_last": True}}]},
-        "model": {"class_path": "kasa_lightning.KaSAModule", "init_args": {
-            "backbone": MINILM, "backbone_config": TINY_BERT,
-            "adapter": {"method": "kasa", "r": 4, "alpha": 8, "target_modules": ["query", "value"],
-                        "modules_to_save": ["classifier"]},
-            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}}}},
-        "data": {"class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
-                 "init_args": {"train_size": 32, "val_size": 32, "batch_size": 8, "max_length": 32}},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": EPOCHS,
+            "logger": False,
+            "num_sanity_val_steps": 0,
+            "enable_model_summary": False,
+            "log_every_n_steps": 1,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"monitor": "val/accuracy", "mode": "max", "save_last": True},
+                }
+            ],
+        },
+        "model": {
+            "class_path": "kasa_lightning.KaSAModule",
+            "init_args": {
+                "backbone": MINILM,
+                "backbone_config": TINY_BERT,
+                "adapter": {
+                    "method": "kasa",
+                    "r": 4,
+                    "alpha": 8,
+                    "target_modules": ["query", "value"],
+                    "modules_to_save": ["classifier"],
+                },
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}},
+            },
+        },
+        "data": {
+            "class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
+            "init_args": {"train_size": 32, "val_size": 32, "batch_size": 8, "max_length": 32},
+        },
     }
     path.write_text(yaml.safe_dump(config))
     return path
 
 
 def _sweep_args(config: Path, out: Path) -> list[str]:
-    return ["--config", str(config), "--seeds", "0-1", "--methods", "kasa,lora", "--output_dir", str(out),
-            "--trainer.enable_checkpointing", "true"]  # an override that passes through to every run
+    return [
+        "--config",
+        str(config),
+        "--seeds",
+        "0-1",
+        "--methods",
+        "kasa,lora",
+        "--output_dir",
+        str(out),
+        "--trainer.enable_checkpointing",
+        "true",
+    ]  # an override that passes through to every run
 
 
 def _independent_table(out: Path) -> dict[str, list[float]]:
@@ -75,22 +113,25 @@ def test_sweep_dry_run_kill_resume_and_report(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and all(line.startswith(f"cd {shlex.quote(os.getcwd())} && ") for line in lines)
     assert [shlex.split(line)[shlex.split(line).index("--config") + 1] for line in lines] == [
-        str((out / f"tiny/{m}/seed{s}/resolved.yaml").resolve()) for m in ("kasa", "lora") for s in (0, 1)]
+        str((out / f"tiny/{m}/seed{s}/resolved.yaml").resolve()) for m in ("kasa", "lora") for s in (0, 1)
+    ]
     assert not list(out.rglob("metrics.json"))
     resolved = yaml.safe_load((out / "tiny/lora/seed1/resolved.yaml").read_text())
     assert resolved["seed_everything"] == 1 and resolved["model"]["init_args"]["adapter"]["method"] == "lora"
     assert resolved["trainer"]["enable_checkpointing"] is True
     # a scheduler runs one printed command: it trains the run where the sweep expects it
-    done = subprocess.run(["bash", "-c", lines[0]], check=False, env=_env(), capture_output=True, text=True,
-                          timeout=240)
+    done = subprocess.run(
+        ["bash", "-c", lines[0]], check=False, env=_env(), capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     first = json.loads((out / "tiny/kasa/seed0/metrics.json").read_text())
     assert first["fit"]["finished"] and len(first["fit"]["epochs"]) == EPOCHS
 
     # the sweep itself, killed while kasa/seed1 trains (after its first checkpoint)
     cmd = [sys.executable, "-m", "kasa_lightning", "sweep", *_sweep_args(config, out)]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     last = out / "tiny/kasa/seed1/checkpoints/last.ckpt"
     deadline = time.time() + 240
     while not last.is_file() and proc.poll() is None and time.time() < deadline:
@@ -122,7 +163,9 @@ def test_sweep_dry_run_kill_resume_and_report(tmp_path, capsys):
     entries = json.loads((out / "results.json").read_text())
     expected = _independent_table(out)
     assert [(e["task"], e["method"], e["metric"]) for e in entries] == [
-        ("tiny", "kasa", "val/accuracy"), ("tiny", "lora", "val/accuracy")]
+        ("tiny", "kasa", "val/accuracy"),
+        ("tiny", "lora", "val/accuracy"),
+    ]
     for e in entries:
         values = expected[e["method"]]
         assert e["values"] == pytest.approx(values) and e["n"] == 2 and e["paper"] is None
@@ -132,7 +175,8 @@ def test_sweep_dry_run_kill_resume_and_report(tmp_path, capsys):
         assert e["missing"] == [] and e["failed"] == []
     assert entries[0]["vs_reference"] is None and entries[1]["vs_reference"]["reference"] == "kasa"
     assert entries[1]["vs_reference"]["difference"] == pytest.approx(
-        statistics.mean(expected["lora"]) - statistics.mean(expected["kasa"]))
+        statistics.mean(expected["lora"]) - statistics.mean(expected["kasa"])
+    )
     md = (out / "results.md").read_text()
     assert "| lora | val/accuracy |" in md and "plots/tiny.png" in md
     # the plot: a PNG that opens, with one bar per method at the median and the seeds as points
@@ -151,21 +195,33 @@ def test_report_lists_failed_and_missing_runs_without_averaging_them(tmp_path):
     out = tmp_path / "sweep"
     runs = []
     for seed, state in ((0, "done"), (1, "failed"), (2, None)):
-        run = sweep.Run(task="t", method="kasa", seed=seed, config="t.yaml", overlays=[], family="glue",
-                        model="roberta-base", paper_task="rte", metrics=["val/accuracy"],
-                        paper_metrics={"val/accuracy": "accuracy"})
+        run = sweep.Run(
+            task="t",
+            method="kasa",
+            seed=seed,
+            config="t.yaml",
+            overlays=[],
+            family="glue",
+            model="roberta-base",
+            paper_task="rte",
+            metrics=["val/accuracy"],
+            paper_metrics={"val/accuracy": "accuracy"},
+        )
         d = run.directory(out)
         d.mkdir(parents=True)
         (d / "run.json").write_text(json.dumps(sweep.asdict(run)))
         if state == "done":
-            epochs = [{"epoch": i, "step": 4 * (i + 1), "metrics": {"val/accuracy": v}}
-                      for i, v in enumerate((0.6, 0.8, 0.7))]
-            (d / "metrics.json").write_text(json.dumps({"format": 1, "fit": {"finished": True, "epochs": epochs,
-                                                                               "global_step": 12}}))
+            epochs = [
+                {"epoch": i, "step": 4 * (i + 1), "metrics": {"val/accuracy": v}} for i, v in enumerate((0.6, 0.8, 0.7))
+            ]
+            (d / "metrics.json").write_text(
+                json.dumps({"format": 1, "fit": {"finished": True, "epochs": epochs, "global_step": 12}})
+            )
             (d / "status.json").write_text(json.dumps({"status": "done"}))
         elif state == "failed":
-            (d / "status.json").write_text(json.dumps({"status": "failed", "step": "fit",
-                                                       "error": "RuntimeError: out of memory"}))
+            (d / "status.json").write_text(
+                json.dumps({"status": "failed", "step": "fit", "error": "RuntimeError: out of memory"})
+            )
         runs.append(run.rel_dir)
     (out / "sweep.json").write_text(json.dumps({"kind": "kasa_lightning.sweep", "format": 1, "runs": runs}))
     (entry,) = report.report(out)
@@ -179,28 +235,47 @@ def test_report_lists_failed_and_missing_runs_without_averaging_them(tmp_path):
 
 def _fake_run(out: Path, method: str, seed: int, best: float, ablation: bool = False) -> str:
     """A finished GLUE RTE run (RoBERTa-base) written by hand: three epochs whose best is ``best``."""
-    run = sweep.Run(task="rte", method=method, seed=seed, config="rte.yaml", overlays=[], family="glue",
-                    model="roberta-base", paper_task="rte", metrics=["val/accuracy"],
-                    paper_metrics={"val/accuracy": "accuracy"}, ablation=ablation)
+    run = sweep.Run(
+        task="rte",
+        method=method,
+        seed=seed,
+        config="rte.yaml",
+        overlays=[],
+        family="glue",
+        model="roberta-base",
+        paper_task="rte",
+        metrics=["val/accuracy"],
+        paper_metrics={"val/accuracy": "accuracy"},
+        ablation=ablation,
+    )
     d = run.directory(out)
     d.mkdir(parents=True)
     (d / "run.json").write_text(json.dumps(sweep.asdict(run)))
     epochs = [{"epoch": i, "step": i + 1, "metrics": {"val/accuracy": v}} for i, v in enumerate((best - 0.1, best))]
-    (d / "metrics.json").write_text(json.dumps({"format": 1, "fit": {"finished": True, "epochs": epochs,
-                                                                       "global_step": 2}}))
+    (d / "metrics.json").write_text(
+        json.dumps({"format": 1, "fit": {"finished": True, "epochs": epochs, "global_step": 2}})
+    )
     return run.rel_dir
 
 
 def test_ablation_report_keeps_the_step_order_and_the_paper_values(tmp_path):
     out = tmp_path / "ablation"
-    rels = [_fake_run(out, step, seed, 0.70 + 0.01 * i + 0.002 * seed, ablation=True)
-            for i, step in reversed(list(enumerate(sweep.ABLATION))) for seed in (0, 1)]
+    rels = [
+        _fake_run(out, step, seed, 0.70 + 0.01 * i + 0.002 * seed, ablation=True)
+        for i, step in reversed(list(enumerate(sweep.ABLATION)))
+        for seed in (0, 1)
+    ]
     (out / "sweep.json").write_text(json.dumps({"kind": "kasa_lightning.sweep", "format": 1, "runs": rels}))
     entries = report.report(out)  # the reference becomes the ablation's full KaSA, 5-kasa
     assert [e["method"] for e in entries] == list(sweep.ABLATION)
     paper = {e["method"]: e["paper"] for e in entries}
-    assert paper == {"1-lora": pytest.approx(0.784), "2-svd-truncation": None, "3-singular-values": None,
-                     "4-l2": None, "5-kasa": pytest.approx(0.816)}  # Table 1, RoBERTa-base RTE: LoRA, KaSA
+    assert paper == {
+        "1-lora": pytest.approx(0.784),
+        "2-svd-truncation": None,
+        "3-singular-values": None,
+        "4-l2": None,
+        "5-kasa": pytest.approx(0.816),
+    }  # Table 1, RoBERTa-base RTE: LoRA, KaSA
     assert entries[-1]["vs_reference"] is None
     assert entries[0]["vs_reference"]["reference"] == "5-kasa"
     assert entries[0]["vs_reference"]["difference"] == pytest.approx(-0.04)
@@ -212,8 +287,17 @@ def test_ablation_report_keeps_the_step_order_and_the_paper_values(tmp_path):
 def test_a_started_run_keeps_its_config(tmp_path):
     """Rerunning a sweep into the same directory with other settings must not mix the results."""
     out = tmp_path / "sweep"
-    run = sweep.Run(task="t", method="kasa", seed=0, config="t.yaml", overlays=[], family="demo", model="m",
-                    paper_task=None, metrics=["val/accuracy"])
+    run = sweep.Run(
+        task="t",
+        method="kasa",
+        seed=0,
+        config="t.yaml",
+        overlays=[],
+        family="demo",
+        model="m",
+        paper_task=None,
+        metrics=["val/accuracy"],
+    )
     config = {"seed_everything": 0, "trainer": {"max_epochs": 3}}
     sweep.write_plan([(run, config)], out, ["--config", "t.yaml"])
     sweep.write_plan([(run, {**config, "trainer": {"max_epochs": 4}})], out, ["--config", "t.yaml"])  # not started
@@ -224,9 +308,14 @@ def test_a_started_run_keeps_its_config(tmp_path):
     assert yaml.safe_load((run.directory(out) / "resolved.yaml").read_text())["trainer"]["max_epochs"] == 4
 
 
-@pytest.mark.parametrize("seeds, message", [("4-0", "--seeds 4-0: the range 4-0 goes down"),
-                                            ("0,x", "--seeds 0,x: 'x' is not a seed"),
-                                            ("1,1", "names a seed twice")])
+@pytest.mark.parametrize(
+    "seeds, message",
+    [
+        ("4-0", "--seeds 4-0: the range 4-0 goes down"),
+        ("0,x", "--seeds 0,x: 'x' is not a seed"),
+        ("1,1", "names a seed twice"),
+    ],
+)
 def test_bad_seeds(seeds, message):
     with pytest.raises(sweep.SweepError, match=message):
         sweep.parse_seeds(seeds)
@@ -259,10 +348,17 @@ def test_the_paper_configs_plan_with_their_protocol_and_paper_values(tmp_path):
     every metric the paper reports for it has the paper's value."""
     from kasa_lightning.paper_results import lookup
 
-    configs = ["glue/roberta-base/mnli.yaml", "glue/deberta-v3-base/stsb.yaml", "e2e/gpt2-large.yaml",
-               "commonsense/llama3-8b.yaml", "instruct/mistral-7b/coding.yaml", "instruct/gemma-7b/alpaca.yaml"]
-    runs = {r.task: r for r, _ in sweep.plan([str(ROOT / "configs" / c) for c in configs], [0], ["lora"],
-                                             tmp_path, [], [])}
+    configs = [
+        "glue/roberta-base/mnli.yaml",
+        "glue/deberta-v3-base/stsb.yaml",
+        "e2e/gpt2-large.yaml",
+        "commonsense/llama3-8b.yaml",
+        "instruct/mistral-7b/coding.yaml",
+        "instruct/gemma-7b/alpaca.yaml",
+    ]
+    runs = {
+        r.task: r for r, _ in sweep.plan([str(ROOT / "configs" / c) for c in configs], [0], ["lora"], tmp_path, [], [])
+    }
     mnli, stsb = runs["glue-roberta-base-mnli"], runs["glue-deberta-v3-base-stsb"]
     assert mnli.metrics == ["val/accuracy_matched", "val/accuracy_mismatched"] and mnli.paper_metrics == {}
     assert (stsb.family, stsb.select, stsb.aggregate, stsb.test) == ("glue", "best", "median", False)
@@ -292,7 +388,16 @@ def test_config_without_a_metric_to_report(tmp_path, capsys):
     code = sweep.main(["--config", str(custom), "--output_dir", str(tmp_path / "o"), "--dry-run"])
     err = capsys.readouterr().err
     assert code == 2 and "no metric to report" in err and "BaseDataModule" in err and "--metric" in err
-    code = sweep.main(["--config", str(ROOT / "configs/e2e/gpt2-medium.yaml"), "--output_dir", str(tmp_path / "e"),
-                       "--dry-run", "--data.init_args.test_path", "null"])
+    code = sweep.main(
+        [
+            "--config",
+            str(ROOT / "configs/e2e/gpt2-medium.yaml"),
+            "--output_dir",
+            str(tmp_path / "e"),
+            "--dry-run",
+            "--data.init_args.test_path",
+            "null",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "no metric to report" in err and "data.init_args.test_path" in err

@@ -4,7 +4,8 @@ The temporary file is created in the destination folder (so the final ``os.repla
 filesystem, whatever ``TMPDIR`` is), flushed and fsynced, then renamed over the destination, and the folder is
 fsynced so the rename survives a power cut. On any error (a full disk, an interrupt) the temporary file is removed
 and the previous file is left as it was (a process killed mid-write cannot clean up: its hidden temporary
-``.<name>.<random>.tmp`` is never read, and the next successful write of the same name removes it). New files get the usual mode ``0o666 & ~umask`` (0644 under umask 022),
+``.<name>.<random>.tmp`` is never read, and the next successful write of the same name removes it). New files get
+the usual mode ``0o666 & ~umask`` (0644 under umask 022),
 not the 0600 of ``tempfile.mkstemp``.
 
 Pure Python (no torch needed): ``kasa_lightning.checkpoint_io`` writes Lightning checkpoints through it, and the

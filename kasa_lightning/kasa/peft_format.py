@@ -25,12 +25,12 @@ from torch import nn
 
 from .atomic import write_bytes_atomically
 from .inject import _STATE_ATTR, adapted_layers, adapter_config
-from .layer import is_conv1d
+from .layer import AdaptedLayer, is_conv1d
 
 _PREFIX = "base_model.model."
 
 
-def _lora_factors(layer) -> tuple[torch.Tensor, torch.Tensor]:
+def _lora_factors(layer: AdaptedLayer) -> tuple[torch.Tensor, torch.Tensor]:
     """(B (out, rank), A (rank, in)) with B A = W' - W, in float32."""
     u = layer.delta_u.detach().float() * layer.scaling
     if layer.delta_sigma is not None:
@@ -113,6 +113,8 @@ def export_peft(
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     # written atomically with the usual file mode (safetensors' own save_file creates 0600 files)
-    write_bytes_atomically(out / "adapter_model.safetensors", save({k: v.cpu().contiguous() for k, v in tensors.items()}))
+    write_bytes_atomically(
+        out / "adapter_model.safetensors", save({k: v.cpu().contiguous() for k, v in tensors.items()})
+    )
     write_bytes_atomically(out / "adapter_config.json", (json.dumps(peft_config, indent=2) + "\n").encode())
     return out

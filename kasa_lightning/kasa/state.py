@@ -57,9 +57,7 @@ def read_adapter(path: str | os.PathLike) -> tuple[AdapterConfig, dict[str, torc
     return AdapterConfig.from_dict(json.loads(meta["adapter_config"])), load_file(str(path))
 
 
-def load_adapter_state_dict(
-    model: nn.Module, state: Mapping[str, torch.Tensor] | str | os.PathLike
-) -> nn.Module:
+def load_adapter_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor] | str | os.PathLike) -> nn.Module:
     """Load adapter tensors (a mapping, or a file from ``save_adapter``) into an adapted ``model``.
 
     Checks, before anything changes, that the file's config (when there is one) and every key and shape match
@@ -84,8 +82,11 @@ def load_adapter_state_dict(
             f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
         )
-    wrong = [f"{k}: saved {tuple(state[k].shape)}, model {tuple(v.shape)}" for k, v in expected.items()
-             if tuple(state[k].shape) != tuple(v.shape)]
+    wrong = [
+        f"{k}: saved {tuple(state[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if tuple(state[k].shape) != tuple(v.shape)
+    ]
     if wrong:
         raise ValueError(f"adapter tensors have other shapes than this model's (another r or backbone?): {wrong[:5]}")
     result = model.load_state_dict(dict(state), strict=False)

@@ -71,9 +71,7 @@ def _pattern(dataset: str) -> re.Pattern[str]:
     try:
         return ANSWER_PATTERNS[dataset]
     except KeyError:
-        raise ValueError(
-            f"unknown commonsense dataset {dataset!r}; known: {', '.join(COMMONSENSE_DATASETS)}"
-        ) from None
+        raise ValueError(f"unknown commonsense dataset {dataset!r}; known: {', '.join(COMMONSENSE_DATASETS)}") from None
 
 
 def extract_answer(dataset: str, text: str) -> str | None:

@@ -64,9 +64,10 @@ __all__ = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kasa_lightning.metrics.judge",
-                                     description="Score answers with an LLM judge (MT-Bench single-answer grading) "
-                                     "and ROUGE-L.")
+    parser = argparse.ArgumentParser(
+        prog="python -m kasa_lightning.metrics.judge",
+        description="Score answers with an LLM judge (MT-Bench single-answer grading) and ROUGE-L.",
+    )
     parser.add_argument("--answers", required=True, help="answers jsonl (FastChat layout or predict output)")
     parser.add_argument("--questions", help="MT-Bench question.jsonl (match answers by question_id)")
     parser.add_argument("--output", required=True, help="where to write one JSON line of scores per answer")
@@ -92,9 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _, judge_model, _ = judge_settings(args.base_url, args.model, args.api_key)
         scores, replies = judge_answers(
-            [it["question"] for it in items], [it["answer"] for it in items], [it["reference"] for it in items],
-            base_url=args.base_url, model=args.model, api_key=args.api_key, max_attempts=args.max_attempts,
-            concurrency=args.concurrency, timeout=args.timeout, retry_sleep=args.retry_sleep, return_replies=True)
+            [it["question"] for it in items],
+            [it["answer"] for it in items],
+            [it["reference"] for it in items],
+            base_url=args.base_url,
+            model=args.model,
+            api_key=args.api_key,
+            max_attempts=args.max_attempts,
+            concurrency=args.concurrency,
+            timeout=args.timeout,
+            retry_sleep=args.retry_sleep,
+            return_replies=True,
+        )
     except JudgeNotConfiguredError as err:
         print(f"LLM judge skipped: {err}", file=sys.stderr)
         status = 2
@@ -103,16 +113,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:
         for item, score, reply, rl in zip(items, scores, replies, rouge):
-            line = {**item["key"], "model_id": item["model_id"], "judge": judge_model, "score": score,
-                    "rougeL": rl, "judgment": reply}
+            line = {
+                **item["key"],
+                "model_id": item["model_id"],
+                "judge": judge_model,
+                "score": score,
+                "rougeL": rl,
+                "judgment": reply,
+            }
             handle.write(json.dumps(line, ensure_ascii=False) + "\n")
     os.replace(tmp, out)
     rated = [s for s in scores if s is not None]
     with_ref = [r for r in rouge if r is not None]
     print(f"{len(items)} answers -> {out}")
     if rated:
-        print(f"judge ({judge_model}) mean score: {sum(rated) / len(rated):.3f} over {len(rated)} rated"
-              + (f" ({len(items) - len(rated)} unparsable)" if len(rated) < len(items) else ""))
+        print(
+            f"judge ({judge_model}) mean score: {sum(rated) / len(rated):.3f} over {len(rated)} rated"
+            + (f" ({len(items) - len(rated)} unparsable)" if len(rated) < len(items) else "")
+        )
     if with_ref:
         print(f"ROUGE-L F mean: {sum(with_ref) / len(with_ref):.4f} over {len(with_ref)} answers with a reference")
     return status

@@ -31,14 +31,16 @@ class JudgeRequestError(RuntimeError):
     """The judge endpoint refused a request (HTTP 4xx other than 429, or a malformed reply)."""
 
 
-def judge_settings(base_url: str | None = None, model: str | None = None,
-                   api_key: str | None = None) -> tuple[str, str, str | None]:
+def judge_settings(
+    base_url: str | None = None, model: str | None = None, api_key: str | None = None
+) -> tuple[str, str, str | None]:
     """(base_url, model, api_key) from the arguments, else the environment; raises ``JudgeNotConfiguredError``."""
     base_url = base_url or os.environ.get(ENV_BASE_URL) or None
     model = model or os.environ.get(ENV_MODEL) or None
     api_key = api_key or os.environ.get(ENV_API_KEY) or None
-    missing = [name for name, value in ((f"base_url ({ENV_BASE_URL})", base_url), (f"model ({ENV_MODEL})", model))
-               if not value]
+    missing = [
+        name for name, value in ((f"base_url ({ENV_BASE_URL})", base_url), (f"model ({ENV_MODEL})", model)) if not value
+    ]
     if missing:
         raise JudgeNotConfiguredError(
             "no LLM judge endpoint configured: missing " + " and ".join(missing) + ". Point it at an "
@@ -58,8 +60,17 @@ def _post(url: str, payload: dict[str, Any], api_key: str | None, timeout: float
         return json.loads(response.read().decode("utf-8"))
 
 
-def _judge_one(messages: list[dict[str, str]], url: str, model: str, api_key: str | None, max_attempts: int,
-               timeout: float, retry_sleep: float, temperature: float, max_tokens: int) -> tuple[float | None, str]:
+def _judge_one(
+    messages: list[dict[str, str]],
+    url: str,
+    model: str,
+    api_key: str | None,
+    max_attempts: int,
+    timeout: float,
+    retry_sleep: float,
+    temperature: float,
+    max_tokens: int,
+) -> tuple[float | None, str]:
     payload = {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}
     reply = ""
     for attempt in range(1, max_attempts + 1):
@@ -76,8 +87,9 @@ def _judge_one(messages: list[dict[str, str]], url: str, model: str, api_key: st
             try:
                 reply = body["choices"][0]["message"]["content"] or ""
             except (KeyError, IndexError, TypeError) as err:
-                raise JudgeRequestError(f"judge endpoint {url} returned no choices[0].message.content: "
-                                        f"{str(body)[:300]}") from err
+                raise JudgeRequestError(
+                    f"judge endpoint {url} returned no choices[0].message.content: {str(body)[:300]}"
+                ) from err
             rating = parse_rating(reply)
             if rating is not None:
                 return rating, reply

@@ -34,7 +34,8 @@ PROMPTS: dict[str, dict[str, str]] = {
     "single-math-v1": {
         "system": "You are a helpful assistant.",
         "user": "[Instruction]\n" + _WITH_REFERENCE + " Begin your evaluation by comparing the assistant's answer "
-        "with the reference answer. Identify and correct any mistakes. Be as objective as possible. " + _FORMAT_RULE
+        "with the reference answer. Identify and correct any mistakes. Be as objective as possible. "
+        + _FORMAT_RULE
         + "\n\n[Question]\n{question}\n\n[The Start of Reference Answer]\n{reference}\n[The End of Reference Answer]"
         "\n\n[The Start of Assistant's Answer]\n{answer}\n[The End of Assistant's Answer]",
     },
@@ -73,8 +74,9 @@ def parse_rating(text: str | None) -> float | None:
     return value if 1.0 <= value <= 10.0 else None
 
 
-def judge_messages(question: str | Sequence[str], answer: str | Sequence[str],
-                   reference: str | Sequence[str | None] | None = None) -> list[dict[str, str]]:
+def judge_messages(
+    question: str | Sequence[str], answer: str | Sequence[str], reference: str | Sequence[str | None] | None = None
+) -> list[dict[str, str]]:
     """The chat messages asking for a single-answer grade. ``question``/``answer`` (and ``reference``) are strings
     for a first turn, or two-item sequences (turn 1, turn 2) to grade the second turn."""
     if isinstance(question, str) != isinstance(answer, str):
@@ -88,8 +90,16 @@ def judge_messages(question: str | Sequence[str], answer: str | Sequence[str],
             raise ValueError("judge_messages: multi-turn grading needs exactly two questions and two answers")
         refs = [None, None] if reference is None or isinstance(reference, str) else list(reference) + [None, None]
         name = "single-math-v1-multi-turn" if refs[0] and refs[1] else "single-v1-multi-turn"
-        fields = {"question_1": question[0], "question_2": question[1], "answer_1": answer[0],
-                  "answer_2": answer[1], "reference_1": refs[0] or "", "reference_2": refs[1] or ""}
+        fields = {
+            "question_1": question[0],
+            "question_2": question[1],
+            "answer_1": answer[0],
+            "answer_2": answer[1],
+            "reference_1": refs[0] or "",
+            "reference_2": refs[1] or "",
+        }
     prompt = PROMPTS[name]
-    return [{"role": "system", "content": prompt["system"]},
-            {"role": "user", "content": prompt["user"].format(**fields)}]
+    return [
+        {"role": "system", "content": prompt["system"]},
+        {"role": "user", "content": prompt["user"].format(**fields)},
+    ]

@@ -39,8 +39,9 @@ def answer_turns(row: dict[str, Any]) -> list[str]:
     raise ValueError(f"answer line has neither 'choices' (FastChat layout) nor 'output': keys {sorted(row)}")
 
 
-def build_items(questions: list[dict[str, Any]] | None, answers: list[dict[str, Any]],
-                turn: int = 1) -> list[dict[str, Any]]:
+def build_items(
+    questions: list[dict[str, Any]] | None, answers: list[dict[str, Any]], turn: int = 1
+) -> list[dict[str, Any]]:
     """Pair answer lines with their questions: ``{"key", "question", "answer", "reference"}`` per answer.
 
     With ``questions`` (MT-Bench ``question.jsonl``), answers are matched by ``question_id``; the reference is used
@@ -60,23 +61,40 @@ def build_items(questions: list[dict[str, Any]] | None, answers: list[dict[str, 
                 raise ValueError(f"answer line {index + 1}: question_id {row['question_id']!r} is not in the questions")
             turns, given = list(question["turns"]), answer_turns(row)
             if len(given) < turn:
-                raise ValueError(f"answer for question {row['question_id']} has {len(given)} turn(s); turn {turn} "
-                                 "was asked for")
+                raise ValueError(
+                    f"answer for question {row['question_id']} has {len(given)} turn(s); turn {turn} was asked for"
+                )
             ref = question.get("reference") if question.get("category") in REFERENCE_CATEGORIES else None
             if turn == 1:
                 q, a, r = turns[0], given[0], (ref[0] if ref else None)
             else:
                 q, a, r = turns[:2], given[:2], (list(ref[:2]) if ref and len(ref) >= 2 else None)
-            items.append({"key": {"question_id": row["question_id"], "turn": turn}, "question": q, "answer": a,
-                          "reference": r, "model_id": row.get("model_id")})
+            items.append(
+                {
+                    "key": {"question_id": row["question_id"], "turn": turn},
+                    "question": q,
+                    "answer": a,
+                    "reference": r,
+                    "model_id": row.get("model_id"),
+                }
+            )
         else:
             missing = [k for k in ("prompt", "output") if k not in row]
             if missing:
-                raise ValueError(f"answer line {index + 1} lacks {missing}; without --questions every line needs "
-                                 "'prompt' and 'output'")
+                raise ValueError(
+                    f"answer line {index + 1} lacks {missing}; without --questions every line needs "
+                    "'prompt' and 'output'"
+                )
             key = {k: row[k] for k in ("question_id", "prompt_id", "index", "category") if k in row}
-            items.append({"key": key or {"index": index}, "question": row["prompt"], "answer": row["output"],
-                          "reference": row.get("reference"), "model_id": row.get("model_id")})
+            items.append(
+                {
+                    "key": key or {"index": index},
+                    "question": row["prompt"],
+                    "answer": row["output"],
+                    "reference": row.get("reference"),
+                    "model_id": row.get("model_id"),
+                }
+            )
     return items
 
 
