@@ -42,7 +42,7 @@ def temporary_name(path: str | os.PathLike) -> str:
     return f".{Path(path).name}."
 
 
-def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temporary file next to ``path``, fsync it, and rename it to ``path``.
 
     On any exception (``BaseException``: a ``KeyboardInterrupt`` too) the temporary file is deleted and ``path``

@@ -80,6 +80,7 @@ def export_peft(
     for name, layer in layers:
         key = f"{_PREFIX}{name}"
         if format == "kasa":
+            assert layer.delta_sigma is not None  # a KaSA export needs the singular values (checked above)
             tensors[f"{key}.lora_A.weight"] = layer.delta_v.detach().T
             tensors[f"{key}.lora_B.weight"] = layer.delta_u.detach()
             tensors[f"{key}.lora_diag"] = layer.delta_sigma.detach()
