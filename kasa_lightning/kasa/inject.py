@@ -63,6 +63,23 @@ def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLayer]]:
             yield plain_name(name), module
 
 
+def cached_adapted_layers(model: nn.Module) -> list[tuple[str, AdaptedLayer]]:
+    """``list(adapted_layers(model))``, found once and kept in the adapter state of ``model`` (the hot path of the
+    regulariser: walking every module of a 7B model on every step costs more than the regulariser itself).
+
+    The cache holds the layer modules, not their tensors, so it stays right when a strategy wraps the model (FSDP and
+    activation checkpointing wrap the layers, they do not replace them), moves or casts it, or loads a checkpoint into
+    it; ``unload_adapters`` and ``merge_and_unload`` drop it with the rest of the adapter state, and
+    ``apply_adapters`` starts a new one."""
+    state = getattr(model, _STATE_ATTR, None)
+    if state is None:
+        adapter_config(model)  # raises the usual error
+    layers = state.get("layers")
+    if layers is None:
+        layers = state["layers"] = list(adapted_layers(model))
+    return layers
+
+
 def layer_groups(model: nn.Module) -> dict[str, list[tuple[str, AdaptedLayer]]]:
     """Adapted layers grouped by target type, the last component of the name (``query``, ``value``, ``c_attn``),
     each group in module (i.e. depth) order."""

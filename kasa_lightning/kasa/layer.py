@@ -230,7 +230,7 @@ class AdaptedLayer(nn.Module):
         if self.merged:
             return self.base_layer(x)
         # A plain nn.Linear without hooks run on x flattened to (tokens, in) returns a fresh, non-view (tokens, out)
-        # tensor that nobody else holds: the update can be accumulated into it in place (see _add_product).
+        # tensor that nobody else holds: in eager mode the update can be accumulated into it in place (_add_product).
         plain = type(self.base_layer) is nn.Linear and not (
             self.base_layer._forward_hooks or self.base_layer._forward_pre_hooks)
         lead = x.shape[:-1]
@@ -238,11 +238,13 @@ class AdaptedLayer(nn.Module):
             x = x.reshape(-1, x.shape[-1])  # (tokens, in)
         y = self.base_layer(x)  # (tokens, out), or (..., out) for other base layers
         if self.dropped_u is not None and self.truncation_mode == "lowrank":
-            y = _add_product(y, x.to(self.dropped_v.dtype) @ self.dropped_v, self.dropped_u, plain, alpha=-1.0)
-        h = self.dropout(x).to(self.delta_v.dtype) @ self.delta_v  # (tokens, r)
-        # eta and the diagonal scale the r-wide activations, the cheapest place to apply them
-        h = h * (self.delta_sigma * self.scaling) if self.delta_sigma is not None else h * self.scaling
-        y = _add_product(y, h, self.delta_u, plain)  # (tokens, out)
+            xd = x if x.dtype == self.dropped_v.dtype else x.to(self.dropped_v.dtype)
+            y = _add_product(y, xd @ self.dropped_v, self.dropped_u, plain, alpha=-1.0)
+        x = self.dropout(x)
+        h = (x if x.dtype == self.delta_v.dtype else x.to(self.delta_v.dtype)) @ self.delta_v  # (tokens, r)
+        if self.delta_sigma is not None:  # the diagonal scales the r-wide activations, the cheapest place
+            h = h * self.delta_sigma
+        y = _add_product(y, h, self.delta_u, plain, alpha=self.scaling)  # (tokens, out); eta rides on the GEMM
         return y.view(*lead, y.shape[-1]) if plain else y
 
     def extra_repr(self) -> str:
@@ -256,14 +258,25 @@ def _add_product(y: torch.Tensor, h: torch.Tensor, u: torch.Tensor, in_place: bo
                  alpha: float = 1.0) -> torch.Tensor:
     """y + alpha * h u^T for y (..., out), h (..., r), u (out, r).
 
-    With ``in_place`` (y is a plain Linear's own fresh 2-D output), y of the same dtype as h and u, and y not a view,
-    the product is accumulated into y by one ``addmm_``: the GEMM adds into y directly instead of writing a
-    (tokens, out) temporary that a second pass adds. A Linear's backward does not need its output, so changing it
-    in place is safe (autograd's version counter would raise otherwise), and since y is not a view autograd records
-    a plain AddmmBackward, not a CopySlices that clones the (tokens, out) gradient (``benchmarks/hot_paths.py``
-    times the three forms). Other cases (autocast, a bf16 base with float32 adapters, a base layer with hooks, a
-    Conv1D whose output is a view) add out of place.
+    Eager mode, with ``in_place`` (y is a plain Linear's own fresh 2-D output), y of the same dtype as h and u, and
+    y not a view: the product is accumulated into y by one ``addmm_``, the GEMM adds into y directly instead of
+    writing a (tokens, out) temporary that a second pass adds. A Linear's backward does not need its output, so
+    changing it in place is safe (autograd's version counter would raise otherwise), and since y is not a view
+    autograd records a plain AddmmBackward, not a CopySlices that clones the (tokens, out) gradient
+    (``benchmarks/hot_paths.py`` times the three forms).
+
+    Under ``torch.compile`` (``torch.compiler.is_compiling()``) the same sum is written out of place with no check
+    of y's storage: ``y._is_view()`` returns a Python bool that dynamo cannot put into a graph, so it would break the
+    graph at every adapted layer, and inductor fuses the add itself. Other cases (autocast, a bf16 base with float32
+    adapters, a base layer with hooks, a Conv1D whose output is a view) add out of place in both modes.
+    ``alpha`` rides on the GEMM (addmm's own scale), so eta costs no extra operator.
     """
-    if in_place and y.dtype == h.dtype == u.dtype and y.dim() == 2 and y.is_contiguous() and not y._is_view():
-        return y.addmm_(h, u.T, alpha=alpha)
-    return y + (alpha * (h @ u.T)).to(y.dtype) if alpha != 1.0 else y + (h @ u.T).to(y.dtype)
+    same = y.dtype == h.dtype == u.dtype
+    if same and y.dim() == 2:
+        if torch.compiler.is_compiling() or not in_place:
+            return torch.addmm(y, h, u.T, alpha=alpha)
+        if y.is_contiguous() and not y._is_view():
+            return y.addmm_(h, u.T, alpha=alpha)
+        return torch.addmm(y, h, u.T, alpha=alpha)
+    product = (h * alpha if alpha != 1.0 else h) @ u.T  # scale the r-wide side
+    return y + (product if same else product.to(y.dtype))

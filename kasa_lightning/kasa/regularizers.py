@@ -9,23 +9,25 @@ adds up those recorded terms (their graph leads back to the unsharded tensors, s
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from .inject import adapted_layers, adapter_config
-from .terms import LayerTerms, layer_terms
+from .inject import _STATE_ATTR, adapted_layers, adapter_config, cached_adapted_layers
+from .terms import LayerTerms, gram_distance
 
 
 class AdapterLossTerms(NamedTuple):
     """``loss`` = beta * ``l2`` + gamma * ``l3``, where ``l2``/``l3`` are summed (or averaged, by
-    ``reg_reduction``) over layers; ``per_layer`` maps each layer's qualified name to its own terms."""
+    ``reg_reduction``) over layers; ``per_layer`` maps each layer's qualified name to its own terms (a read-only
+    mapping in module order, computed from the stacked values when first read)."""
 
     loss: torch.Tensor
     l2: torch.Tensor
     l3: torch.Tensor
-    per_layer: dict[str, LayerTerms]
+    per_layer: Mapping[str, LayerTerms]
 
 
 def record_in_forward(model: nn.Module, enabled: bool = True) -> None:
@@ -48,28 +50,25 @@ def adapter_loss(model: nn.Module, per_layer: bool = False) -> torch.Tensor | Ad
     Returns a scalar tensor, or with ``per_layer=True`` an ``AdapterLossTerms`` that also holds the aggregated
     and the per-layer L2/L3 values (for logging). L3 is not computed when gamma is 0 and nothing asks for it.
 
-    Layers whose tensors have the same shapes are stacked and computed together (one batched Gram product per
-    group instead of a dozen small ops per layer: the regulariser is launch-bound, not flop-bound). After
+    The cost does not grow with depth in operators: the adapted layers are found once (``cached_adapted_layers``);
+    every factor dU (m, r) and dV (n, r) with the same (rows, r) is stacked with the others (dU and dV together) and
+    one batched Gram product per group gives their distances; all dsigma (r,) form one stack for L2. So a model
+    dispatches the same few dozen operators whatever its number of layers (``tests/test_compile.py`` counts them).
+    The per-layer values are split out of the stacks only when ``per_layer`` terms are read. After
     ``record_in_forward(model)`` the terms the layers recorded in the last forward pass are used instead.
     """
     config = adapter_config(model)
-    layers = list(adapted_layers(model))
+    layers = cached_adapted_layers(model)
     if not layers:
         raise ValueError("the model has no adapted layers")
     if layers[0][1].record_terms is not None:
-        terms = _recorded_terms(layers)
+        terms: Mapping[str, LayerTerms] = _recorded_terms(layers)
         count = len(terms)
         l2 = torch.stack([t.l2 for t in terms.values()]).sum()
         l3 = torch.stack([t.l3 for t in terms.values()]).sum()
     else:
-        sharded = [name for name, layer in layers if not _whole(layer)]
-        if sharded:
-            raise RuntimeError(
-                f"adapter_loss: the adapter tensors of {sharded[:2]} are sharded (FSDP / ZeRO-3), so their L2/L3 "
-                "cannot be computed from the parameters here; call kasa.record_in_forward(model) before the "
-                "forward pass (KaSAModule does this under sharding strategies)"
-            )
-        terms, l2, l3, count = _batched_terms(layers, config.reg_form, per_layer or config.gamma > 0)
+        terms, l2, l3 = _batched_terms(model, layers, config.reg_form, per_layer or config.gamma > 0)
+        count = len(layers)
     if config.reg_reduction == "mean":
         l2, l3 = l2 / count, l3 / count
     loss = config.beta * l2 + config.gamma * l3
@@ -88,28 +87,116 @@ def _recorded_terms(layers: list[tuple[str, nn.Module]]) -> dict[str, LayerTerms
     return {name: layer.recorded_terms for name, layer in layers}
 
 
-def _batched_terms(
-    layers: list[tuple[str, nn.Module]], form: str, need_l3: bool
-) -> tuple[dict[str, LayerTerms], torch.Tensor, torch.Tensor, int]:
-    """Per-layer terms (module order), summed L2 and L3, and the layer count; equal shapes computed together."""
-    groups: dict[tuple, list[tuple[str, nn.Module]]] = {}
-    for name, layer in layers:
-        u, v, sigma = layer.delta_u, layer.delta_v, layer.delta_sigma
-        groups.setdefault((tuple(u.shape), tuple(v.shape), sigma is not None, u.device, u.dtype), []).append(
-            (name, layer))
-    terms: dict[str, LayerTerms] = {}
-    l2_sums, l3_sums = [], []
-    for members in groups.values():
-        group_layers = [layer for _, layer in members]
-        sigma = (torch.stack([x.delta_sigma for x in group_layers])
-                 if group_layers[0].delta_sigma is not None else None)
-        group = layer_terms(  # (L,) each
-            torch.stack([x.delta_u for x in group_layers]), sigma, torch.stack([x.delta_v for x in group_layers]),
-            form, need_l3,
+class _Plan(NamedTuple):
+    """How the factors of the layers stack: ``groups`` lists, per group of equal (rows, r, dtype, device), its
+    members as (layer index, "delta_u" | "delta_v"); ``slots[i]`` = ((group, position) of dU, same of dV) of layer i."""
+
+    groups: list[list[tuple[int, str]]]
+    slots: list[tuple[tuple[int, int], tuple[int, int]]]
+
+
+def _make_plan(layers: list[tuple[str, nn.Module]]) -> _Plan:
+    sharded = [name for name, layer in layers if not _whole(layer)]
+    if sharded:
+        raise RuntimeError(
+            f"adapter_loss: the adapter tensors of {sharded[:2]} are sharded (FSDP / ZeRO-3), so their L2/L3 "
+            "cannot be computed from the parameters here; call kasa.record_in_forward(model) before the "
+            "forward pass (KaSAModule does this under sharding strategies)"
         )
-        l2_sums.append(group.l2.sum())
-        l3_sums.append(group.l3.sum())
-        for (name, _), l2, l3 in zip(members, group.l2.unbind(), group.l3.unbind()):
-            terms[name] = LayerTerms(l2=l2, l3=l3)
-    ordered = {name: terms[name] for name, _ in layers}
-    return ordered, torch.stack(l2_sums).sum(), torch.stack(l3_sums).sum(), len(layers)
+    index: dict[tuple, int] = {}
+    groups: list[list[tuple[int, str]]] = []
+    slots = []
+    for i, (_, layer) in enumerate(layers):
+        slot = []
+        for attr in ("delta_u", "delta_v"):
+            t = getattr(layer, attr)
+            g = index.setdefault((tuple(t.shape), t.dtype, t.device), len(groups))
+            if g == len(groups):
+                groups.append([])
+            slot.append((g, len(groups[g])))
+            groups[g].append((i, attr))
+        slots.append(tuple(slot))
+    return _Plan(groups, slots)
+
+
+def _batched_terms(
+    model: nn.Module, layers: list[tuple[str, nn.Module]], form: str, need_l3: bool
+) -> tuple[Mapping[str, LayerTerms], torch.Tensor, torch.Tensor]:
+    """Per-layer terms (a lazy mapping, module order), summed L2 and summed L3."""
+    modules = [layer for _, layer in layers]
+    first = modules[0].delta_u
+    # L2: every dsigma (r,) of the model in one (L, r) stack
+    squares = None
+    if modules[0].delta_sigma is not None:
+        try:
+            sigmas = torch.stack([x.delta_sigma for x in modules])
+        except RuntimeError:
+            _make_plan(layers)  # raises the clear error when the tensors are shards
+            raise
+        squares = (sigmas if sigmas.dtype == torch.float32 else sigmas.float()).square()  # (L, r)
+        l2 = squares.sum()
+    else:
+        l2 = torch.zeros((), device=first.device)
+    # L3: dU and dV of equal (rows, r) stacked together, one batched distance per group
+    distances: list[torch.Tensor] = []
+    plan = None
+    if need_l3:
+        state = getattr(model, _STATE_ATTR)
+        plan = state.get("reg_plan")
+        for attempt in (0, 1):
+            if plan is None or len(plan.slots) != len(modules):
+                plan = state["reg_plan"] = _make_plan(layers)
+            try:
+                distances = [gram_distance(torch.stack([getattr(modules[i], attr) for i, attr in members]), form)
+                             for members in plan.groups]  # (group size,) each
+                break
+            except RuntimeError:  # the tensors changed shape, dtype or device since the plan: make it anew
+                if attempt:
+                    raise
+                plan = None
+        devices = {d.device for d in distances}
+        if len(devices) == 1:
+            l3 = torch.cat(distances).sum() if len(distances) > 1 else distances[0].sum()
+        else:  # a model spread over devices: add up on the first one
+            l3 = sum(d.sum().to(first.device) for d in distances)
+    else:
+        l3 = torch.zeros((), device=l2.device)
+    names = [name for name, _ in layers]
+    return _LazyLayerTerms(names, squares, distances, plan), l2, l3
+
+
+class _LazyLayerTerms(Mapping):
+    """name -> ``LayerTerms`` of one layer, split out of the stacked values on first use (logging, callbacks); a
+    training step that never reads them dispatches no per-layer operator."""
+
+    def __init__(self, names: list[str], squares: torch.Tensor | None, distances: list[torch.Tensor],
+                 plan: _Plan | None) -> None:
+        self._names = names
+        self._squares, self._distances, self._plan = squares, distances, plan
+        self._terms: dict[str, LayerTerms] | None = None
+
+    def _all(self) -> dict[str, LayerTerms]:
+        if self._terms is None:
+            n = len(self._names)
+            ref = self._squares if self._squares is not None else (self._distances[0] if self._distances else None)
+            zero = torch.zeros((), device=ref.device if ref is not None else None)
+            l2 = self._squares.sum(-1).unbind() if self._squares is not None else [zero] * n
+            if self._plan is not None:
+                parts = [d.unbind() for d in self._distances]
+                l3 = [parts[gu][pu] + parts[gv][pv] for (gu, pu), (gv, pv) in self._plan.slots]
+            else:
+                l3 = [zero] * n
+            self._terms = {name: LayerTerms(l2=a, l3=b) for name, a, b in zip(self._names, l2, l3)}
+        return self._terms
+
+    def __getitem__(self, name: str) -> LayerTerms:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self._names)} layers)"

@@ -25,16 +25,25 @@ class LayerTerms(NamedTuple):
 
 def _gram_distance(m: torch.Tensor) -> torch.Tensor:
     """||M^T M - I_r||_F for M (..., d, r): one value per leading index."""
-    gram = m.mT @ m  # (..., r, r)
-    return torch.linalg.matrix_norm(gram - torch.eye(gram.shape[-1], device=m.device, dtype=m.dtype))
+    r = m.shape[-1]
+    eye = torch.eye(r, device=m.device, dtype=m.dtype)
+    if m.dim() == 3:  # (L, d, r): one baddbmm gives M^T M - I for all L (no expand/reshape around a matmul)
+        return torch.linalg.vector_norm(torch.baddbmm(eye, m.mT, m, beta=-1), dim=(-2, -1))
+    return torch.linalg.matrix_norm(m.mT @ m - eye)
 
 
 def _outer_gram_distance(m: torch.Tensor) -> torch.Tensor:
-    """||M M^T - I_d||_F for M (..., d, r), through the r x r Gram matrix."""
-    gram = m.mT @ m  # (..., r, r)
+    """||M M^T - I_d||_F for M (..., d, r), through the r x r Gram matrix: ||M^T M||_F^2 - 2 tr(M^T M) + d."""
+    gram = torch.bmm(m.mT, m) if m.dim() == 3 else m.mT @ m  # (..., r, r)
     trace = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1)
     sq = gram.square().sum((-2, -1)) - 2 * trace + m.shape[-2]
     return sq.clamp_min(0).sqrt()
+
+
+def gram_distance(m: torch.Tensor, form: str) -> torch.Tensor:
+    """The L3 distance of one factor M (d, r), or of a stack (L, d, r) -> (L,), in float32 (see the module doc)."""
+    m = m if m.dtype == torch.float32 else m.float()
+    return (_gram_distance if form == "paper" else _outer_gram_distance)(m)
 
 
 def layer_terms(
