@@ -79,6 +79,15 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         head_lr: separate learning rate for ``modules_to_save`` (the classification head); ``None``: the same.
         gradient_checkpointing: recompute activations in the backward (non-reentrant, works with frozen inputs).
         generation: keyword arguments for ``generate`` in ``predict_step`` (causal LM).
+        compile: ``torch.compile`` the backbone: ``True`` for the defaults, or a dict of ``torch.compile`` keyword
+            arguments (``mode``, ``dynamic``, ``fullgraph``, ``backend``, ``options``). Applied in ``configure_model``
+            after the adapters, with ``nn.Module.compile`` (in place: no ``_orig_mod.`` in state-dict or checkpoint
+            keys); the graphs are traced at the first step, i.e. after any strategy has wrapped the model. The
+            adapted layers add no graph break. The regulariser runs eagerly (a fixed few dozen operators).
+            Limits: a second sequence length recompiles once, then dynamo treats it as dynamic (``dynamic: true``
+            does so from the start);
+            validation (eval mode) and ``predict_step``'s ``generate`` compile graphs of their own; FSDP needs
+            ``use_orig_params=True`` (Lightning's default); DeepSpeed is not supported.
     """
 
     def __init__(
@@ -98,6 +107,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         head_lr: float | None = None,
         gradient_checkpointing: bool = False,
         generation: dict[str, Any] | None = None,
+        compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
         if task not in ("classification", "regression", "causal_lm"):
@@ -114,6 +124,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
             raise ValueError(f"model.warmup_steps={warmup_steps} must be >= 0")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
+        self.compile_kwargs = _compile_kwargs(compile)
         if isinstance(adapter, dict):  # as stored in hparams.yaml / checkpoints
             adapter = AdapterConfig.from_dict(adapter)
         adapter = adapter if adapter is not None else AdapterConfig()
@@ -174,6 +185,9 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         if self._trainer is not None and shards_parameters(self.trainer.strategy):
             # after wrapping, the adapter tensors are whole only inside each layer's forward
             record_in_forward(self.model)
+        if self.compile_kwargs is not None:
+            # in place (the module keeps its names); dynamo traces at the first call, after the strategy's wrapping
+            self.model.compile(**self.compile_kwargs)
 
     def forward(self, **batch: Any) -> Any:
         return self.model(**batch)
@@ -348,3 +362,19 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         copy.load_state_dict(checkpoint["state_dict"])
         return copy
 
+
+_COMPILE_KEYS = ("fullgraph", "dynamic", "backend", "mode", "options", "disable")
+
+
+def _compile_kwargs(value: Any) -> dict[str, Any] | None:
+    """``KaSAModule(compile=...)`` as keyword arguments of ``torch.compile`` (None: do not compile)."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(_COMPILE_KEYS))
+        if unknown:
+            raise ValueError(f"model.compile has unknown keys {unknown}: use torch.compile's {list(_COMPILE_KEYS)}")
+        return dict(value)
+    raise TypeError(f"model.compile={value!r}: use true/false or a dict of torch.compile arguments")
