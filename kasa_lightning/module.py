@@ -180,7 +180,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
             if hasattr(model.config, "use_cache"):
                 model.config.use_cache = False
         model.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
-        self.model = apply_adapters(model, self.adapter_config, initialize=initialize)
+        self.model = apply_adapters(model, self.adapter_config, initialize=initialize, **self._truncation_placement())
         self._keep_adapters_float32(wrapped=False)  # now: a sharding strategy flattens them after this
         if self._trainer is not None and shards_parameters(self.trainer.strategy):
             # after wrapping, the adapter tensors are whole only inside each layer's forward
@@ -188,6 +188,17 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         if self.compile_kwargs is not None:
             # in place (the module keeps its names); dynamo traces at the first call, after the strategy's wrapping
             self.model.compile(**self.compile_kwargs)
+
+    def _truncation_placement(self) -> dict[str, Any]:
+        """Where the truncation runs, and its progress bar. Single device and DDP: Lightning calls configure_model
+        under the root device (``strategy.tensor_init_context``), so the backbone is built on the GPU and truncated
+        there. FSDP builds it on the CPU (it shards afterwards): the SVDs are sent to this rank's GPU one weight at a
+        time. The bar follows the Trainer's (off with ``enable_progress_bar=False``; tqdm hides it off a terminal)."""
+        if self._trainer is None:
+            return {}
+        device = self.trainer.strategy.root_device
+        return {"svd_device": device if device.type == "cuda" else None,
+                "progress": None if self.trainer.progress_bar_callback is not None else False}
 
     def forward(self, **batch: Any) -> Any:
         return self.model(**batch)

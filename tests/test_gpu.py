@@ -53,3 +53,24 @@ def test_fsdp_tiny_llama_trains_and_checkpoints_adapters_only(tmp_path):
 
     module = KaSAModule.load_from_checkpoint(ckpt, map_location="cpu")
     assert any(k.endswith("delta_sigma") for k in state) and module.model is not None
+
+
+def test_fit_on_gpu_truncates_on_the_gpu(tmp_path, monkeypatch):
+    """Single device: configure_model runs under the root device, so every SVD of the truncation sees a CUDA weight."""
+    import lightning as L
+    from lightning_helpers import tiny_data, tiny_module
+
+    import kasa_lightning.kasa.inject as inject
+
+    devices = []
+    original = inject.extreme_triplets
+
+    def recording(weight, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        devices.append(weight.device.type)
+        return original(weight, *args, **kwargs)
+
+    monkeypatch.setattr(inject, "extreme_triplets", recording)
+    trainer = L.Trainer(accelerator="gpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(tiny_module(), datamodule=tiny_data())
+    assert devices and set(devices) == {"cuda"}, devices

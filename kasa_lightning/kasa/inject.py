@@ -150,12 +150,24 @@ def _validate(model: nn.Module, name: str, config: AdapterConfig, initialize: bo
         )
 
 
-def apply_adapters(model: nn.Module, config: AdapterConfig, *, initialize: bool = True) -> nn.Module:
+def apply_adapters(
+    model: nn.Module,
+    config: AdapterConfig,
+    *,
+    initialize: bool = True,
+    svd_device: torch.device | str | None = None,
+    progress: bool | None = None,
+) -> nn.Module:
     """Replace the target layers of ``model`` by ``AdaptedLayer``s, in place, and return ``model``.
 
     Freezes every parameter except the adapters and ``config.modules_to_save``. With ``initialize=False`` no
     SVD is computed and no weight changes: the layers wait for ``load_adapter_state_dict``. That also works on a
     model on the meta device (no weights), e.g. to count the trainable parameters of a full-size architecture.
+
+    ``svd_device``: compute the truncation there (one weight at a time; e.g. the GPU of a model that is still on
+    the CPU, as under FSDP before sharding); by default where each weight lives. ``progress``: a tqdm bar over the
+    target weights with the count and the disk-cache hits, on stderr; ``None`` shows it only when stderr is a
+    terminal and the method truncates.
     """
     if getattr(model, _STATE_ATTR, None) is not None or any(True for _ in adapted_layers(model)):
         raise RuntimeError(
@@ -170,6 +182,9 @@ def apply_adapters(model: nn.Module, config: AdapterConfig, *, initialize: bool 
 
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     which = "principal" if config.method == "pissa" else "minor"
+    truncating = initialize and config.removes_triplets
+    bar = _progress_bar(len(targets), config.method, progress if truncating else False)
+    hits = 0
     for name in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -180,9 +195,17 @@ def apply_adapters(model: nn.Module, config: AdapterConfig, *, initialize: bool 
             if config.removes_triplets:
                 w = base.weight.detach()
                 w = w.T if is_conv1d(base) else w  # (out, in)
+                if svd_device is not None:
+                    w = w.to(svd_device)
                 triplets = extreme_triplets(w, config.r, which, cache_dir=config.svd_cache_dir)
+                hits += triplets.cached
             layer.reset_parameters(config, triplets)
         setattr(parent, child, layer)
+        if bar is not None:
+            bar.set_postfix_str(f"cache hits {hits}", refresh=False)
+            bar.update()
+    if bar is not None:
+        bar.close()
 
     for p in model.parameters():
         p.requires_grad_(False)
@@ -194,6 +217,21 @@ def apply_adapters(model: nn.Module, config: AdapterConfig, *, initialize: bool 
             p.requires_grad_(True)
     object.__setattr__(model, _STATE_ATTR, {"config": config, "requires_grad": requires_grad, "saved": saved})
     return model
+
+
+def _progress_bar(total: int, method: str, enabled: bool | None):  # noqa: ANN202
+    """A tqdm bar (Lightning's own progress bar library) over the target weights, or None. ``enabled=None``: tqdm
+    decides, showing it only when stderr is a terminal (so never in tests, CI logs or redirected runs)."""
+    if enabled is False:
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=f"{method} truncation", unit="weight", disable=None if enabled is None else False,
+               leave=True, dynamic_ncols=True)
+    if bar.disable:
+        bar.close()
+        return None
+    return bar
 
 
 def _forget_adapters(model: nn.Module) -> nn.Module:

@@ -41,12 +41,14 @@ class Triplets:
 
     u: (m, r) left singular vectors; s: (r,) singular values (ascending for "minor", descending for "principal");
     v: (n, r) right singular vectors; us: (m, r) = u * s = W v (exact, also when some s are 0).
+    cached: whether they were read from the disk cache instead of computed.
     """
 
     u: torch.Tensor
     s: torch.Tensor
     v: torch.Tensor
     us: torch.Tensor
+    cached: bool = False
 
     def dropped(self) -> torch.Tensor:
         """The rank-r part sum_i s_i u_i v_i^T as an (m, n) matrix."""
@@ -177,4 +179,4 @@ def _load(path: Path, device: torch.device) -> Triplets:
     from safetensors.torch import load_file
 
     d = load_file(str(path))
-    return Triplets(**{k: d[k].to(device) for k in ("u", "s", "v", "us")})
+    return Triplets(**{k: d[k].to(device) for k in ("u", "s", "v", "us")}, cached=True)
