@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One prepared GPU check (issue 16): tests/test_gpu.py, then both train-step presets (roberta-base fp32 and
+# bf16-mixed, llama3-8b-layers bf16; our KaSA and LoRA eager and compiled, PEFT LoRA and KaSA, KaSA through
+# Lightning), written as ONE JSON. Sized to finish in under 5 minutes on one H200 (each part has its own timeout).
+#
+#   benchmarks/gpu_check.sh [PATH.json]          # default: $OUT/gpu_check.json, or ./gpu_check.json without $OUT
+#   benchmarks/gpu_check.sh --cpu-smoke [PATH]   # the same steps on the CPU at tiny sizes (compile backend
+#                                                # aot_eager): checks that the script runs, measures nothing
+set -uo pipefail
+cd "$(dirname "$0")/.."
+smoke=0
+if [[ "${1:-}" == "--cpu-smoke" ]]; then smoke=1; shift; fi
+out="${1:-${OUT:-.}/gpu_check.json}"
+mkdir -p "$(dirname "$out")"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+py="${PYTHON:-python}"
+
+start=$(date +%s)
+if (( smoke )); then
+  tests_timeout=120; presets=(--preset all --smoke --device cpu --compile-backend aot_eager); presets_timeout=600
+else
+  tests_timeout=100; presets=(--preset all --quick --device cuda); presets_timeout=190
+fi
+
+echo "== tests/test_gpu.py (timeout ${tests_timeout}s)"
+timeout "$tests_timeout" "$py" -m pytest -q tests/test_gpu.py -p no:cacheprovider --junitxml="$work/junit.xml" \
+  2>&1 | tail -n 15
+tests_rc=${PIPESTATUS[0]}
+
+echo "== train-step presets (timeout ${presets_timeout}s)"
+timeout "$presets_timeout" "$py" benchmarks/train_step.py "${presets[@]}" --json "$work/presets.json"
+presets_rc=$?
+
+"$py" - "$work" "$out" "$tests_rc" "$presets_rc" "$start" "$smoke" <<'PY'
+import json, os, sys, time, xml.etree.ElementTree as ET
+work, out, tests_rc, presets_rc, start, smoke = sys.argv[1:]
+result = {"benchmark": "gpu_check", "smoke": smoke == "1", "wall_s": time.time() - int(start),
+          "tests": {"returncode": int(tests_rc)}, "presets": None, "presets_returncode": int(presets_rc)}
+junit = os.path.join(work, "junit.xml")
+if os.path.exists(junit):
+    suite = ET.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    result["tests"].update({k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")})
+    result["tests"]["time_s"] = float(suite.get("time", 0))
+    result["tests"]["cases"] = [
+        {"name": c.get("name"), "time_s": float(c.get("time", 0)),
+         "outcome": "failed" if c.find("failure") is not None or c.find("error") is not None
+         else "skipped" if c.find("skipped") is not None else "passed"} for c in suite.iter("testcase")]
+presets = os.path.join(work, "presets.json")
+if os.path.exists(presets):
+    with open(presets) as f:
+        result["presets"] = json.load(f)
+    result["machine"] = result["presets"].get("machine")
+result["ratios"] = (result["presets"] or {}).get("ratios", {})
+with open(out, "w") as f:
+    json.dump(result, f, indent=2)
+print(f"wrote {out}: tests rc {tests_rc}, presets rc {presets_rc}, {result['wall_s']:.0f} s")
+PY
+[[ "$tests_rc" == 0 && "$presets_rc" == 0 ]]
