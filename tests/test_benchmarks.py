@@ -80,6 +80,44 @@ def test_train_step_smoke(bench, tmp_path):
         assert all(m["peak_bytes"] > m["persistent_bytes"] > 0 for m in case["memory"].values())
 
 
+@pytest.mark.parametrize("variants", ["kasa,lora,peft_kasa",
+                                      pytest.param("kasa,lora,peft_kasa,kasa_compiled,lora_compiled",
+                                                   marks=pytest.mark.slow)])
+def test_train_step_presets_smoke(bench, tmp_path, variants):
+    """The GPU presets' code path on the CPU at tiny sizes: bf16 autocast, float32 adapters on a bf16 base, PEFT
+    KaSA beside ours; the compiled variants (aot_eager backend, about a minute on 2 busy cores) are marked slow."""
+    train_step = bench("train_step")
+    path = tmp_path / "presets.json"
+    result = train_step.main(["--preset", "llama3-8b-layers", "--smoke", "--device", "cpu", "--compile-backend",
+                              "aot_eager", "--variants", variants, "--json", str(path)])
+    case = "llama3-8b-layers/bf16-mixed"
+    compiled = "compiled" in variants
+    required = [f"kasa_vs_lora_step_{case}", f"kasa_vs_peft_kasa_step_{case}"]
+    required += [f"kasa_vs_lora_step_compiled_{case}", f"compiled_kasa_vs_peft_kasa_step_{case}"] if compiled else []
+    written = _check(result, path, required)
+    (run,) = written["cases"]
+    assert set(run["times_s"]) == set(variants.split(","))
+    assert written["compile_backend"] == "aot_eager" and run["precision"] == "bf16-mixed"
+    with pytest.raises(SystemExit):
+        train_step.main(["--preset", "gpt5", "--smoke", "--device", "cpu"])
+
+
+@pytest.mark.slow
+def test_gpu_check_script_cpu_smoke(tmp_path):
+    """benchmarks/gpu_check.sh end to end on the CPU path: tests/test_gpu.py (skipped here) and both presets at tiny
+    sizes, merged into one JSON."""
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--cpu-smoke", str(out)], capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    merged = json.loads(out.read_text())
+    assert merged["smoke"] and merged["tests"]["returncode"] == 0 and merged["presets_returncode"] == 0
+    assert merged["tests"]["tests"] >= 1
+    assert {c["case"] for c in merged["presets"]["cases"]} == {
+        "roberta-base/32-true", "roberta-base/bf16-mixed", "llama3-8b-layers/bf16-mixed"}
+    assert merged["ratios"]["kasa_vs_lora_step_compiled_roberta-base/32-true"] > 0
+
+
 def test_inference_smoke(bench, tmp_path):
     inference = bench("inference")
     path = tmp_path / "inference.json"
