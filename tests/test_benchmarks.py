@@ -108,7 +108,7 @@ def test_gpu_check_script_cpu_smoke(tmp_path):
     sizes, merged into one JSON."""
     out = tmp_path / "gpu_check.json"
     proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--cpu-smoke", str(out)], capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     merged = json.loads(out.read_text())
     assert merged["smoke"] and merged["tests"]["returncode"] == 0 and merged["presets_returncode"] == 0

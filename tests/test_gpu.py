@@ -60,7 +60,7 @@ def test_fit_on_gpu_truncates_on_the_gpu(tmp_path, monkeypatch):
     import lightning as L
     from lightning_helpers import tiny_data, tiny_module
 
-    import kasa_lightning.kasa.inject as inject
+    from kasa_lightning.kasa import inject
 
     devices = []
     original = inject.extreme_triplets
