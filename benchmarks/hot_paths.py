@@ -63,7 +63,8 @@ from kasa_lightning.kasa import AdapterConfig, adapted_layers, adapter_config, a
 from kasa_lightning.kasa.svd import weight_fingerprint  # noqa: E402
 from kasa_lightning.kasa.terms import layer_terms  # noqa: E402
 
-REQUIRED = ("regularizer_host_speedup", "regularizer_speedup", "adamw_fused_speedup", "fingerprint_speedup", "fold_speedup",
+REQUIRED = ("regularizer_host_speedup", "regularizer_speedup", "adamw_fused_speedup", "fingerprint_speedup",
+            "fold_speedup",
             "adapter_add_speedup", "adapter_add_view_speedup")
 
 
@@ -92,7 +93,7 @@ def per_layer_loss(model: torch.nn.Module) -> torch.Tensor:
 
 
 def llama7b_tree(smoke: bool) -> torch.nn.Module:
-    """LLaMA-7B's module tree (32 decoder layers; smoke: 2) at tiny widths, KaSA on q,k,v,up,down: 160 adapted layers."""
+    """LLaMA-7B's module tree (32 decoder layers; smoke: 2) at tiny widths, KaSA on q,k,v,up,down: 160 layers."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -251,7 +252,8 @@ def adapter_add_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], 
             "adapter_add before": per_call(layer_step(lambda t: out_of_place_forward(layer, t)), n, sync)}
 
 
-SETUP = {"regularizer_host": regularizer_host_blocks, "regularizer": regularizer_blocks, "adamw": adamw_blocks, "fingerprint": fingerprint_blocks,
+SETUP = {"regularizer_host": regularizer_host_blocks, "regularizer": regularizer_blocks, "adamw": adamw_blocks,
+         "fingerprint": fingerprint_blocks,
          "fold": fold_blocks, "adapter_add": adapter_add_blocks}
 PATHS = tuple(SETUP)
 

@@ -30,17 +30,34 @@ def _llama(layers: int = 1) -> nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=32,
+        )
+    )
 
 
 def _bert() -> nn.Module:
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
-                                                    num_attention_heads=4, intermediate_size=48,
-                                                    max_position_embeddings=32, num_labels=2))
+    return BertForSequenceClassification(
+        BertConfig(
+            vocab_size=64,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=48,
+            max_position_embeddings=32,
+            num_labels=2,
+        )
+    )
 
 
 def _gpt2() -> nn.Module:
@@ -50,8 +67,11 @@ def _gpt2() -> nn.Module:
     return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=1, n_head=4))
 
 
-MODELS = {"llama": (_llama, ["q_proj", "v_proj", "up_proj", "down_proj"]), "bert": (_bert, ["query", "value"]),
-          "gpt2": (_gpt2, ["c_attn", "c_fc"])}
+MODELS = {
+    "llama": (_llama, ["q_proj", "v_proj", "up_proj", "down_proj"]),
+    "bert": (_bert, ["query", "value"]),
+    "gpt2": (_gpt2, ["c_attn", "c_fc"]),
+}
 
 
 def _task_loss(name: str, model: nn.Module) -> torch.Tensor:
@@ -92,9 +112,18 @@ CASES = [  # (model, method, truncation mode, dropout, merged)
 @pytest.mark.parametrize(("name", "method", "mode", "dropout", "merged"), CASES)
 def test_adapters_add_no_graph_break(name, method, mode, dropout, merged):
     build, targets = MODELS[name]
-    model = apply_adapters(build().train(), AdapterConfig(
-        method=method, r=4, target_modules=targets, truncation_mode=mode, dropout=dropout, gamma=1e-3,
-        modules_to_save=["classifier"] if name == "bert" else []))
+    model = apply_adapters(
+        build().train(),
+        AdapterConfig(
+            method=method,
+            r=4,
+            target_modules=targets,
+            truncation_mode=mode,
+            dropout=dropout,
+            gamma=1e-3,
+            modules_to_save=["classifier"] if name == "bert" else [],
+        ),
+    )
     if merged:
         merge_adapters(model)
     adapted = _breaks(lambda: _task_loss(name, model) + adapter_loss(model))
@@ -107,9 +136,16 @@ def _top_level_ops(layers: int, method: str) -> int:
     """Top-level profiler events (operators the step dispatches itself, and autograd nodes) of one AdamW step."""
     from torch.profiler import ProfilerActivity, profile
 
-    model = apply_adapters(_llama(layers).train(), AdapterConfig(
-        method=method, r=4, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"], beta=1e-4,
-        gamma=1e-3))
+    model = apply_adapters(
+        _llama(layers).train(),
+        AdapterConfig(
+            method=method,
+            r=4,
+            target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+            beta=1e-4,
+            gamma=1e-3,
+        ),
+    )
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def step() -> None:
@@ -163,9 +199,16 @@ def test_adapter_loss_finds_its_layers_once_and_follows_unload(monkeypatch):
 
 
 # ---------------------------------------------------------------------- KaSAModule(compile=...)
-TINY_LLAMA = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
-              "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "max_position_embeddings": 32}
+TINY_LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 64,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 32,
+}
 
 
 def _fit(tmp_path, compile):  # noqa: ANN001, ANN202
@@ -176,15 +219,28 @@ def _fit(tmp_path, compile):  # noqa: ANN001, ANN202
     from kasa_lightning import KaSAModule
 
     L.seed_everything(0)
-    module = KaSAModule(backbone=MINILM, task="causal_lm", backbone_config=TINY_LLAMA, compile=compile,
-                        adapter=AdapterConfig(r=4, target_modules=["q_proj", "v_proj"], beta=1e-2, gamma=1e-2),
-                        optimizer=functools.partial(torch.optim.AdamW, lr=1e-2))
+    module = KaSAModule(
+        backbone=MINILM,
+        task="causal_lm",
+        backbone_config=TINY_LLAMA,
+        compile=compile,
+        adapter=AdapterConfig(r=4, target_modules=["q_proj", "v_proj"], beta=1e-2, gamma=1e-2),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-2),
+    )
     g = torch.Generator().manual_seed(1)
     batches = [{"input_ids": (ids := torch.randint(0, 64, (2, 8), generator=g)), "labels": ids} for _ in range(3)]
     losses = RecordLosses()
-    trainer = L.Trainer(accelerator="cpu", max_steps=3, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
-                        default_root_dir=tmp_path, callbacks=[losses])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[losses],
+    )
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     return module, losses.losses, torch.load(tmp_path / "last.ckpt", weights_only=True)["state_dict"]
