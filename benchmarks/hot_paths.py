@@ -63,20 +63,34 @@ from kasa_lightning.kasa import AdapterConfig, adapted_layers, adapter_config, a
 from kasa_lightning.kasa.svd import weight_fingerprint  # noqa: E402
 from kasa_lightning.kasa.terms import layer_terms  # noqa: E402
 
-REQUIRED = ("regularizer_host_speedup", "regularizer_speedup", "adamw_fused_speedup", "fingerprint_speedup",
-            "fold_speedup",
-            "adapter_add_speedup", "adapter_add_view_speedup")
+REQUIRED = (
+    "regularizer_host_speedup",
+    "regularizer_speedup",
+    "adamw_fused_speedup",
+    "fingerprint_speedup",
+    "fold_speedup",
+    "adapter_add_speedup",
+    "adapter_add_view_speedup",
+)
 
 
 def llama_model(smoke: bool) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    size = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2} if smoke else {
-        "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4}
+    size = (
+        {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+        if smoke
+        else {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4}
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=1000, num_attention_heads=4, **size))
-    cfg = AdapterConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
-                        beta=1e-4, gamma=1e-3, reg_form="paper")
+    cfg = AdapterConfig(
+        r=8,
+        target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"],
+        beta=1e-4,
+        gamma=1e-3,
+        reg_form="paper",
+    )
     model = apply_adapters(model, cfg)
     for _, layer in adapted_layers(model):  # trained-looking values: the regulariser is not at its minimum
         for p in layer.adapter_parameters():
@@ -88,8 +102,9 @@ def per_layer_loss(model: torch.nn.Module) -> torch.Tensor:
     """The earlier implementation: one ``layer_terms`` call per layer, then sums (reduction "sum")."""
     config = adapter_config(model)
     terms = [layer_terms(x.delta_u, x.delta_sigma, x.delta_v, config.reg_form) for _, x in adapted_layers(model)]
-    return config.beta * torch.stack([t.l2 for t in terms]).sum() + config.gamma * torch.stack(
-        [t.l3 for t in terms]).sum()
+    return (
+        config.beta * torch.stack([t.l2 for t in terms]).sum() + config.gamma * torch.stack([t.l3 for t in terms]).sum()
+    )
 
 
 def llama7b_tree(smoke: bool) -> torch.nn.Module:
@@ -97,10 +112,21 @@ def llama7b_tree(smoke: bool) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=172, num_attention_heads=4,
-                                         num_hidden_layers=2 if smoke else 32))
-    model = apply_adapters(model, AdapterConfig(r=8, target_modules=["q_proj", "k_proj", "v_proj", "up_proj",
-                                                                      "down_proj"], beta=1e-4, gamma=1e-3))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=128,
+            hidden_size=64,
+            intermediate_size=172,
+            num_attention_heads=4,
+            num_hidden_layers=2 if smoke else 32,
+        )
+    )
+    model = apply_adapters(
+        model,
+        AdapterConfig(
+            r=8, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"], beta=1e-4, gamma=1e-3
+        ),
+    )
     for _, layer in adapted_layers(model):
         for p in layer.adapter_parameters():
             torch.nn.init.normal_(p, std=0.1)
@@ -117,13 +143,19 @@ def previous_adapter_loss(model: torch.nn.Module) -> torch.Tensor:
     for name, layer in layers:
         u, v, sigma = layer.delta_u, layer.delta_v, layer.delta_sigma
         groups.setdefault((tuple(u.shape), tuple(v.shape), sigma is not None, u.device, u.dtype), []).append(
-            (name, layer))
+            (name, layer)
+        )
     terms, l2_sums, l3_sums = {}, [], []
     for members in groups.values():
         group_layers = [layer for _, layer in members]
         sigma = torch.stack([x.delta_sigma for x in group_layers]) if group_layers[0].delta_sigma is not None else None
-        group = layer_terms(torch.stack([x.delta_u for x in group_layers]), sigma,
-                            torch.stack([x.delta_v for x in group_layers]), config.reg_form, config.gamma > 0)
+        group = layer_terms(
+            torch.stack([x.delta_u for x in group_layers]),
+            sigma,
+            torch.stack([x.delta_v for x in group_layers]),
+            config.reg_form,
+            config.gamma > 0,
+        )
         l2_sums.append(group.l2.sum())
         l3_sums.append(group.l3.sum())
         for (name, _), l2, l3 in zip(members, group.l2.unbind(), group.l3.unbind()):
@@ -135,8 +167,9 @@ def adapted_linear(smoke: bool, device: str) -> tuple[torch.nn.Module, torch.Ten
     """One KaSA-adapted 384 x 384 Linear with non-zero adapters, and an input of 4096 tokens (smoke: tiny)."""
     torch.manual_seed(0)
     width, tokens = (32, 64) if smoke else (384, 4096)
-    layer = apply_adapters(torch.nn.Sequential(torch.nn.Linear(width, width)),
-                           AdapterConfig(r=8, target_modules=["0"]))[0].to(device)
+    layer = apply_adapters(
+        torch.nn.Sequential(torch.nn.Linear(width, width)), AdapterConfig(r=8, target_modules=["0"])
+    )[0].to(device)
     for p in layer.adapter_parameters():
         torch.nn.init.normal_(p, std=0.1)
     return layer, torch.randn(tokens // 32, 32, width, device=device, requires_grad=True)
@@ -165,13 +198,15 @@ def blake2b_copy(weight: torch.Tensor) -> str:
 
 
 # ratio key -> (hot path, its "before" block); every "now" block is "<hot path> now"
-COMPARED = {"regularizer_host_speedup": ("regularizer_host", "regularizer_host before"),
-            "regularizer_speedup": ("regularizer", "regularizer before"),
-            "adamw_fused_speedup": ("adamw", "adamw before"),
-            "fingerprint_speedup": ("fingerprint", "fingerprint before"),
-            "fold_speedup": ("fold", "fold before"),
-            "adapter_add_speedup": ("adapter_add", "adapter_add before"),
-            "adapter_add_view_speedup": ("adapter_add", "adapter_add_view before")}
+COMPARED = {
+    "regularizer_host_speedup": ("regularizer_host", "regularizer_host before"),
+    "regularizer_speedup": ("regularizer", "regularizer before"),
+    "adamw_fused_speedup": ("adamw", "adamw before"),
+    "fingerprint_speedup": ("fingerprint", "fingerprint before"),
+    "fold_speedup": ("fold", "fold before"),
+    "adapter_add_speedup": ("adapter_add", "adapter_add before"),
+    "adapter_add_view_speedup": ("adapter_add", "adapter_add_view before"),
+}
 Blocks = dict[str, Any]
 
 
@@ -185,18 +220,23 @@ def regularizer_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], 
             for p in params:
                 p.grad = None
             loss_fn(model).backward()
+
         return run
 
-    return {"regularizer now": per_call(backward(adapter_loss), calls, sync),
-            "regularizer before": per_call(backward(per_layer_loss), calls, sync)}
+    return {
+        "regularizer now": per_call(backward(adapter_loss), calls, sync),
+        "regularizer before": per_call(backward(per_layer_loss), calls, sync),
+    }
 
 
 def regularizer_host_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], None]) -> Blocks:
     model = llama7b_tree(smoke).to(device)
     torch.testing.assert_close(adapter_loss(model), previous_adapter_loss(model), rtol=1e-5, atol=1e-6)
     n = 5 * calls
-    return {"regularizer_host now": per_call(lambda: adapter_loss(model), n, sync),
-            "regularizer_host before": per_call(lambda: previous_adapter_loss(model), n, sync)}
+    return {
+        "regularizer_host now": per_call(lambda: adapter_loss(model), n, sync),
+        "regularizer_host before": per_call(lambda: previous_adapter_loss(model), n, sync),
+    }
 
 
 def adamw_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], None]) -> Blocks:
@@ -215,8 +255,10 @@ def _weight(smoke: bool, device: str) -> torch.Tensor:
 
 def fingerprint_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], None]) -> Blocks:
     weight = _weight(smoke, device)
-    return {"fingerprint now": per_call(lambda: weight_fingerprint(weight), calls, sync),
-            "fingerprint before": per_call(lambda: blake2b_copy(weight), calls, sync)}
+    return {
+        "fingerprint now": per_call(lambda: weight_fingerprint(weight), calls, sync),
+        "fingerprint before": per_call(lambda: blake2b_copy(weight), calls, sync),
+    }
 
 
 def fold_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], None]) -> Blocks:
@@ -244,26 +286,37 @@ def adapter_add_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], 
             for p in (*layer_params, tokens):
                 p.grad = None
             forward(tokens).backward(grad_out)
+
         return run
 
     n = max(1, calls // 2)
-    return {"adapter_add now": per_call(layer_step(layer), n, sync),
-            "adapter_add_view before": per_call(layer_step(lambda t: view_in_place_forward(layer, t)), n, sync),
-            "adapter_add before": per_call(layer_step(lambda t: out_of_place_forward(layer, t)), n, sync)}
+    return {
+        "adapter_add now": per_call(layer_step(layer), n, sync),
+        "adapter_add_view before": per_call(layer_step(lambda t: view_in_place_forward(layer, t)), n, sync),
+        "adapter_add before": per_call(layer_step(lambda t: out_of_place_forward(layer, t)), n, sync),
+    }
 
 
-SETUP = {"regularizer_host": regularizer_host_blocks, "regularizer": regularizer_blocks, "adamw": adamw_blocks,
-         "fingerprint": fingerprint_blocks,
-         "fold": fold_blocks, "adapter_add": adapter_add_blocks}
+SETUP = {
+    "regularizer_host": regularizer_host_blocks,
+    "regularizer": regularizer_blocks,
+    "adamw": adamw_blocks,
+    "fingerprint": fingerprint_blocks,
+    "fold": fold_blocks,
+    "adapter_add": adapter_add_blocks,
+}
 PATHS = tuple(SETUP)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
-    parser.add_argument("--paths", default=",".join(PATHS),
-                        help=f"comma-separated hot paths to time (default all: {','.join(PATHS)}); one path alone is "
-                             "timed without the others' allocations in the process")
+    parser.add_argument(
+        "--paths",
+        default=",".join(PATHS),
+        help=f"comma-separated hot paths to time (default all: {','.join(PATHS)}); one path alone is "
+        "timed without the others' allocations in the process",
+    )
     args = parser.parse_args(argv)
     paths = [p for p in args.paths.split(",") if p]
     unknown = sorted(set(paths) - set(PATHS))
@@ -284,13 +337,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     compared = {key: value for key, value in COMPARED.items() if value[0] in paths}
     ratios = {key: median_ratio(times[before], times[f"{name} now"]) for key, (name, before) in compared.items()}
-    rows = [[key.removesuffix("_speedup"), fmt_s(median(times[before])), fmt_s(median(times[f"{name} now"])),
-             f"{ratios[key]:.2f}x"] for key, (name, before) in compared.items()]
+    rows = [
+        [
+            key.removesuffix("_speedup"),
+            fmt_s(median(times[before])),
+            fmt_s(median(times[f"{name} now"])),
+            f"{ratios[key]:.2f}x",
+        ]
+        for key, (name, before) in compared.items()
+    ]
     print(f"repeats={repeats}, device={device}, torch threads={threads}, torch {torch.__version__}")
     print(markdown_table(["hot path", "before", "now", "speed-up"], rows))
     print(probe.describe())
-    result = {"benchmark": "hot_paths", "paths": paths, "repeats": repeats, "probe_gflops": probe.as_dict(),
-              "times_s": times, "ratios": ratios}
+    result = {
+        "benchmark": "hot_paths",
+        "paths": paths,
+        "repeats": repeats,
+        "probe_gflops": probe.as_dict(),
+        "times_s": times,
+        "ratios": ratios,
+    }
     if args.json:
         write_json(args.json, result, device)
     return result

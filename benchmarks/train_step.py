@@ -86,23 +86,53 @@ from _common import (  # noqa: E402
 
 R, ALPHA, LR, SEED = 8, 16.0, 1e-4, 0
 BETA, GAMMA = 1e-4, 1e-3
-LLAMA = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 256, "intermediate_size": 688,
-         "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 4,
-         "max_position_embeddings": 512, "tie_word_embeddings": False}
+LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 1000,
+    "hidden_size": 256,
+    "intermediate_size": 688,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": False,
+}
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 # --smoke (tests only): tiny random models of the same two families
-TINY_BERT = {"model_type": "bert", "vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2,
-             "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 64}
-TINY_LLAMA = {"model_type": "llama", "vocab_size": 128, "hidden_size": 32, "intermediate_size": 64,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4,
-              "max_position_embeddings": 64, "tie_word_embeddings": False}
+TINY_BERT = {
+    "model_type": "bert",
+    "vocab_size": 1000,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+TINY_LLAMA = {
+    "model_type": "llama",
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 64,
+    "tie_word_embeddings": False,
+}
 PLAIN = ("kasa", "lora", "peft_lora", "peft_kasa")
 VARIANTS = (*PLAIN, "lightning")
-LABELS = {"kasa": "KaSA (ours)", "lora": "LoRA (ours)", "peft_lora": "PEFT LoRA", "peft_kasa": "PEFT KaSA",
-          "lightning": "KaSA (ours), Lightning"}
+LABELS = {
+    "kasa": "KaSA (ours)",
+    "lora": "LoRA (ours)",
+    "peft_lora": "PEFT LoRA",
+    "peft_kasa": "PEFT KaSA",
+    "lightning": "KaSA (ours), Lightning",
+}
 STEP_RATIOS = {  # the step-time ratios that get a confidence interval: key -> (numerator, denominator)
-    "kasa_vs_lora_step": ("kasa", "lora"), "lightning_vs_plain_step": ("lightning", "kasa"),
-    "kasa_vs_peft_kasa_step": ("kasa", "peft_kasa"), "lora_vs_peft_lora_step": ("lora", "peft_lora"),
+    "kasa_vs_lora_step": ("kasa", "lora"),
+    "lightning_vs_plain_step": ("lightning", "kasa"),
+    "kasa_vs_peft_kasa_step": ("kasa", "peft_kasa"),
+    "lora_vs_peft_lora_step": ("lora", "peft_lora"),
 }
 REQUIRED = ("kasa_vs_lora_step", "lightning_vs_plain_step", "kasa_vs_peft_kasa_step", "kasa_vs_lora_peak_memory")
 
@@ -162,18 +192,36 @@ def make_case(name: str, batch: int, seq: int, smoke: bool) -> Case:
             path = resolve_pretrained(MINILM)
             build = functools.partial(AutoModelForSequenceClassification.from_pretrained, path, num_labels=2)
             vocab, title, module_kwargs = 30522, "all-MiniLM-L6-v2", {}
-        data = {"input_ids": torch.randint(1000 if vocab > 2000 else 5, vocab, (batch, seq), generator=g),
-                "attention_mask": torch.ones(batch, seq, dtype=torch.long),
-                "labels": torch.randint(0, 2, (batch,), generator=g)}
-        return Case(name, f"{title}, classification, batch {batch} x seq {seq}", "classification",
-                    ["query", "value"], ["classifier"], data, build, module_kwargs)
+        data = {
+            "input_ids": torch.randint(1000 if vocab > 2000 else 5, vocab, (batch, seq), generator=g),
+            "attention_mask": torch.ones(batch, seq, dtype=torch.long),
+            "labels": torch.randint(0, 2, (batch,), generator=g),
+        }
+        return Case(
+            name,
+            f"{title}, classification, batch {batch} x seq {seq}",
+            "classification",
+            ["query", "value"],
+            ["classifier"],
+            data,
+            build,
+            module_kwargs,
+        )
     if name == "llama":
         cfg = TINY_LLAMA if smoke else LLAMA
         ids = torch.randint(0, cfg["vocab_size"], (batch, seq), generator=g)
         data = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
         title = "tiny LLaMA (smoke)" if smoke else "LLaMA-shaped (h256, 4 layers, i688, vocab 1000)"
-        return Case(name, f"{title}, causal LM, batch {batch} x seq {seq}", "causal_lm", list(LLAMA_TARGETS), [],
-                    data, functools.partial(_from_config, cfg, causal=True), {"backbone_config": cfg})
+        return Case(
+            name,
+            f"{title}, causal LM, batch {batch} x seq {seq}",
+            "causal_lm",
+            list(LLAMA_TARGETS),
+            [],
+            data,
+            functools.partial(_from_config, cfg, causal=True),
+            {"backbone_config": cfg},
+        )
     raise ValueError(f"unknown case {name!r}; choose minilm or llama")
 
 
@@ -185,8 +233,15 @@ def build_variant(case: Case, variant: str, device: str) -> tuple[nn.Module, Cal
     torch.manual_seed(SEED)
     base = case.build_base()
     if variant in ("kasa", "lora"):
-        cfg = AdapterConfig(method=variant, r=case.r, alpha=case.alpha, target_modules=case.targets,
-                            modules_to_save=case.modules_to_save, beta=BETA, gamma=GAMMA)
+        cfg = AdapterConfig(
+            method=variant,
+            r=case.r,
+            alpha=case.alpha,
+            target_modules=case.targets,
+            modules_to_save=case.modules_to_save,
+            beta=BETA,
+            gamma=GAMMA,
+        )
         model = apply_adapters(base, cfg)
         for _, layer in adapted_layers(model):  # float32 adapters on a half-precision base (as KaSAModule does)
             for p in layer.adapter_parameters():
@@ -196,8 +251,14 @@ def build_variant(case: Case, variant: str, device: str) -> tuple[nn.Module, Cal
         import peft
 
         extra = {"kasa_config": peft.KasaConfig(beta=BETA, gamma=GAMMA)} if variant == "peft_kasa" else {}
-        cfg = peft.LoraConfig(r=case.r, lora_alpha=case.alpha, lora_dropout=0.0, target_modules=case.targets,
-                              modules_to_save=case.modules_to_save or None, **extra)
+        cfg = peft.LoraConfig(
+            r=case.r,
+            lora_alpha=case.alpha,
+            lora_dropout=0.0,
+            target_modules=case.targets,
+            modules_to_save=case.modules_to_save or None,
+            **extra,
+        )
         model = peft.get_peft_model(base, cfg)
         reg = (lambda: model._get_kasa_loss()) if variant == "peft_kasa" else None
     else:
@@ -210,8 +271,13 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR)
 
 
-def make_step(model: nn.Module, reg: Callable[[], torch.Tensor] | None, opt: torch.optim.Optimizer,
-              batch: dict[str, torch.Tensor], precision: str = "32-true") -> Callable[[], None]:
+def make_step(
+    model: nn.Module,
+    reg: Callable[[], torch.Tensor] | None,
+    opt: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    precision: str = "32-true",
+) -> Callable[[], None]:
     """One optimizer step; under "bf16-mixed" the forward and the regulariser run in bf16 autocast (as Lightning's
     mixed-precision plugin does)."""
     device_type = next(iter(batch.values())).device.type
@@ -252,11 +318,24 @@ def lightning_block(case: Case, device: str, mode: Mode, root: str) -> tuple[Cal
     from kasa_lightning import AdapterConfig, KaSAModule
 
     torch.manual_seed(SEED)
-    cfg = AdapterConfig(method="kasa", r=case.r, alpha=case.alpha, target_modules=case.targets,
-                        modules_to_save=case.modules_to_save, beta=BETA, gamma=GAMMA)
+    cfg = AdapterConfig(
+        method="kasa",
+        r=case.r,
+        alpha=case.alpha,
+        target_modules=case.targets,
+        modules_to_save=case.modules_to_save,
+        beta=BETA,
+        gamma=GAMMA,
+    )
     kwargs = {"num_labels": 2} if case.task == "classification" else {}
-    module = KaSAModule(backbone=MINILM, task=case.task, adapter=cfg,
-                        optimizer=functools.partial(torch.optim.AdamW, lr=LR), **case.module_kwargs, **kwargs)
+    module = KaSAModule(
+        backbone=MINILM,
+        task=case.task,
+        adapter=cfg,
+        optimizer=functools.partial(torch.optim.AdamW, lr=LR),
+        **case.module_kwargs,
+        **kwargs,
+    )
     total = mode.warmup + mode.steps
     loader = DataLoader([case.batch] * total, batch_size=None)
     sync = device_sync(device)
@@ -264,14 +343,23 @@ def lightning_block(case: Case, device: str, mode: Mode, root: str) -> tuple[Cal
 
     def block() -> float:
         timer = StepTimer(sync)
-        trainer = L.Trainer(accelerator="gpu" if device.startswith("cuda") else "cpu", devices=1, max_steps=total,
-                            precision=case.precision,
-                            logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
-                            default_root_dir=root, callbacks=[timer])
+        trainer = L.Trainer(
+            accelerator="gpu" if device.startswith("cuda") else "cpu",
+            devices=1,
+            max_steps=total,
+            precision=case.precision,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            limit_val_batches=0,
+            default_root_dir=root,
+            callbacks=[timer],
+        )
         trainer.fit(module, train_dataloaders=loader)
-        steps = timer.step_s[mode.warmup:]
-        gaps = [b - a for a, b in zip(timer.starts[mode.warmup:], timer.starts[mode.warmup + 1:])]
+        steps = timer.step_s[mode.warmup :]
+        gaps = [b - a for a, b in zip(timer.starts[mode.warmup :], timer.starts[mode.warmup + 1 :])]
         extra["iteration_s"].append(sum(gaps) / len(gaps) if gaps else sum(steps) / len(steps))
         return sum(steps) / len(steps)
 
@@ -303,8 +391,10 @@ def cpu_transient_peak(fn: Callable[[], None]) -> int:
         prof.export_chrome_trace(path)
         with open(path) as f:
             events = json.load(f)["traceEvents"]
-    mem = sorted((e for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0),
-                 key=lambda e: e["ts"])
+    mem = sorted(
+        (e for e in events if e.get("name") == "[memory]" and e["args"].get("Device Type", 0) == 0),
+        key=lambda e: e["ts"],
+    )
     if not mem:
         return 0
     start = mem[0]["args"]["Total Allocated"] - mem[0]["args"]["Bytes"]
@@ -378,31 +468,64 @@ def components(case: Case, built: dict, opts: dict, repeats: int) -> dict[str, l
     return interleave(blocks, repeats, warmup=1)
 
 
-def profile_report(ours: dict[str, dict[str, float]], theirs: dict[str, dict[str, float]],
-                   parts: dict[str, list[float]], top: int = 10) -> str:
+def profile_report(
+    ours: dict[str, dict[str, float]], theirs: dict[str, dict[str, float]], parts: dict[str, list[float]], top: int = 10
+) -> str:
     total_a = sum(v["self_us"] for v in ours.values())
     total_b = sum(v["self_us"] for v in theirs.values())
     calls_a = sum(v["calls"] for v in ours.values())
     calls_b = sum(v["calls"] for v in theirs.values())
-    lines = ["Parts of the step, timed apart (median of interleaved repeats):\n",
-             markdown_table(["part", "time per call"], [(k, fmt_s(median(v))) for k, v in parts.items()]), ""]
-    lines += [f"torch.profiler, self CPU per step: KaSA {total_a / 1e3:.1f} ms in {calls_a:.0f} op calls, "
-             f"LoRA {total_b / 1e3:.1f} ms in {calls_b:.0f} op calls", ""]
+    lines = [
+        "Parts of the step, timed apart (median of interleaved repeats):\n",
+        markdown_table(["part", "time per call"], [(k, fmt_s(median(v))) for k, v in parts.items()]),
+        "",
+    ]
+    lines += [
+        f"torch.profiler, self CPU per step: KaSA {total_a / 1e3:.1f} ms in {calls_a:.0f} op calls, "
+        f"LoRA {total_b / 1e3:.1f} ms in {calls_b:.0f} op calls",
+        "",
+    ]
     rows = sorted(ours.items(), key=lambda kv: -kv[1]["self_us"])[:top]
     lines.append("Top operators of the KaSA step (self CPU time per step):\n")
-    lines.append(markdown_table(["operator", "KaSA ms", "calls", "LoRA ms", "calls"], [
-        (k, f"{v['self_us'] / 1e3:.2f}", f"{v['calls']:.0f}", f"{theirs.get(k, {}).get('self_us', 0) / 1e3:.2f}",
-         f"{theirs.get(k, {}).get('calls', 0):.0f}") for k, v in rows]))
+    lines.append(
+        markdown_table(
+            ["operator", "KaSA ms", "calls", "LoRA ms", "calls"],
+            [
+                (
+                    k,
+                    f"{v['self_us'] / 1e3:.2f}",
+                    f"{v['calls']:.0f}",
+                    f"{theirs.get(k, {}).get('self_us', 0) / 1e3:.2f}",
+                    f"{theirs.get(k, {}).get('calls', 0):.0f}",
+                )
+                for k, v in rows
+            ],
+        )
+    )
     keys = set(ours) | set(theirs)
-    diffs = sorted(((k, ours.get(k, {}).get("self_us", 0) - theirs.get(k, {}).get("self_us", 0),
-                     ours.get(k, {}).get("calls", 0) - theirs.get(k, {}).get("calls", 0)) for k in keys),
-                   key=lambda x: -x[1])[:top]
-    lines.append("\nLargest per-step differences, KaSA minus LoRA (times from a few profiled steps are noisy, "
-                 "the call counts are exact):\n")
-    lines.append(markdown_table(["operator", "extra ms", "extra calls"],
-                                [(k, f"{d / 1e3:+.2f}", f"{c:+.0f}") for k, d, c in diffs]))
-    extra_calls = sorted(((k, ours.get(k, {}).get("calls", 0) - theirs.get(k, {}).get("calls", 0)) for k in keys),
-                         key=lambda x: -x[1])[:top]
+    diffs = sorted(
+        (
+            (
+                k,
+                ours.get(k, {}).get("self_us", 0) - theirs.get(k, {}).get("self_us", 0),
+                ours.get(k, {}).get("calls", 0) - theirs.get(k, {}).get("calls", 0),
+            )
+            for k in keys
+        ),
+        key=lambda x: -x[1],
+    )[:top]
+    lines.append(
+        "\nLargest per-step differences, KaSA minus LoRA (times from a few profiled steps are noisy, "
+        "the call counts are exact):\n"
+    )
+    lines.append(
+        markdown_table(
+            ["operator", "extra ms", "extra calls"], [(k, f"{d / 1e3:+.2f}", f"{c:+.0f}") for k, d, c in diffs]
+        )
+    )
+    extra_calls = sorted(
+        ((k, ours.get(k, {}).get("calls", 0) - theirs.get(k, {}).get("calls", 0)) for k in keys), key=lambda x: -x[1]
+    )[:top]
     lines.append("\nOperators with the most extra calls per step, KaSA minus LoRA:\n")
     lines.append(markdown_table(["operator", "extra calls"], [(k, f"{c:+.0f}") for k, c in extra_calls]))
     return "\n".join(lines)
@@ -458,9 +581,19 @@ def run_case(case: Case, device: str, mode: Mode, repeats: int, do_profile: bool
         "kasa_vs_lora_transient_memory": memory["kasa"]["transient_bytes"] / max(1, memory["lora"]["transient_bytes"]),
     }
     ci = {key: ratio_ci(t[a], t[b]) for key, (a, b) in STEP_RATIOS.items()}
-    return {"case": case.name, "title": case.title, "batch": list(batch["input_ids"].shape), "times_s": times,
-            "lightning_iteration_s": extra["iteration_s"], "summary": summary(times), "memory": memory,
-            "trainable_params": trainable, "ratios": ratios, "ratio_ci": ci, "profile": profile_text}
+    return {
+        "case": case.name,
+        "title": case.title,
+        "batch": list(batch["input_ids"].shape),
+        "times_s": times,
+        "lightning_iteration_s": extra["iteration_s"],
+        "summary": summary(times),
+        "memory": memory,
+        "trainable_params": trainable,
+        "ratios": ratios,
+        "ratio_ci": ci,
+        "profile": profile_text,
+    }
 
 
 def case_table(res: dict[str, Any]) -> str:
@@ -468,39 +601,101 @@ def case_table(res: dict[str, Any]) -> str:
     rows = []
     for v in VARIANTS:
         m = mem.get(v)
-        rows.append((
-            LABELS[v], fmt_s(s[v]["median_s"]), f"{100 * s[v]['spread']:.0f}%",
-            f"{median_ratio(t[v], t['lora']):.3f}", f"{median_ratio(t[v], t['peft_lora']):.3f}",
-            fmt_mb(m["peak_bytes"]) if m else "-", fmt_mb(m["transient_bytes"]) if m else "-",
-            f"{res['trainable_params'][v]:,}" if v in res["trainable_params"] else "(as KaSA)",
-        ))
-    return markdown_table(["variant", "step (median)", "spread", "vs LoRA (ours)", "vs PEFT LoRA", "peak MB",
-                           "transient MB", "trainable params"], rows)
+        rows.append(
+            (
+                LABELS[v],
+                fmt_s(s[v]["median_s"]),
+                f"{100 * s[v]['spread']:.0f}%",
+                f"{median_ratio(t[v], t['lora']):.3f}",
+                f"{median_ratio(t[v], t['peft_lora']):.3f}",
+                fmt_mb(m["peak_bytes"]) if m else "-",
+                fmt_mb(m["transient_bytes"]) if m else "-",
+                f"{res['trainable_params'][v]:,}" if v in res["trainable_params"] else "(as KaSA)",
+            )
+        )
+    return markdown_table(
+        [
+            "variant",
+            "step (median)",
+            "spread",
+            "vs LoRA (ours)",
+            "vs PEFT LoRA",
+            "peak MB",
+            "transient MB",
+            "trainable params",
+        ],
+        rows,
+    )
 
 
 # ---------------------------------------------------------------------- GPU presets (--preset)
-ROBERTA_BASE = {"model_type": "roberta", "vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12,
-                "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 514,
-                "type_vocab_size": 1, "pad_token_id": 1}
-LLAMA3_8B_LAYERS = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
-                    "num_hidden_layers": 4, "num_attention_heads": 32, "num_key_value_heads": 8,
-                    "max_position_embeddings": 8192, "rope_theta": 500000.0, "tie_word_embeddings": False}
+ROBERTA_BASE = {
+    "model_type": "roberta",
+    "vocab_size": 50265,
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 514,
+    "type_vocab_size": 1,
+    "pad_token_id": 1,
+}
+LLAMA3_8B_LAYERS = {
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 8192,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     # the paper's NLU setting: RoBERTa-base sizes (random weights), classification, query/value, r 8
-    "roberta-base": {"config": ROBERTA_BASE, "task": "classification", "targets": ["query", "value"],
-                     "modules_to_save": ["classifier"], "r": 8, "alpha": 16.0, "batch": (32, 128),
-                     "precisions": ["32-true", "bf16-mixed"], "dtype": None,
-                     "smoke": {"vocab_size": 1000, "hidden_size": 32, "num_hidden_layers": 2,
-                               "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 40},
-                     "smoke_batch": (2, 16)},
+    "roberta-base": {
+        "config": ROBERTA_BASE,
+        "task": "classification",
+        "targets": ["query", "value"],
+        "modules_to_save": ["classifier"],
+        "r": 8,
+        "alpha": 16.0,
+        "batch": (32, 128),
+        "precisions": ["32-true", "bf16-mixed"],
+        "dtype": None,
+        "smoke": {
+            "vocab_size": 1000,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "intermediate_size": 64,
+            "max_position_embeddings": 40,
+        },
+        "smoke_batch": (2, 16),
+    },
     # LLaMA-3-8B layer shapes (h4096, i14336, GQA 32/8), 4 layers, bf16 base, float32 adapters, bf16 autocast
-    "llama3-8b-layers": {"config": LLAMA3_8B_LAYERS, "task": "causal_lm", "targets": list(LLAMA_TARGETS),
-                         "modules_to_save": [], "r": 32, "alpha": 64.0, "batch": (4, 1024),
-                         "precisions": ["bf16-mixed"], "dtype": "bfloat16",
-                         "smoke": {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128,
-                                   "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                                   "max_position_embeddings": 64},
-                         "smoke_batch": (2, 16)},
+    "llama3-8b-layers": {
+        "config": LLAMA3_8B_LAYERS,
+        "task": "causal_lm",
+        "targets": list(LLAMA_TARGETS),
+        "modules_to_save": [],
+        "r": 32,
+        "alpha": 64.0,
+        "batch": (4, 1024),
+        "precisions": ["bf16-mixed"],
+        "dtype": "bfloat16",
+        "smoke": {
+            "vocab_size": 256,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 64,
+        },
+        "smoke_batch": (2, 16),
+    },
 }
 PRESET_VARIANTS = ("kasa", "lora", "peft_lora", "peft_kasa", "kasa_compiled", "lora_compiled", "lightning")
 PRESET_LABELS = {**LABELS, "kasa_compiled": "KaSA (ours), torch.compile", "lora_compiled": "LoRA (ours), torch.compile"}
@@ -529,18 +724,33 @@ def preset_case(name: str, precision: str, smoke: bool) -> Case:
 
     g = torch.Generator().manual_seed(1234)
     ids = torch.randint(3, cfg["vocab_size"], (batch, seq), generator=g)
-    data = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "labels": ids.clone() if causal else torch.randint(0, 2, (batch,), generator=g)}
+    data = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": ids.clone() if causal else torch.randint(0, 2, (batch,), generator=g),
+    }
     kwargs: dict[str, Any] = {"backbone_config": cfg}
     if spec["dtype"]:
         kwargs["dtype"] = spec["dtype"]
     title = f"{name}{' (smoke sizes)' if smoke else ''}, {spec['task']}, batch {batch} x seq {seq}, {precision}"
-    return Case(f"{name}/{precision}", title, spec["task"], list(spec["targets"]), list(spec["modules_to_save"]),
-                data, build, kwargs, r=4 if smoke else spec["r"], alpha=spec["alpha"], precision=precision)
+    return Case(
+        f"{name}/{precision}",
+        title,
+        spec["task"],
+        list(spec["targets"]),
+        list(spec["modules_to_save"]),
+        data,
+        build,
+        kwargs,
+        r=4 if smoke else spec["r"],
+        alpha=spec["alpha"],
+        precision=precision,
+    )
 
 
-def run_preset_case(case: Case, device: str, mode: Mode, repeats: int, root: str, backend: str | None,
-                    variants: list[str]) -> dict[str, Any]:
+def run_preset_case(
+    case: Case, device: str, mode: Mode, repeats: int, root: str, backend: str | None, variants: list[str]
+) -> dict[str, Any]:
     """Time every variant of one preset case, interleaved; compiled variants compile in the (untimed) warm-up."""
     batch = {k: v.to(device) for k, v in case.batch.items()}
     case.batch = batch
@@ -571,11 +781,20 @@ def run_preset_case(case: Case, device: str, mode: Mode, repeats: int, root: str
     if "lightning" in variants:
         blocks["lightning"], _ = lightning_block(case, device, mode, root)
     times = interleave(blocks, repeats)
-    ratios = {key: median_ratio(times[a], times[b]) for key, (a, b) in PRESET_RATIOS.items()
-              if a in times and b in times}
+    ratios = {
+        key: median_ratio(times[a], times[b]) for key, (a, b) in PRESET_RATIOS.items() if a in times and b in times
+    }
     ci = {key: ratio_ci(times[a], times[b]) for key, (a, b) in PRESET_RATIOS.items() if a in times and b in times}
-    return {"case": case.name, "title": case.title, "precision": case.precision, "times_s": times,
-            "summary": summary(times), "first_step_s": compile_s, "ratios": ratios, "ratio_ci": ci}
+    return {
+        "case": case.name,
+        "title": case.title,
+        "precision": case.precision,
+        "times_s": times,
+        "summary": summary(times),
+        "first_step_s": compile_s,
+        "ratios": ratios,
+        "ratio_ci": ci,
+    }
 
 
 def preset_table(res: dict[str, Any]) -> str:
@@ -584,12 +803,19 @@ def preset_table(res: dict[str, Any]) -> str:
     for v in PRESET_VARIANTS:
         if v not in s:
             continue
-        rows.append((PRESET_LABELS[v], fmt_s(s[v]["median_s"]), f"{100 * s[v]['spread']:.0f}%",
-                     f"{median_ratio(t[v], t['lora']):.3f}" if "lora" in t else "-",
-                     f"{median_ratio(t[v], t['peft_kasa']):.3f}" if "peft_kasa" in t else "-",
-                     fmt_s(res["first_step_s"][v]) if v in res["first_step_s"] else "-"))
-    return markdown_table(["variant", "step (median)", "spread", "vs LoRA (ours)", "vs PEFT KaSA",
-                           "first step (compile)"], rows)
+        rows.append(
+            (
+                PRESET_LABELS[v],
+                fmt_s(s[v]["median_s"]),
+                f"{100 * s[v]['spread']:.0f}%",
+                f"{median_ratio(t[v], t['lora']):.3f}" if "lora" in t else "-",
+                f"{median_ratio(t[v], t['peft_kasa']):.3f}" if "peft_kasa" in t else "-",
+                fmt_s(res["first_step_s"][v]) if v in res["first_step_s"] else "-",
+            )
+        )
+    return markdown_table(
+        ["variant", "step (median)", "spread", "vs LoRA (ours)", "vs PEFT KaSA", "first step (compile)"], rows
+    )
 
 
 def run_presets(args: argparse.Namespace, device: str) -> dict[str, Any]:
@@ -602,31 +828,49 @@ def run_presets(args: argparse.Namespace, device: str) -> dict[str, Any]:
     if bad:
         raise SystemExit(f"--variants: unknown {bad}; choose from {', '.join(PRESET_VARIANTS)}")
     smoke = bool(args.smoke)
-    mode = (Mode({}, repeats=2, steps=1, warmup=1, smoke=True) if smoke else
-            Mode({}, repeats=5, steps=3, warmup=2) if args.quick else Mode({}, repeats=11, steps=5, warmup=3))
+    mode = (
+        Mode({}, repeats=2, steps=1, warmup=1, smoke=True)
+        if smoke
+        else Mode({}, repeats=5, steps=3, warmup=2)
+        if args.quick
+        else Mode({}, repeats=11, steps=5, warmup=3)
+    )
     repeats = args.repeats or mode.repeats
     with torch_threads(args.threads), tempfile.TemporaryDirectory() as root:
         t0 = time.perf_counter()
-        results = [run_preset_case(preset_case(n, prec, smoke), device, mode, repeats, root, args.compile_backend,
-                                   variants)
-                   for n in names for prec in PRESETS[n]["precisions"]]
+        results = [
+            run_preset_case(preset_case(n, prec, smoke), device, mode, repeats, root, args.compile_backend, variants)
+            for n in names
+            for prec in PRESETS[n]["precisions"]
+        ]
         wall = time.perf_counter() - t0
         tinfo = thread_info()
     ratios = {f"{k}_{r['case']}": v for r in results for k, v in r["ratios"].items()}
-    print(f"# Train step presets on {device}"
-          f"{' (' + torch.cuda.get_device_name(0) + ')' if device.startswith('cuda') else ''}, torch "
-          f"{torch.__version__}, repeats {repeats} x {mode.steps} steps (warm-up {mode.warmup} + the compiling first "
-          f"step excluded), wall {wall:.0f} s")
+    print(
+        f"# Train step presets on {device}"
+        f"{' (' + torch.cuda.get_device_name(0) + ')' if device.startswith('cuda') else ''}, torch "
+        f"{torch.__version__}, repeats {repeats} x {mode.steps} steps (warm-up {mode.warmup} + the compiling first "
+        f"step excluded), wall {wall:.0f} s"
+    )
     for r in results:
         print(f"\n## {r['title']}\n")
         print(preset_table(r))
     print("\nRatios (median over repeats of per-repeat ratios):\n")
     print(ratios_table(ratios))
-    result = {"benchmark": "train_step_presets", "presets": names, "device": device, "threads": tinfo,
-              "mode": "smoke" if smoke else "quick" if args.quick else "full", "repeats": repeats,
-              "steps_per_block": mode.steps, "compile_backend": args.compile_backend or "inductor", "wall_s": wall,
-              "cases": results, "ratios": ratios,
-              "ratio_ci": {f"{k}_{r['case']}": v for r in results for k, v in r["ratio_ci"].items()}}
+    result = {
+        "benchmark": "train_step_presets",
+        "presets": names,
+        "device": device,
+        "threads": tinfo,
+        "mode": "smoke" if smoke else "quick" if args.quick else "full",
+        "repeats": repeats,
+        "steps_per_block": mode.steps,
+        "compile_backend": args.compile_backend or "inductor",
+        "wall_s": wall,
+        "cases": results,
+        "ratios": ratios,
+        "ratio_ci": {f"{k}_{r['case']}": v for r in results for k, v in r["ratio_ci"].items()},
+    }
     if args.json:
         write_json(args.json, result, device)
     return result
@@ -637,13 +881,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_common_arguments(parser)
     parser.add_argument("--cases", default="minilm,llama", help="comma-separated: minilm, llama")
     parser.add_argument("--profile", action="store_true", help="profile our KaSA step against our LoRA step")
-    parser.add_argument("--preset", default=None,
-                        help=f"GPU presets instead of the CPU cases: comma-separated {', '.join(PRESETS)}, or all")
-    parser.add_argument("--variants", default=None,
-                        help=f"with --preset: comma-separated subset of {', '.join(PRESET_VARIANTS)} (default all)")
-    parser.add_argument("--compile-backend", default=None,
-                        help="with --preset: torch.compile backend of the compiled variants (default inductor; "
-                             "aot_eager for a quick CPU check)")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help=f"GPU presets instead of the CPU cases: comma-separated {', '.join(PRESETS)}, or all",
+    )
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help=f"with --preset: comma-separated subset of {', '.join(PRESET_VARIANTS)} (default all)",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default=None,
+        help="with --preset: torch.compile backend of the compiled variants (default inductor; "
+        "aot_eager for a quick CPU check)",
+    )
     args = parser.parse_args(argv)
     quiet()
     if args.preset:
@@ -670,33 +923,60 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for r in results:
         ratios.update({f"{k}_{r['case']}": v for k, v in r["ratios"].items()})
 
-    print(f"# Train step: KaSA/LoRA (ours) vs PEFT, r={R}, alpha={ALPHA:g}, fp32, AdamW lr={LR:g}, "
-          f"{'smoke' if mode.smoke else 'quick' if args.quick else 'full'} mode")
-    print(f"device {device}, torch threads {tinfo['torch_threads']}, torch {torch.__version__}, repeats {repeats} x "
-          f"{mode.steps} steps per block (warm-up {mode.warmup} excluded), wall {wall:.0f} s")
+    print(
+        f"# Train step: KaSA/LoRA (ours) vs PEFT, r={R}, alpha={ALPHA:g}, fp32, AdamW lr={LR:g}, "
+        f"{'smoke' if mode.smoke else 'quick' if args.quick else 'full'} mode"
+    )
+    print(
+        f"device {device}, torch threads {tinfo['torch_threads']}, torch {torch.__version__}, repeats {repeats} x "
+        f"{mode.steps} steps per block (warm-up {mode.warmup} excluded), wall {wall:.0f} s"
+    )
     for r in results:
         print(f"\n## {r['title']}\n")
         print(case_table(r))
         if r["profile"]:
             print(f"\n### Profile of the KaSA step vs the LoRA step ({r['case']})\n")
             print(r["profile"])
-    print("\nRatios (ours / theirs; median over repeats of per-repeat ratios; unsuffixed = geometric mean over "
-          "the cases):\n")
+    print(
+        "\nRatios (ours / theirs; median over repeats of per-repeat ratios; unsuffixed = geometric mean over "
+        "the cases):\n"
+    )
     print(ratios_table(ratios))
-    print("\nStep-time ratios per case with a distribution-free 95% confidence interval of the median over repeats "
-          "(order statistics of the per-repeat ratios; the coverage is exact for independent repeats):\n")
-    rows = [(key, r["case"], f"{r['ratios'][key]:.3f}", f"[{r['ratio_ci'][key][0]:.3f}, {r['ratio_ci'][key][1]:.3f}]",
-             f"{100 * r['ratio_ci'][key][2]:.1f}%") for key in STEP_RATIOS for r in results]
+    print(
+        "\nStep-time ratios per case with a distribution-free 95% confidence interval of the median over repeats "
+        "(order statistics of the per-repeat ratios; the coverage is exact for independent repeats):\n"
+    )
+    rows = [
+        (
+            key,
+            r["case"],
+            f"{r['ratios'][key]:.3f}",
+            f"[{r['ratio_ci'][key][0]:.3f}, {r['ratio_ci'][key][1]:.3f}]",
+            f"{100 * r['ratio_ci'][key][2]:.1f}%",
+        )
+        for key in STEP_RATIOS
+        for r in results
+    ]
     print(markdown_table(["ratio", "case", "median", "CI", "coverage"], rows, align="llrrr"))
     print("\n" + probe.describe())
     if device == "cpu":
         print("CPU timings on a shared machine: compare the ratios, not the absolute times.")
 
     result = {
-        "benchmark": "train_step", "mode": "smoke" if mode.smoke else "quick" if args.quick else "full",
-        "device": device, "threads": tinfo, "r": R, "alpha": ALPHA, "lr": LR, "seed": SEED,
-        "repeats": repeats, "steps_per_block": mode.steps, "warmup_steps": mode.warmup, "wall_s": wall,
-        "probe_gflops": probe.as_dict(), "cases": results,
+        "benchmark": "train_step",
+        "mode": "smoke" if mode.smoke else "quick" if args.quick else "full",
+        "device": device,
+        "threads": tinfo,
+        "r": R,
+        "alpha": ALPHA,
+        "lr": LR,
+        "seed": SEED,
+        "repeats": repeats,
+        "steps_per_block": mode.steps,
+        "warmup_steps": mode.warmup,
+        "wall_s": wall,
+        "probe_gflops": probe.as_dict(),
+        "cases": results,
         "ratio_definitions": {
             "kasa_vs_lora_step": "step time, our KaSA / our LoRA",
             "lightning_vs_plain_step": "our KaSA step inside KaSAModule + Trainer (batch start -> end) / plain loop",

@@ -197,8 +197,10 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         if self._trainer is None:
             return {}
         device = self.trainer.strategy.root_device
-        return {"svd_device": device if device.type == "cuda" else None,
-                "progress": None if self.trainer.progress_bar_callback is not None else False}
+        return {
+            "svd_device": device if device.type == "cuda" else None,
+            "progress": None if self.trainer.progress_bar_callback is not None else False,
+        }
 
     def forward(self, **batch: Any) -> Any:
         return self.model(**batch)
@@ -210,8 +212,12 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         if self.label_smoothing > 0 and self.task == "causal_lm" and "labels" in batch:
             logits = outputs.logits[:, :-1].float()
             labels = batch["labels"][:, 1:]
-            return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                               ignore_index=-100, label_smoothing=self.label_smoothing)
+            return nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                labels.reshape(-1),
+                ignore_index=-100,
+                label_smoothing=self.label_smoothing,
+            )
         if getattr(outputs, "loss", None) is None:
             raise ValueError(
                 "the batch has no 'labels', so the backbone returned no loss; use a DataModule that provides labels"
@@ -272,8 +278,11 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
             raise NonFiniteLossError("another process had a non-finite training loss; see its error message")
         step, values = self._finite.first()
         term, hint = blame(values, self.adapter_config.beta, self.adapter_config.gamma)
-        bad_layers = [name for name, layer in adapted_layers(self.model)
-                      if any(not torch.isfinite(p).all() for p in layer.adapter_parameters())]
+        bad_layers = [
+            name
+            for name, layer in adapted_layers(self.model)
+            if any(not torch.isfinite(p).all() for p in layer.adapter_parameters())
+        ]
         raise NonFiniteLossError(
             f"non-finite loss at global step {step} (loss {values[0]}, task loss {values[1]}, L2 {values[2]}, "
             f"L3 {values[3]}); the term that blew up: {term}. {hint} Now at global step {self.global_step}, layers "

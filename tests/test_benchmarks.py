@@ -52,7 +52,9 @@ def test_common_helpers(bench, tmp_path):
         common.median_ratio([1.0], [1.0, 2.0])
     assert common.per_call(lambda: None, 3)() >= 0
     assert common.check_ratios({"x": 1.0, "y": float("nan")}, ["x", "z"]) == [
-        "missing ratio 'z'", "ratio 'y' = nan is not finite and positive"]
+        "missing ratio 'z'",
+        "ratio 'y' = nan is not finite and positive",
+    ]
     probe = common.Probe(size=64, calls=2).start().stop()
     assert probe.before > 0 and probe.after > 0 and isinstance(probe.noisy, bool)
     with pytest.raises(ValueError, match="ratios"):
@@ -73,23 +75,38 @@ def test_train_step_smoke(bench, tmp_path):
     train_step = bench("train_step")
     path = tmp_path / "train_step.json"
     result = train_step.main(["--smoke", "--json", str(path)])
-    written = _check(result, path, [*train_step.REQUIRED, *(f"{k}_{c}" for k in train_step.REQUIRED
-                                                            for c in ("minilm", "llama"))])
+    written = _check(
+        result, path, [*train_step.REQUIRED, *(f"{k}_{c}" for k in train_step.REQUIRED for c in ("minilm", "llama"))]
+    )
     for case in written["cases"]:
         assert set(case["times_s"]) == set(train_step.VARIANTS)
         assert all(m["peak_bytes"] > m["persistent_bytes"] > 0 for m in case["memory"].values())
 
 
-@pytest.mark.parametrize("variants", ["kasa,lora,peft_kasa",
-                                      pytest.param("kasa,lora,peft_kasa,kasa_compiled,lora_compiled",
-                                                   marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "variants",
+    ["kasa,lora,peft_kasa", pytest.param("kasa,lora,peft_kasa,kasa_compiled,lora_compiled", marks=pytest.mark.slow)],
+)
 def test_train_step_presets_smoke(bench, tmp_path, variants):
     """The GPU presets' code path on the CPU at tiny sizes: bf16 autocast, float32 adapters on a bf16 base, PEFT
     KaSA beside ours; the compiled variants (aot_eager backend, about a minute on 2 busy cores) are marked slow."""
     train_step = bench("train_step")
     path = tmp_path / "presets.json"
-    result = train_step.main(["--preset", "llama3-8b-layers", "--smoke", "--device", "cpu", "--compile-backend",
-                              "aot_eager", "--variants", variants, "--json", str(path)])
+    result = train_step.main(
+        [
+            "--preset",
+            "llama3-8b-layers",
+            "--smoke",
+            "--device",
+            "cpu",
+            "--compile-backend",
+            "aot_eager",
+            "--variants",
+            variants,
+            "--json",
+            str(path),
+        ]
+    )
     case = "llama3-8b-layers/bf16-mixed"
     compiled = "compiled" in variants
     required = [f"kasa_vs_lora_step_{case}", f"kasa_vs_peft_kasa_step_{case}"]
@@ -107,14 +124,22 @@ def test_gpu_check_script_cpu_smoke(tmp_path):
     """benchmarks/gpu_check.sh end to end on the CPU path: tests/test_gpu.py (skipped here) and both presets at tiny
     sizes, merged into one JSON."""
     out = tmp_path / "gpu_check.json"
-    proc = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), "--cpu-smoke", str(out)], capture_output=True,
-                          text=True, timeout=900, check=False)
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu_check.sh"), "--cpu-smoke", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     merged = json.loads(out.read_text())
     assert merged["smoke"] and merged["tests"]["returncode"] == 0 and merged["presets_returncode"] == 0
     assert merged["tests"]["tests"] >= 1
     assert {c["case"] for c in merged["presets"]["cases"]} == {
-        "roberta-base/32-true", "roberta-base/bf16-mixed", "llama3-8b-layers/bf16-mixed"}
+        "roberta-base/32-true",
+        "roberta-base/bf16-mixed",
+        "llama3-8b-layers/bf16-mixed",
+    }
     assert merged["ratios"]["kasa_vs_lora_step_compiled_roberta-base/32-true"] > 0
 
 
@@ -133,10 +158,22 @@ def test_quality_smoke(bench, tmp_path):
         pytest.skip("the shared GLUE fixtures are not here")
     quality = bench("quality")
     path = tmp_path / "quality.json"
-    result = quality.main(["--smoke", "--methods", "kasa,lora,peft_kasa", "--data-dir", str(SHARED_DATA / "glue"),
-                           "--json", str(path), "--output-dir", str(tmp_path / "sweep")])
-    written = _check(result, path, ["kasa_vs_peft_kasa_accuracy", "kasa_vs_lora_accuracy",
-                                    "kasa_vs_peft_kasa_accuracy_rte"])
+    result = quality.main(
+        [
+            "--smoke",
+            "--methods",
+            "kasa,lora,peft_kasa",
+            "--data-dir",
+            str(SHARED_DATA / "glue"),
+            "--json",
+            str(path),
+            "--output-dir",
+            str(tmp_path / "sweep"),
+        ]
+    )
+    written = _check(
+        result, path, ["kasa_vs_peft_kasa_accuracy", "kasa_vs_lora_accuracy", "kasa_vs_peft_kasa_accuracy_rte"]
+    )
     assert "NOT statistically meaningful" in written["note"]
     assert {r["method"] for r in written["runs"]} == {"kasa", "lora", "peft_kasa"}
     assert all(r["steps"] > 0 for r in written["runs"])
@@ -169,8 +206,9 @@ def test_quality_picks_the_training_file(bench, tmp_path):
 
 def test_run_all_merges_ratios(bench):
     run_all = bench("run_all")
-    merged = run_all.merge_ratios({"a": {"ratios": {"x": 1.0, "shared": 2.0}}, "b": {"ratios": {"shared": 3.0}},
-                                   "c": {}})
+    merged = run_all.merge_ratios(
+        {"a": {"ratios": {"x": 1.0, "shared": 2.0}}, "b": {"ratios": {"shared": 3.0}}, "c": {}}
+    )
     assert merged == {"x": 1.0, "a/shared": 2.0, "b/shared": 3.0}
     cmd = run_all.command("truncation", "t.json", quick=True, smoke=False, threads=1, device=None)
     assert cmd[-3:] == ["--json", "t.json", "--quick"]  # truncation takes no --threads/--smoke
@@ -181,8 +219,12 @@ def test_run_all_merges_ratios(bench):
 @pytest.mark.slow
 def test_run_all_end_to_end(tmp_path):
     out = tmp_path / "all.json"
-    proc = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--smoke", "--only", "inference",
-                           "--json", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "run_all.py"), "--smoke", "--only", "inference", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     merged = json.loads(out.read_text())
     assert merged["failed"] == [] and set(merged["scripts"]) == {"inference"}

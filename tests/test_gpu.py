@@ -20,33 +20,63 @@ def test_fsdp_tiny_llama_trains_and_checkpoints_adapters_only(tmp_path):
     from kasa_lightning.hub import resolve_pretrained
 
     backbone = tmp_path / "tiny-llama"
-    cfg = LlamaConfig(vocab_size=30522, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, num_labels=2)
+    cfg = LlamaConfig(
+        vocab_size=30522,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        num_labels=2,
+    )
     LlamaForSequenceClassification(cfg).save_pretrained(backbone)
     AutoTokenizer.from_pretrained(resolve_pretrained(MINILM)).save_pretrained(backbone)
     config = {
         "seed_everything": 0,
-        "trainer": {"default_root_dir": str(tmp_path / "run"), "devices": 1, "max_steps": 4,
-                    "enable_progress_bar": False,
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"save_last": True}}]},
-        "model": {"class_path": "kasa_lightning.KaSAModule",
-                  "init_args": {"backbone": str(backbone),
-                                "adapter": {"r": 4, "target_modules": ["q_proj", "v_proj"]}}},
-        "data": {"class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
-                 "init_args": {"train_size": 64, "val_size": 16, "batch_size": 8, "max_length": 32}},
+        "trainer": {
+            "default_root_dir": str(tmp_path / "run"),
+            "devices": 1,
+            "max_steps": 4,
+            "enable_progress_bar": False,
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
+            ],
+        },
+        "model": {
+            "class_path": "kasa_lightning.KaSAModule",
+            "init_args": {"backbone": str(backbone), "adapter": {"r": 4, "target_modules": ["q_proj", "v_proj"]}},
+        },
+        "data": {
+            "class_path": "kasa_lightning.datamodules.SentimentDemoDataModule",
+            "init_args": {"train_size": 64, "val_size": 16, "batch_size": 8, "max_length": 32},
+        },
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
     proc = subprocess.run(
-        [sys.executable, "-m", "kasa_lightning", "fit", "--config", str(tmp_path / "cfg.yaml"),
-         "--config", str(ROOT / "configs/strategies/fsdp.yaml")],
-        cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "kasa_lightning",
+            "fit",
+            "--config",
+            str(tmp_path / "cfg.yaml"),
+            "--config",
+            str(ROOT / "configs/strategies/fsdp.yaml"),
+        ],
+        cwd=tmp_path,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     (ckpt,) = (tmp_path / "run").rglob("last.ckpt")
     state = torch.load(ckpt, weights_only=True)["state_dict"]
-    assert state and all(k.split(".")[-1] in {"delta_u", "delta_sigma", "delta_v", "dropped_u", "dropped_v",
-                                               "weight", "bias"} for k in state)
+    assert state and all(
+        k.split(".")[-1] in {"delta_u", "delta_sigma", "delta_v", "dropped_u", "dropped_v", "weight", "bias"}
+        for k in state
+    )
     assert not any("embed_tokens" in k or "base_layer" in k for k in state)
     assert all(v.numel() > 0 for v in state.values())  # gathered full tensors, not empty shards
     from kasa_lightning import KaSAModule
@@ -70,7 +100,15 @@ def test_fit_on_gpu_truncates_on_the_gpu(tmp_path, monkeypatch):
         return original(weight, *args, **kwargs)
 
     monkeypatch.setattr(inject, "extreme_triplets", recording)
-    trainer = L.Trainer(accelerator="gpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="gpu",
+        devices=1,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(tiny_module(), datamodule=tiny_data())
     assert devices and set(devices) == {"cuda"}, devices

@@ -71,9 +71,8 @@ def cached_adapted_layers(model: nn.Module) -> list[tuple[str, AdaptedLayer]]:
     activation checkpointing wrap the layers, they do not replace them), moves or casts it, or loads a checkpoint into
     it; ``unload_adapters`` and ``merge_and_unload`` drop it with the rest of the adapter state, and
     ``apply_adapters`` starts a new one."""
-    state = getattr(model, _STATE_ATTR, None)
-    if state is None:
-        adapter_config(model)  # raises the usual error
+    adapter_config(model)  # raises the usual error when there are no adapters
+    state = getattr(model, _STATE_ATTR)
     layers = state.get("layers")
     if layers is None:
         layers = state["layers"] = list(adapted_layers(model))
@@ -176,7 +175,9 @@ def apply_adapters(
     targets = find_targets(model, config)
     for name in targets:
         _validate(model, name, config, initialize)
-    saved = [n for n, _ in _plain_modules(model) if n and config.modules_to_save and _matches(n, config.modules_to_save)]
+    saved = [
+        n for n, _ in _plain_modules(model) if n and config.modules_to_save and _matches(n, config.modules_to_save)
+    ]
     if config.modules_to_save and not saved:
         raise ValueError(f"modules_to_save={config.modules_to_save} matched no module of {type(model).__name__}")
 
@@ -226,8 +227,14 @@ def _progress_bar(total: int, method: str, enabled: bool | None):  # noqa: ANN20
         return None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc=f"{method} truncation", unit="weight", disable=None if enabled is None else False,
-               leave=True, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        desc=f"{method} truncation",
+        unit="weight",
+        disable=None if enabled is None else False,
+        leave=True,
+        dynamic_ncols=True,
+    )
     if bar.disable:
         bar.close()
         return None

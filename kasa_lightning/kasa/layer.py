@@ -121,7 +121,7 @@ class AdaptedLayer(nn.Module):
         if was_merged:
             self.merge()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
         # Loading new removed-part buffers must keep the folded base weight consistent: take the old part out,
         # load, fold the new one in (torch calls this before loading the children, i.e. the base layer).
         if self._weight_is_whole():
@@ -232,7 +232,8 @@ class AdaptedLayer(nn.Module):
         # A plain nn.Linear without hooks run on x flattened to (tokens, in) returns a fresh, non-view (tokens, out)
         # tensor that nobody else holds: in eager mode the update can be accumulated into it in place (_add_product).
         plain = type(self.base_layer) is nn.Linear and not (
-            self.base_layer._forward_hooks or self.base_layer._forward_pre_hooks)
+            self.base_layer._forward_hooks or self.base_layer._forward_pre_hooks
+        )
         lead = x.shape[:-1]
         if plain and x.dim() != 2:
             x = x.reshape(-1, x.shape[-1])  # (tokens, in)
@@ -254,8 +255,7 @@ class AdaptedLayer(nn.Module):
         )
 
 
-def _add_product(y: torch.Tensor, h: torch.Tensor, u: torch.Tensor, in_place: bool,
-                 alpha: float = 1.0) -> torch.Tensor:
+def _add_product(y: torch.Tensor, h: torch.Tensor, u: torch.Tensor, in_place: bool, alpha: float = 1.0) -> torch.Tensor:
     """y + alpha * h u^T for y (..., out), h (..., r), u (out, r).
 
     Eager mode, with ``in_place`` (y is a plain Linear's own fresh 2-D output), y of the same dtype as h and u, and

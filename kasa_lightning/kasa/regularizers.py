@@ -9,7 +9,7 @@ adds up those recorded terms (their graph leads back to the unsharded tensors, s
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import torch
@@ -40,8 +40,10 @@ def record_in_forward(model: nn.Module, enabled: bool = True) -> None:
 
 def _whole(layer: nn.Module) -> bool:
     """Whether this process sees the layer's adapter tensors whole (not as FSDP shards)."""
-    return (tuple(layer.delta_u.shape) == (layer.out_features, layer.r)
-            and tuple(layer.delta_v.shape) == (layer.in_features, layer.r))
+    return tuple(layer.delta_u.shape) == (layer.out_features, layer.r) and tuple(layer.delta_v.shape) == (
+        layer.in_features,
+        layer.r,
+    )
 
 
 def adapter_loss(model: nn.Module, per_layer: bool = False) -> torch.Tensor | AdapterLossTerms:
@@ -77,7 +79,7 @@ def adapter_loss(model: nn.Module, per_layer: bool = False) -> torch.Tensor | Ad
     return loss
 
 
-def _recorded_terms(layers: list[tuple[str, nn.Module]]) -> dict[str, LayerTerms]:
+def _recorded_terms(layers: Sequence[tuple[str, nn.Module]]) -> dict[str, LayerTerms]:
     missing = [name for name, layer in layers if layer.recorded_terms is None]
     if missing:
         raise RuntimeError(
@@ -95,7 +97,7 @@ class _Plan(NamedTuple):
     slots: list[tuple[tuple[int, int], tuple[int, int]]]
 
 
-def _make_plan(layers: list[tuple[str, nn.Module]]) -> _Plan:
+def _make_plan(layers: Sequence[tuple[str, nn.Module]]) -> _Plan:
     sharded = [name for name, layer in layers if not _whole(layer)]
     if sharded:
         raise RuntimeError(
@@ -105,9 +107,9 @@ def _make_plan(layers: list[tuple[str, nn.Module]]) -> _Plan:
         )
     index: dict[tuple, int] = {}
     groups: list[list[tuple[int, str]]] = []
-    slots = []
+    slots: list[tuple[tuple[int, int], tuple[int, int]]] = []
     for i, (_, layer) in enumerate(layers):
-        slot = []
+        slot: list[tuple[int, int]] = []
         for attr in ("delta_u", "delta_v"):
             t = getattr(layer, attr)
             g = index.setdefault((tuple(t.shape), t.dtype, t.device), len(groups))
@@ -115,16 +117,16 @@ def _make_plan(layers: list[tuple[str, nn.Module]]) -> _Plan:
                 groups.append([])
             slot.append((g, len(groups[g])))
             groups[g].append((i, attr))
-        slots.append(tuple(slot))
+        slots.append((slot[0], slot[1]))
     return _Plan(groups, slots)
 
 
 def _batched_terms(
-    model: nn.Module, layers: list[tuple[str, nn.Module]], form: str, need_l3: bool
+    model: nn.Module, layers: Sequence[tuple[str, nn.Module]], form: str, need_l3: bool
 ) -> tuple[Mapping[str, LayerTerms], torch.Tensor, torch.Tensor]:
     """Per-layer terms (a lazy mapping, module order), summed L2 and summed L3."""
     modules = [layer for _, layer in layers]
-    first = modules[0].delta_u
+    first = _tensor(modules[0], "delta_u")
     # L2: every dsigma (r,) of the model in one (L, r) stack
     squares = None
     if modules[0].delta_sigma is not None:
@@ -147,8 +149,10 @@ def _batched_terms(
             if plan is None or len(plan.slots) != len(modules):
                 plan = state["reg_plan"] = _make_plan(layers)
             try:
-                distances = [gram_distance(torch.stack([_tensor(modules[i], attr) for i, attr in members]), form)
-                             for members in plan.groups]  # (group size,) each
+                distances = [
+                    gram_distance(torch.stack([_tensor(modules[i], attr) for i, attr in members]), form)
+                    for members in plan.groups
+                ]  # (group size,) each
                 break
             except RuntimeError:  # the tensors changed shape, dtype or device since the plan: make it anew
                 if attempt:
@@ -158,7 +162,7 @@ def _batched_terms(
         if len(devices) == 1:
             l3 = torch.cat(distances).sum() if len(distances) > 1 else distances[0].sum()
         else:  # a model spread over devices: add up on the first one
-            l3 = sum(d.sum().to(first.device) for d in distances)
+            l3 = torch.stack([d.sum().to(first.device) for d in distances]).sum()
     else:
         l3 = torch.zeros((), device=l2.device)
     names = [name for name, _ in layers]
@@ -176,8 +180,9 @@ class _LazyLayerTerms(Mapping):
     """name -> ``LayerTerms`` of one layer, split out of the stacked values on first use (logging, callbacks); a
     training step that never reads them dispatches no per-layer operator."""
 
-    def __init__(self, names: list[str], squares: torch.Tensor | None, distances: list[torch.Tensor],
-                 plan: _Plan | None) -> None:
+    def __init__(
+        self, names: list[str], squares: torch.Tensor | None, distances: list[torch.Tensor], plan: _Plan | None
+    ) -> None:
         self._names = names
         self._squares, self._distances, self._plan = squares, distances, plan
         self._terms: dict[str, LayerTerms] | None = None

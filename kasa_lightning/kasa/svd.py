@@ -128,8 +128,9 @@ def _eig_subspace(w64: torch.Tensor, q: int, which: Which) -> torch.Tensor:
             # arrays; a row-major W is W^T in Fortran order, so ask for A A^T with A = W^T (no copy; 2x faster
             # than letting the wrapper copy W at 4096 x 4096)
             a = w64.numpy()
-            gram = (blas.dsyrk(1.0, a, trans=1, lower=0) if a.flags.f_contiguous
-                    else blas.dsyrk(1.0, a.T, trans=0, lower=0))
+            gram = (
+                blas.dsyrk(1.0, a, trans=1, lower=0) if a.flags.f_contiguous else blas.dsyrk(1.0, a.T, trans=0, lower=0)
+            )
             _, vecs_np = scipy.linalg.eigh(
                 gram, lower=False, subset_by_index=index, driver="evx", overwrite_a=True, check_finite=False
             )
