@@ -36,7 +36,7 @@ class AdapterExport(L.Callback):
         module, which = pl_module, "last"
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # on every rank: a broadcast under DDP/FSDP
         if not (self.which == "best" and best) and shards_parameters(trainer.strategy):
-            module = pl_module.plain_copy()  # gathers the sharded state: every rank takes part, rank 0 gets it
+            module = pl_module.unwrapped_copy()  # gathers the sharded state: every rank takes part, rank 0 gets it
         if not trainer.is_global_zero:
             return
         if self.which == "best" and best:

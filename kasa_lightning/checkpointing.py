@@ -20,7 +20,7 @@ from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 from kasa_lightning import checkpoint_io
 from kasa_lightning.divergence import DivergedAdaptersError, checkpoint_problem
 from kasa_lightning.kasa import adapter_state_dict, load_adapter_state_dict
-from kasa_lightning.kasa.inject import plain_name
+from kasa_lightning.kasa.inject import unwrapped_name
 from kasa_lightning.resume import (
     changed_settings,
     refusal,
@@ -112,7 +112,7 @@ class CheckpointMixin:
         full = self.backbone_config is not None
         if not full:
             # the strategies gather state dicts under the unwrapped names
-            keep = {f"model.{plain_name(k)}" for k in adapter_state_dict(self.model)}
+            keep = {f"model.{unwrapped_name(k)}" for k in adapter_state_dict(self.model)}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["kasa"] = {
             "full_state": full,

@@ -367,7 +367,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         root = self._trainer.strategy.model if self._trainer is not None else None
         return gathered_adapters(root) if isinstance(root, FSDP) else contextlib.nullcontext()
 
-    def plain_copy(self) -> KaSAModule | None:
+    def unwrapped_copy(self) -> KaSAModule | None:
         """An unwrapped CPU copy holding the current trained state, rebuilt exactly as a checkpoint written now
         would reload (``load_from_checkpoint``). Under a sharding strategy this gathers the state and is a
         collective (call it on every rank); ranks other than 0 get None."""

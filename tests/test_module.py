@@ -309,14 +309,14 @@ def test_label_smoothing_and_cosine_warmup_steps(tmp_path):
 
 
 def test_wrapper_prefixes_are_removed_from_checkpoint_names():
-    from kasa_lightning.kasa.inject import plain_name as _plain_name
+    from kasa_lightning.kasa.inject import unwrapped_name as _unwrapped_name
 
     assert (
-        _plain_name("model.layers.0._fsdp_wrapped_module.self_attn.q_proj.delta_u")
+        _unwrapped_name("model.layers.0._fsdp_wrapped_module.self_attn.q_proj.delta_u")
         == "model.layers.0.self_attn.q_proj.delta_u"
     )
     assert (
-        _plain_name("_orig_mod.bert.encoder.layer.0._checkpoint_wrapped_module.attention.self.query.delta_v")
+        _unwrapped_name("_orig_mod.bert.encoder.layer.0._checkpoint_wrapped_module.attention.self.query.delta_v")
         == "bert.encoder.layer.0.attention.self.query.delta_v"
     )
 

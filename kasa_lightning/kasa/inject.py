@@ -35,7 +35,7 @@ def _is_linear_like(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
-def _plain_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+def _unwrapped_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Named modules, skipping the insides of adapted layers."""
     inside: list[str] = []
     for name, module in model.named_modules():
@@ -49,7 +49,7 @@ def _plain_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 _WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
 
 
-def plain_name(name: str) -> str:
+def unwrapped_name(name: str) -> str:
     """A module or parameter name without the components FSDP, activation checkpointing and torch.compile insert
     (``a._fsdp_wrapped_module.query`` -> ``a.query``): the name the unwrapped model has."""
     return ".".join(part for part in name.split(".") if part not in _WRAPPER_PARTS)
@@ -57,10 +57,10 @@ def plain_name(name: str) -> str:
 
 def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLayer]]:
     """(qualified name, layer) for every adapted layer of ``model``, in module order. Names are those of the
-    unwrapped model (see ``plain_name``), also when a strategy has wrapped it."""
+    unwrapped model (see ``unwrapped_name``), also when a strategy has wrapped it."""
     for name, module in model.named_modules():
         if isinstance(module, AdaptedLayer):
-            yield plain_name(name), module
+            yield unwrapped_name(name), module
 
 
 def cached_adapted_layers(model: nn.Module) -> list[tuple[str, AdaptedLayer]]:
@@ -99,7 +99,7 @@ def adapter_config(model: nn.Module) -> AdapterConfig:
 def find_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
     """Qualified names of the modules ``config.target_modules`` selects; raises if one is unusable."""
     names, bad = [], []
-    for name, module in _plain_modules(model):
+    for name, module in _unwrapped_modules(model):
         if name and _matches(name, config.target_modules):
             if isinstance(module, AdaptedLayer):
                 continue
@@ -113,7 +113,7 @@ def find_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
             "Only torch.nn.Linear and transformers Conv1D can be adapted; narrow target_modules to those layers."
         )
     if not names:
-        candidates = sorted({n.rsplit(".", 1)[-1] for n, m in _plain_modules(model) if n and _is_linear_like(m)})
+        candidates = sorted({n.rsplit(".", 1)[-1] for n, m in _unwrapped_modules(model) if n and _is_linear_like(m)})
         raise ValueError(
             f"target_modules={config.target_modules} matched no layer of {type(model).__name__}. "
             f"Linear layer names in this model: {candidates}"
@@ -176,7 +176,7 @@ def apply_adapters(
     for name in targets:
         _validate(model, name, config, initialize)
     saved = [
-        n for n, _ in _plain_modules(model) if n and config.modules_to_save and _matches(n, config.modules_to_save)
+        n for n, _ in _unwrapped_modules(model) if n and config.modules_to_save and _matches(n, config.modules_to_save)
     ]
     if config.modules_to_save and not saved:
         raise ValueError(f"modules_to_save={config.modules_to_save} matched no module of {type(model).__name__}")

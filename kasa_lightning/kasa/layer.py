@@ -32,7 +32,7 @@ def is_conv1d(module: nn.Module) -> bool:
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """(out_features, in_features) of an ``nn.Linear`` or ``Conv1D``."""
-    w = module.weight
+    w: torch.Tensor = module.weight  # type: ignore[assignment]
     return (w.shape[1], w.shape[0]) if is_conv1d(module) else (w.shape[0], w.shape[1])
 
 
@@ -45,6 +45,13 @@ class AdaptedLayer(nn.Module):
     reversible and exportable.
     """
 
+    # for type checkers (nn.Module.__getattr__ types every attribute as Tensor | Module)
+    delta_u: nn.Parameter
+    delta_v: nn.Parameter
+    delta_sigma: nn.Parameter | None
+    dropped_u: torch.Tensor | None
+    dropped_v: torch.Tensor | None
+
     def __init__(self, base_layer: nn.Module, config: AdapterConfig) -> None:
         super().__init__()
         self.base_layer = base_layer
@@ -55,7 +62,7 @@ class AdaptedLayer(nn.Module):
         self.merged = False
         out_features, in_features = linear_shape(base_layer)
         self.out_features, self.in_features = out_features, in_features
-        w = base_layer.weight
+        w: torch.Tensor = base_layer.weight  # type: ignore[assignment]
         dtype = w.dtype if w.dtype.is_floating_point else torch.float32
         factory = {"device": w.device, "dtype": dtype}
         self.delta_u = nn.Parameter(torch.zeros(out_features, config.r, **factory))
@@ -231,22 +238,22 @@ class AdaptedLayer(nn.Module):
             return self.base_layer(x)
         # A plain nn.Linear without hooks run on x flattened to (tokens, in) returns a fresh, non-view (tokens, out)
         # tensor that nobody else holds: in eager mode the update can be accumulated into it in place (_add_product).
-        plain = type(self.base_layer) is nn.Linear and not (
+        flat_linear = type(self.base_layer) is nn.Linear and not (
             self.base_layer._forward_hooks or self.base_layer._forward_pre_hooks
         )
         lead = x.shape[:-1]
-        if plain and x.dim() != 2:
+        if flat_linear and x.dim() != 2:
             x = x.reshape(-1, x.shape[-1])  # (tokens, in)
         y = self.base_layer(x)  # (tokens, out), or (..., out) for other base layers
         if self.dropped_u is not None and self.truncation_mode == "lowrank":
             xd = x if x.dtype == self.dropped_v.dtype else x.to(self.dropped_v.dtype)
-            y = _add_product(y, xd @ self.dropped_v, self.dropped_u, plain, alpha=-1.0)
+            y = _add_product(y, xd @ self.dropped_v, self.dropped_u, flat_linear, alpha=-1.0)
         x = self.dropout(x)
         h = (x if x.dtype == self.delta_v.dtype else x.to(self.delta_v.dtype)) @ self.delta_v  # (tokens, r)
         if self.delta_sigma is not None:  # the diagonal scales the r-wide activations, the cheapest place
             h = h * self.delta_sigma
-        y = _add_product(y, h, self.delta_u, plain, alpha=self.scaling)  # (tokens, out); eta rides on the GEMM
-        return y.view(*lead, y.shape[-1]) if plain else y
+        y = _add_product(y, h, self.delta_u, flat_linear, alpha=self.scaling)  # (tokens, out); eta rides on the GEMM
+        return y.view(*lead, y.shape[-1]) if flat_linear else y
 
     def extra_repr(self) -> str:
         return (
