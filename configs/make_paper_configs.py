@@ -12,6 +12,9 @@ Choices the paper does not state are marked ASSUMED in the generated files.
 Every paper config pins ``trainer.devices: 1`` (the paper's setting) and states its effective batch as
 ``data.global_batch_size``: with more devices ``trainer.accumulate_grad_batches`` is derived from it (and a
 number of devices that does not divide it is refused), so the effective batch never grows silently.
+
+Over 400 lines because it is the paper's tables as data plus their writer, kept in one place so every config is
+regenerated from it.
 """
 
 from __future__ import annotations

@@ -26,13 +26,11 @@ text closes each assistant span; when it holds no stop token (eos, or a special 
 those end-of-turn tokens are added to ``generate``'s ``eos_token_id``. Loading: ``datamodules/loading.py``;
 MT-Bench answer files: ``kasa_lightning.metrics.mtbench``.
 
-Rows: a training conversation without an assistant turn (Alpaca: an ``output`` that is null or blank) is skipped,
-counted in ``stats["no_assistant"]`` and
-logged (its row indices); messages after the last assistant turn are dropped. Missing columns raise an error
-naming them. Over-long conversations (``max_length`` tokens) are truncated from the left (the last assistant turn
-is kept whole; earlier context is cut) or dropped, per ``overlength``, and counted (``stats``); a last assistant
-turn longer than ``max_length`` is always dropped. Prompts longer than ``max_length - max_new_tokens`` lose their
-start.
+Rows without an assistant turn (Alpaca: a null or blank ``output``) are skipped and counted
+(``stats["no_assistant"]``); messages after the last assistant turn are dropped; over-long conversations are
+truncated from the left (the last assistant turn kept whole) or dropped, per ``overlength``, and counted; a last
+assistant turn longer than ``max_length`` is always dropped. Prompts longer than ``max_length - max_new_tokens`` lose
+their start.
 
 Evaluation / prediction rows: the conversation up to its last user turn, rendered with
 ``add_generation_prompt=True``; ``targets`` = the reference assistant reply after it (or MT-Bench's ``reference``
@@ -41,6 +39,9 @@ for the turn), else ``None``; ``meta`` = ids (MT-Bench ``question_id``, ``catego
 ``format_prediction`` writes MT-Bench answers in FastChat's answer-file layout, other rows as
 ``{**meta, "output": text}``. Validation (``val_size`` rows held out of the training data with ``seed``) reports the
 loss/perplexity (``val_mode="loss"``, default) or generates and scores ROUGE-L (``val_mode="generate"``).
+
+Over 400 lines because the three row formats (LlamaDuo, Alpaca, MT-Bench with its two turns) share the
+encoding and bookkeeping here; templates, loading and answer files live in their own modules.
 """
 
 from __future__ import annotations

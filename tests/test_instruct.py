@@ -1,5 +1,9 @@
 """Instruction data (LlamaDuo, Alpaca, MT-Bench), assistant-only loss masks, FastChat answer files, the JSONL
-prediction writer, ROUGE-L and the LLM judge (against a local fake endpoint)."""
+prediction writer, ROUGE-L and the LLM judge (against a local fake endpoint).
+
+Over 400 lines because the chat-mask, MT-Bench and judge tests share the local fake endpoint and the real LlamaDuo
+shards.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """``python -m kasa_lightning sweep`` and ``report``: a real sweep (tiny BERT, 2 seeds x 2 methods) printed with
 ``--dry-run``, one printed command run by itself, the sweep killed mid-run (SIGKILL to its process group) and
 resumed, then the report checked against an aggregation computed here from the runs' ``metrics.json`` files; and
-the bad inputs, each an error that names its setting."""
+the bad inputs, each an error that names its setting.
+
+Over 400 lines because the end-to-end sweep test and the bad-input tests share one sweep fixture and its helpers.
+"""
 
 from __future__ import annotations
 
