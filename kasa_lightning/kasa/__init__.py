@@ -10,7 +10,6 @@ from .inject import (
     layer_groups,
     merge_adapters,
     merge_and_unload,
-    trainable_parameters,
     unload_adapters,
     unmerge_adapters,
 )
@@ -44,7 +43,6 @@ __all__ = [
     "read_adapter",
     "record_in_forward",
     "save_adapter",
-    "trainable_parameters",
     "unload_adapters",
     "unmerge_adapters",
     "weight_fingerprint",

@@ -282,8 +282,3 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, layer.base_layer)
     return _forget_adapters(model)
-
-
-def trainable_parameters(model: nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
-    """The parameters that train (adapters and ``modules_to_save``)."""
-    return ((n, p) for n, p in model.named_parameters() if p.requires_grad)
