@@ -36,10 +36,10 @@ def _lora_factors(layer: AdaptedLayer) -> tuple[torch.Tensor, torch.Tensor]:
     if layer.delta_sigma is not None:
         u = u * layer.delta_sigma.detach().float()
     b, a = u, layer.delta_v.detach().float().T
-    dropped_u, dropped_v = layer.dropped_u, layer.dropped_v
-    if dropped_u is not None and dropped_v is not None:
-        b = torch.cat([-dropped_u.float(), b], dim=1)
-        a = torch.cat([dropped_v.float().T, a], dim=0)
+    dropped = layer.dropped_factors()  # (out, r), (in, r) or None
+    if dropped is not None:
+        b = torch.cat([-dropped[0].float(), b], dim=1)
+        a = torch.cat([dropped[1].float().T, a], dim=0)
     return b, a
 
 
