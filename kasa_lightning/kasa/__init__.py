@@ -3,8 +3,10 @@ regularisers, adapter state and PEFT export. Each concept lives in its own modul
 
 from .config import AdapterConfig
 from .inject import (
+    AdapterState,
     adapted_layers,
     adapter_config,
+    adapter_state,
     apply_adapters,
     find_targets,
     layer_groups,
@@ -24,11 +26,13 @@ __all__ = [
     "AdaptedLayer",
     "AdapterConfig",
     "AdapterLossTerms",
+    "AdapterState",
     "LayerTerms",
     "Triplets",
     "adapted_layers",
     "adapter_config",
     "adapter_loss",
+    "adapter_state",
     "adapter_state_dict",
     "apply_adapters",
     "export_peft",

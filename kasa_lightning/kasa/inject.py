@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -16,7 +18,36 @@ from .config import AdapterConfig
 from .layer import AdaptedLayer, is_conv1d, linear_shape
 from .svd import extreme_triplets
 
+if TYPE_CHECKING:
+    from .regularizers import _Plan
+
 _STATE_ATTR = "_kasa_adapter_state"
+
+
+@dataclass
+class AdapterState:
+    """What ``apply_adapters`` records on a model (read it with ``adapter_state(model)``).
+
+    ``config``: the ``AdapterConfig`` applied. ``requires_grad``: parameter name -> its ``requires_grad`` before
+    ``apply_adapters`` (restored by ``unload_adapters`` / ``merge_and_unload``). ``saved``: qualified names of the
+    ``modules_to_save`` modules, trained and saved whole. ``layers``: the adapted layers once
+    ``cached_adapted_layers`` has found them. ``reg_plan``: the regulariser's stacking plan, a cache of
+    ``adapter_loss``. The two caches are dropped with the state; nothing of it is saved in a checkpoint.
+    """
+
+    config: AdapterConfig
+    requires_grad: dict[str, bool]
+    saved: list[str]
+    layers: list[tuple[str, AdaptedLayer]] | None = None
+    reg_plan: _Plan | None = None
+
+
+def adapter_state(model: nn.Module) -> AdapterState:
+    """The ``AdapterState`` that ``apply_adapters`` stored on ``model``; raises if the model has no adapters."""
+    state: AdapterState | None = getattr(model, _STATE_ATTR, None)
+    if state is None:
+        raise ValueError("this model has no adapters: call apply_adapters(model, config) first")
+    return state
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
@@ -71,11 +102,10 @@ def cached_adapted_layers(model: nn.Module) -> list[tuple[str, AdaptedLayer]]:
     activation checkpointing wrap the layers, they do not replace them), moves or casts it, or loads a checkpoint into
     it; ``unload_adapters`` and ``merge_and_unload`` drop it with the rest of the adapter state, and
     ``apply_adapters`` starts a new one."""
-    adapter_config(model)  # raises the usual error when there are no adapters
-    state = getattr(model, _STATE_ATTR)
-    layers = state.get("layers")
+    state = adapter_state(model)  # raises the usual error when there are no adapters
+    layers = state.layers
     if layers is None:
-        layers = state["layers"] = list(adapted_layers(model))
+        layers = state.layers = list(adapted_layers(model))
     return layers
 
 
@@ -90,10 +120,7 @@ def layer_groups(model: nn.Module) -> dict[str, list[tuple[str, AdaptedLayer]]]:
 
 def adapter_config(model: nn.Module) -> AdapterConfig:
     """The ``AdapterConfig`` that ``apply_adapters`` used on ``model``."""
-    state = getattr(model, _STATE_ATTR, None)
-    if state is None:
-        raise ValueError("this model has no adapters: call apply_adapters(model, config) first")
-    return state["config"]
+    return adapter_state(model).config
 
 
 def find_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
@@ -182,7 +209,7 @@ def apply_adapters(
         raise ValueError(f"modules_to_save={config.modules_to_save} matched no module of {type(model).__name__}")
 
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-    which = "principal" if config.method == "pissa" else "minor"
+    which: Literal["minor", "principal"] = "principal" if config.method == "pissa" else "minor"
     truncating = initialize and config.removes_triplets
     bar = _progress_bar(len(targets), config.method, progress if truncating else False)
     hits = 0
@@ -216,7 +243,7 @@ def apply_adapters(
     for n in saved:
         for p in model.get_submodule(n).parameters():
             p.requires_grad_(True)
-    object.__setattr__(model, _STATE_ATTR, {"config": config, "requires_grad": requires_grad, "saved": saved})
+    object.__setattr__(model, _STATE_ATTR, AdapterState(config=config, requires_grad=requires_grad, saved=saved))
     return model
 
 
@@ -243,10 +270,10 @@ def _progress_bar(total: int, method: str, enabled: bool | None):  # noqa: ANN20
 
 def _forget_adapters(model: nn.Module) -> nn.Module:
     """Restore the trainability recorded by ``apply_adapters`` and drop its bookkeeping."""
-    state = getattr(model, _STATE_ATTR, None)
+    state: AdapterState | None = getattr(model, _STATE_ATTR, None)
     if state is not None:
         for n, p in model.named_parameters():
-            p.requires_grad_(state["requires_grad"].get(n, p.requires_grad))
+            p.requires_grad_(state.requires_grad.get(n, p.requires_grad))
         object.__delattr__(model, _STATE_ATTR)
     return model
 

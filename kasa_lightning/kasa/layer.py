@@ -16,6 +16,7 @@ In ``fold`` mode the base weight holds W - D; in ``lowrank`` mode it holds W and
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ def is_conv1d(module: nn.Module) -> bool:
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """(out_features, in_features) of an ``nn.Linear`` or ``Conv1D``."""
-    w: torch.Tensor = module.weight  # type: ignore[assignment]
+    w = cast(torch.Tensor, module.weight)
     return (w.shape[1], w.shape[0]) if is_conv1d(module) else (w.shape[0], w.shape[1])
 
 
@@ -46,6 +47,7 @@ class AdaptedLayer(nn.Module):
     """
 
     # for type checkers (nn.Module.__getattr__ types every attribute as Tensor | Module)
+    base_layer: nn.Module
     delta_u: nn.Parameter
     delta_v: nn.Parameter
     delta_sigma: nn.Parameter | None
@@ -62,12 +64,13 @@ class AdaptedLayer(nn.Module):
         self.merged = False
         out_features, in_features = linear_shape(base_layer)
         self.out_features, self.in_features = out_features, in_features
-        w: torch.Tensor = base_layer.weight  # type: ignore[assignment]
-        dtype = w.dtype if w.dtype.is_floating_point else torch.float32
-        factory = {"device": w.device, "dtype": dtype}
-        self.delta_u = nn.Parameter(torch.zeros(out_features, config.r, **factory))
-        self.delta_v = nn.Parameter(torch.zeros(in_features, config.r, **factory))
-        self.delta_sigma = nn.Parameter(torch.ones(config.r, **factory)) if config.singular_values else None
+        w = cast(torch.Tensor, base_layer.weight)
+        device, dtype = w.device, (w.dtype if w.dtype.is_floating_point else torch.float32)
+        self.delta_u = nn.Parameter(torch.zeros(out_features, config.r, device=device, dtype=dtype))
+        self.delta_v = nn.Parameter(torch.zeros(in_features, config.r, device=device, dtype=dtype))
+        self.delta_sigma = (
+            nn.Parameter(torch.ones(config.r, device=device, dtype=dtype)) if config.singular_values else None
+        )
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if config.removes_triplets:
             self.register_buffer("dropped_u", torch.zeros(out_features, config.r, device=w.device))
@@ -114,16 +117,32 @@ class AdaptedLayer(nn.Module):
         if triplets is not None:
             self.set_dropped(triplets.us, triplets.v)
 
+    def dropped_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(dropped_u (out, r), dropped_v (in, r)), float32, or None for a method that removes nothing (the two
+        buffers are registered together, or neither is)."""
+        u, v = self.dropped_u, self.dropped_v
+        if u is None or v is None:
+            return None
+        return u, v
+
+    def _required_dropped_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``dropped_factors()`` where the method must remove a part (a clear error otherwise)."""
+        factors = self.dropped_factors()
+        if factors is None:
+            raise ValueError(f"method {self.method!r} without truncation has no removed part")
+        return factors
+
     def set_dropped(self, dropped_u: torch.Tensor, dropped_v: torch.Tensor) -> None:
         """Replace the removed rank-r part D = dropped_u dropped_v^T, keeping the base weight consistent."""
-        if self.dropped_u is None:
+        if self.dropped_factors() is None:
             raise ValueError(f"method {self.method!r} without truncation has no removed part to set")
         was_merged = self.merged
         self.unmerge()
         self._unfold()
+        own_u, own_v = self._required_dropped_factors()
         with torch.no_grad():
-            self.dropped_u.copy_(dropped_u)
-            self.dropped_v.copy_(dropped_v)
+            own_u.copy_(dropped_u)
+            own_v.copy_(dropped_v)
         self._fold()
         if was_merged:
             self.merge()
@@ -141,7 +160,10 @@ class AdaptedLayer(nn.Module):
                 self.merge()
             return
         # FSDP: the base layer is a unit of its own and whole only while it loads; correct its weight then
-        old = (self.dropped_u.clone(), self.dropped_v.clone()) if self._folded else None
+        old = None
+        if self._folded:
+            old_u, old_v = self._required_dropped_factors()
+            old = (old_u.clone(), old_v.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if old is not None and f"{prefix}base_layer.weight" not in state_dict:
             self._deferred_refold = old
@@ -152,7 +174,8 @@ class AdaptedLayer(nn.Module):
             old_u, old_v = self._deferred_refold
             self._deferred_refold = None
             with torch.no_grad():
-                self._add_to_weight(old_u @ old_v.T - self.dropped_weight())
+                new_u, new_v = self._required_dropped_factors()  # set: only a folded layer defers a refold
+                self._add_to_weight(old_u @ old_v.T - new_u @ new_v.T)
 
     def _weight_is_whole(self) -> bool:
         """Whether this process sees the whole base weight (not an FSDP shard)."""
@@ -161,7 +184,7 @@ class AdaptedLayer(nn.Module):
     # ------------------------------------------------------------------ weights
     def _weight_view(self) -> torch.Tensor:
         """The base weight as an (out, in) view (in-place changes reach the stored parameter)."""
-        w = self.base_layer.weight.data
+        w = cast(torch.Tensor, self.base_layer.weight).data
         return w.T if is_conv1d(self.base_layer) else w
 
     def _add_to_weight(self, delta: torch.Tensor) -> None:
@@ -171,18 +194,21 @@ class AdaptedLayer(nn.Module):
 
     def dropped_weight(self) -> torch.Tensor | None:
         """D (out, in), float32, or None."""
-        if self.dropped_u is None:
+        factors = self.dropped_factors()
+        if factors is None:
             return None
-        return self.dropped_u @ self.dropped_v.T
+        u, v = factors
+        return u @ v.T
 
     def _add_dropped(self, sign: float) -> None:
         """W += sign * D. A float32 weight is updated in place by one addmm (no (out, in) temporaries)."""
         w = self._weight_view()
+        u, v = self._required_dropped_factors()  # (out, r), (in, r)
         with torch.no_grad():
             if w.dtype == torch.float32:
-                w.addmm_(self.dropped_u, self.dropped_v.T, alpha=sign)
+                w.addmm_(u, v.T, alpha=sign)
             else:
-                self._add_to_weight(sign * self.dropped_weight())
+                self._add_to_weight(sign * (u @ v.T))
 
     def _fold(self) -> None:
         if self.dropped_u is not None and self.truncation_mode == "fold" and not self._folded:
@@ -204,9 +230,8 @@ class AdaptedLayer(nn.Module):
     def _merge_delta(self) -> torch.Tensor:
         """What merging adds to the base weight: the update, and in lowrank mode also -D."""
         delta = self.delta_weight()
-        if self.dropped_u is not None and self.truncation_mode == "lowrank":
-            delta = delta - self.dropped_weight()
-        return delta
+        dropped = self.dropped_weight() if self.truncation_mode == "lowrank" else None
+        return delta - dropped if dropped is not None else delta
 
     def merge(self) -> None:
         """Write the update into the base weight (idempotent)."""
@@ -245,9 +270,10 @@ class AdaptedLayer(nn.Module):
         if flat_linear and x.dim() != 2:
             x = x.reshape(-1, x.shape[-1])  # (tokens, in)
         y = self.base_layer(x)  # (tokens, out), or (..., out) for other base layers
-        if self.dropped_u is not None and self.truncation_mode == "lowrank":
-            xd = x if x.dtype == self.dropped_v.dtype else x.to(self.dropped_v.dtype)
-            y = _add_product(y, xd @ self.dropped_v, self.dropped_u, flat_linear, alpha=-1.0)
+        dropped_u, dropped_v = self.dropped_u, self.dropped_v  # (out, r), (in, r), both None or both set
+        if dropped_u is not None and dropped_v is not None and self.truncation_mode == "lowrank":
+            xd = x if x.dtype == dropped_v.dtype else x.to(dropped_v.dtype)
+            y = _add_product(y, xd @ dropped_v, dropped_u, flat_linear, alpha=-1.0)
         x = self.dropout(x)
         h = (x if x.dtype == self.delta_v.dtype else x.to(self.delta_v.dtype)) @ self.delta_v  # (tokens, r)
         if self.delta_sigma is not None:  # the diagonal scales the r-wide activations, the cheapest place

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .atomic import write_bytes_atomically
-from .inject import _STATE_ATTR, adapted_layers, adapter_config
+from .inject import adapted_layers, adapter_state
 from .layer import AdaptedLayer, is_conv1d
 
 _PREFIX = "base_model.model."
@@ -36,9 +36,10 @@ def _lora_factors(layer: AdaptedLayer) -> tuple[torch.Tensor, torch.Tensor]:
     if layer.delta_sigma is not None:
         u = u * layer.delta_sigma.detach().float()
     b, a = u, layer.delta_v.detach().float().T
-    if layer.dropped_u is not None:
-        b = torch.cat([-layer.dropped_u.float(), b], dim=1)
-        a = torch.cat([layer.dropped_v.float().T, a], dim=0)
+    dropped = layer.dropped_factors()  # (out, r), (in, r) or None
+    if dropped is not None:
+        b = torch.cat([-dropped[0].float(), b], dim=1)
+        a = torch.cat([dropped[1].float().T, a], dim=0)
     return b, a
 
 
@@ -52,7 +53,8 @@ def export_peft(
     loads on the ORIGINAL (untruncated) base model to the same outputs as ``model``."""
     from safetensors.torch import save
 
-    config = adapter_config(model)
+    state = adapter_state(model)
+    config = state.config
     layers = list(adapted_layers(model))
     if format not in ("kasa", "lora"):
         raise ValueError(f"format={format!r}: choose 'kasa' (PEFT KaSA adapter) or 'lora' (plain LoRA adapter)")
@@ -89,7 +91,7 @@ def export_peft(
             tensors[f"{key}.lora_A.weight"] = a
             tensors[f"{key}.lora_B.weight"] = b
             ranks.add(a.shape[0])
-    for saved in getattr(model, _STATE_ATTR)["saved"]:
+    for saved in state.saved:
         for pname, p in model.get_submodule(saved).named_parameters():
             tensors[f"{_PREFIX}{saved}.{pname}"] = p.detach()
 
@@ -104,7 +106,7 @@ def export_peft(
         "lora_alpha": config.alpha if format == "kasa" else rank,
         "lora_dropout": config.dropout if format == "kasa" else 0.0,
         "target_modules": [name for name, _ in layers],
-        "modules_to_save": list(getattr(model, _STATE_ATTR)["saved"]) or None,
+        "modules_to_save": list(state.saved) or None,
         "fan_in_fan_out": bool(conv),
         "bias": "none",
         "init_lora_weights": True,

@@ -10,12 +10,13 @@ adds up those recorded terms (their graph leads back to the unsharded tensors, s
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import torch
 from torch import nn
 
-from .inject import _STATE_ATTR, adapted_layers, adapter_config, cached_adapted_layers
+from .inject import adapted_layers, adapter_config, adapter_state, cached_adapted_layers
+from .layer import AdaptedLayer
 from .terms import LayerTerms, gram_distance
 
 
@@ -38,7 +39,7 @@ def record_in_forward(model: nn.Module, enabled: bool = True) -> None:
         layer.recorded_terms = None
 
 
-def _whole(layer: nn.Module) -> bool:
+def _whole(layer: AdaptedLayer) -> bool:
     """Whether this process sees the layer's adapter tensors whole (not as FSDP shards)."""
     return tuple(layer.delta_u.shape) == (layer.out_features, layer.r) and tuple(layer.delta_v.shape) == (
         layer.in_features,
@@ -60,6 +61,7 @@ def adapter_loss(model: nn.Module, per_layer: bool = False) -> torch.Tensor | Ad
     ``record_in_forward(model)`` the terms the layers recorded in the last forward pass are used instead.
     """
     config = adapter_config(model)
+    beta, gamma = cast(float, config.beta), cast(float, config.gamma)  # AdapterConfig resolves None to floats
     layers = cached_adapted_layers(model)
     if not layers:
         raise ValueError("the model has no adapted layers")
@@ -69,24 +71,31 @@ def adapter_loss(model: nn.Module, per_layer: bool = False) -> torch.Tensor | Ad
         l2 = torch.stack([t.l2 for t in terms.values()]).sum()
         l3 = torch.stack([t.l3 for t in terms.values()]).sum()
     else:
-        terms, l2, l3 = _batched_terms(model, layers, config.reg_form, per_layer or config.gamma > 0)
+        terms, l2, l3 = _batched_terms(model, layers, config.reg_form, per_layer or gamma > 0)
         count = len(layers)
     if config.reg_reduction == "mean":
         l2, l3 = l2 / count, l3 / count
-    loss = config.beta * l2 + config.gamma * l3
+    loss = beta * l2 + gamma * l3
     if per_layer:
         return AdapterLossTerms(loss=loss, l2=l2, l3=l3, per_layer=terms)
     return loss
 
 
-def _recorded_terms(layers: Sequence[tuple[str, nn.Module]]) -> dict[str, LayerTerms]:
-    missing = [name for name, layer in layers if layer.recorded_terms is None]
+def _recorded_terms(layers: Sequence[tuple[str, AdaptedLayer]]) -> dict[str, LayerTerms]:
+    terms: dict[str, LayerTerms] = {}
+    missing: list[str] = []
+    for name, layer in layers:
+        recorded = layer.recorded_terms
+        if recorded is None:
+            missing.append(name)
+        else:
+            terms[name] = recorded
     if missing:
         raise RuntimeError(
             f"adapter_loss: the layers record their terms in the forward pass (record_in_forward), but {missing[:2]} "
             "have not run a forward pass with gradients enabled since; run the forward first"
         )
-    return {name: layer.recorded_terms for name, layer in layers}
+    return terms
 
 
 class _Plan(NamedTuple):
@@ -97,7 +106,7 @@ class _Plan(NamedTuple):
     slots: list[tuple[tuple[int, int], tuple[int, int]]]
 
 
-def _make_plan(layers: Sequence[tuple[str, nn.Module]]) -> _Plan:
+def _make_plan(layers: Sequence[tuple[str, AdaptedLayer]]) -> _Plan:
     sharded = [name for name, layer in layers if not _whole(layer)]
     if sharded:
         raise RuntimeError(
@@ -122,7 +131,7 @@ def _make_plan(layers: Sequence[tuple[str, nn.Module]]) -> _Plan:
 
 
 def _batched_terms(
-    model: nn.Module, layers: Sequence[tuple[str, nn.Module]], form: str, need_l3: bool
+    model: nn.Module, layers: Sequence[tuple[str, AdaptedLayer]], form: str, need_l3: bool
 ) -> tuple[Mapping[str, LayerTerms], torch.Tensor, torch.Tensor]:
     """Per-layer terms (a lazy mapping, module order), summed L2 and summed L3."""
     modules = [layer for _, layer in layers]
@@ -143,11 +152,11 @@ def _batched_terms(
     distances: list[torch.Tensor] = []
     plan = None
     if need_l3:
-        state = getattr(model, _STATE_ATTR)
-        plan = state.get("reg_plan")
+        state = adapter_state(model)
+        plan = state.reg_plan
         for attempt in (0, 1):
             if plan is None or len(plan.slots) != len(modules):
-                plan = state["reg_plan"] = _make_plan(layers)
+                plan = state.reg_plan = _make_plan(layers)
             try:
                 distances = [
                     gram_distance(torch.stack([_tensor(modules[i], attr) for i, attr in members]), form)

@@ -16,21 +16,21 @@ from torch import nn
 
 from .atomic import write_bytes_atomically
 from .config import AdapterConfig
-from .inject import _STATE_ATTR, adapted_layers, adapter_config, apply_adapters
+from .inject import adapted_layers, adapter_config, adapter_state, apply_adapters
 
 FORMAT = "kasa-lightning-adapter"
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapter parameters, removed-part buffers and ``modules_to_save`` parameters, keyed by qualified name."""
-    adapter_config(model)  # raises if there are no adapters
+    state = adapter_state(model)  # raises if there are no adapters
     out: dict[str, torch.Tensor] = {}
     for name, layer in adapted_layers(model):
         for key in ("delta_u", "delta_sigma", "delta_v", "dropped_u", "dropped_v"):
             t = getattr(layer, key)
             if t is not None:
                 out[f"{name}.{key}"] = t.detach()
-    for saved in getattr(model, _STATE_ATTR)["saved"]:
+    for saved in state.saved:
         for pname, p in model.get_submodule(saved).named_parameters():
             out[f"{saved}.{pname}"] = p.detach()
     return out

@@ -85,7 +85,7 @@ def weight_fingerprint(weight: torch.Tensor) -> str:
     w = weight.detach().contiguous().cpu()
     h = xxhash.xxh3_128(f"{w.dtype}{tuple(w.shape)}".encode())
     if w.numel():
-        h.update(memoryview(w.reshape(-1).view(torch.uint8).numpy()))  # no copy of the weight
+        h.update(w.reshape(-1).view(torch.uint8).numpy().data)  # the array's memoryview: no copy of the weight
     return h.hexdigest()
 
 
