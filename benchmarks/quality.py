@@ -26,7 +26,7 @@ default 2 points?), with the seeds as the samples. ``--quick`` (1 seed, 160 trai
 of RTE and MRPC, max length 96, 1 epoch) only shows that everything runs: its numbers are NOT statistically
 meaningful.
 
-    python benchmarks/quality.py [--quick] [--json PATH] [--seeds 0 1 2 3 4] [--tasks sst2,mrpc] [--epochs N]
+    python -m benchmarks.quality [--quick] [--json PATH] [--seeds 0 1 2 3 4] [--tasks sst2,mrpc] [--epochs N]
                                  [--methods kasa,lora,...] [--lr LR] [--batch-size N] [--margin 0.02]
                                  [--max-train-samples N] [--max-eval-samples N] [--data-dir DIR]
                                  [--train-file NAME] [--threads N] [--output-dir DIR]
@@ -39,7 +39,6 @@ import math
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -48,24 +47,14 @@ from typing import Any
 
 import yaml
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
-    MINILM,
-    Probe,
-    add_common_arguments,
-    geometric_mean,
-    markdown_table,
-    pick_device,
-    quiet,
-    ratios_table,
-    thread_info,
-    torch_threads,
-    write_json,
-)
-
-from kasa_lightning import report, sweep  # noqa: E402
-from kasa_lightning.stats import compare_means  # noqa: E402
+from benchmarks.cli import add_common_arguments, pick_device
+from benchmarks.machine import MINILM, Probe, quiet, thread_info, torch_threads
+from benchmarks.models import TINY_BERT
+from benchmarks.results import write_json
+from benchmarks.stats import geometric_mean
+from benchmarks.tables import markdown_table, ratios_table
+from kasa_lightning import report, sweep
+from kasa_lightning.stats import compare_means
 
 R, ALPHA, LR, BETA, GAMMA, DATA_SEED = 8, 16.0, 2e-3, 1e-4, 1e-3, 0
 MARGIN = 0.02  # equivalence margin of the TOST: +-2 points of the metric
@@ -82,15 +71,6 @@ LABELS = {
     "peft_kasa": "PEFT KaSA",
 }
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
-TINY_BERT = {
-    "model_type": "bert",
-    "vocab_size": 30522,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "max_position_embeddings": 128,
-}  # --smoke only
 
 
 @dataclass
