@@ -32,6 +32,7 @@ from torch import nn
 
 from benchmarks.cli import add_common_arguments, pick_device
 from benchmarks.machine import MINILM, Probe, quiet, thread_info, torch_threads
+from benchmarks.models import SMOKE_BERT
 from benchmarks.results import write_json
 from benchmarks.stats import median_ratio, ratio_ci, summary
 from benchmarks.tables import fmt_s, markdown_table, ratios_table
@@ -39,14 +40,6 @@ from benchmarks.timing import device_sync, interleave, per_call
 
 R, ALPHA, SEED = 8, 16.0, 0
 TARGETS = ["query", "value"]
-TINY_BERT = {
-    "vocab_size": 1000,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-}  # --smoke only
 VARIANTS = ("base", "merged", "merged_unloaded", "kasa", "lora", "peft_lora", "peft_kasa")
 LABELS = {
     "base": "base model (no adapters)",
@@ -83,7 +76,8 @@ def build_base(smoke: bool) -> nn.Module:
 
     torch.manual_seed(SEED)
     if smoke:
-        return BertForSequenceClassification(BertConfig(**TINY_BERT, num_labels=2))
+        sizes = {k: v for k, v in SMOKE_BERT.items() if k != "model_type"}  # BertConfig knows its own model type
+        return BertForSequenceClassification(BertConfig(**sizes, num_labels=2))
     return AutoModelForSequenceClassification.from_pretrained(resolve_pretrained(MINILM), num_labels=2)
 
 

@@ -1,4 +1,4 @@
-"""Tiny models built from configs in code, shared by the benchmarks that run the CLI at smoke sizes."""
+"""Tiny BERT configs (built in code, no download) shared by the benchmarks' smoke and tiny runs."""
 
 from __future__ import annotations
 
@@ -12,3 +12,6 @@ TINY_BERT = {
     "intermediate_size": 64,
     "max_position_embeddings": 128,
 }
+
+# A 2-layer BERT with a 1000-token vocabulary fed random ids: the `--smoke` case of train_step and inference.
+SMOKE_BERT = {**TINY_BERT, "vocab_size": 1000, "max_position_embeddings": 64}

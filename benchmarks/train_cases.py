@@ -7,14 +7,18 @@ import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from torch import nn
 
 from benchmarks.machine import MINILM
+from benchmarks.models import SMOKE_BERT
 from benchmarks.timing import device_sync
+
+if TYPE_CHECKING:
+    from kasa_lightning import AdapterConfig
 
 R, ALPHA, LR, SEED = 8, 16.0, 1e-4, 0
 BETA, GAMMA = 1e-4, 1e-3
@@ -31,15 +35,6 @@ LLAMA = {
 }
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 # --smoke (tests only): tiny random models of the same two families
-TINY_BERT = {
-    "model_type": "bert",
-    "vocab_size": 1000,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-}
 TINY_LLAMA = {
     "model_type": "llama",
     "vocab_size": 128,
@@ -107,8 +102,8 @@ def make_case(name: str, batch: int, seq: int, smoke: bool) -> Case:
     g = torch.Generator().manual_seed(1234)
     if name == "minilm":
         if smoke:
-            build = functools.partial(_from_config, TINY_BERT, causal=False)
-            vocab, title, module_kwargs = TINY_BERT["vocab_size"], "tiny BERT (smoke)", {"backbone_config": TINY_BERT}
+            build = functools.partial(_from_config, SMOKE_BERT, causal=False)
+            vocab, title, module_kwargs = SMOKE_BERT["vocab_size"], "tiny BERT (smoke)", {"backbone_config": SMOKE_BERT}
         else:
             from transformers import AutoModelForSequenceClassification
 
@@ -151,23 +146,29 @@ def make_case(name: str, batch: int, seq: int, smoke: bool) -> Case:
 
 
 # ---------------------------------------------------------------------- the variants
+def adapter_config(case: Case, method: str) -> AdapterConfig:
+    """Our ``AdapterConfig`` for ``method`` (kasa or lora) on the case's targets, r, alpha, beta and gamma."""
+    from kasa_lightning import AdapterConfig
+
+    return AdapterConfig(
+        method=method,
+        r=case.r,
+        alpha=case.alpha,
+        target_modules=case.targets,
+        modules_to_save=case.modules_to_save,
+        beta=BETA,
+        gamma=GAMMA,
+    )
+
+
 def build_variant(case: Case, variant: str, device: str) -> tuple[nn.Module, Callable[[], torch.Tensor] | None]:
     """(model in train mode on ``device``, regulariser or None), built from the same seed."""
-    from kasa_lightning import AdapterConfig, adapted_layers, adapter_loss, apply_adapters
+    from kasa_lightning import adapted_layers, adapter_loss, apply_adapters
 
     torch.manual_seed(SEED)
     base = case.build_base()
     if variant in ("kasa", "lora"):
-        cfg = AdapterConfig(
-            method=variant,
-            r=case.r,
-            alpha=case.alpha,
-            target_modules=case.targets,
-            modules_to_save=case.modules_to_save,
-            beta=BETA,
-            gamma=GAMMA,
-        )
-        model = apply_adapters(base, cfg)
+        model = apply_adapters(base, adapter_config(case, variant))
         for _, layer in adapted_layers(model):  # float32 adapters on a half-precision base (as KaSAModule does)
             for p in layer.adapter_parameters():
                 p.data = p.data.float()
@@ -240,18 +241,10 @@ def lightning_block(case: Case, device: str, mode: Mode, root: str) -> tuple[Cal
     """A block that fits ``KaSAModule`` for warm-up + timed steps and returns the mean timed step (seconds)."""
     from torch.utils.data import DataLoader
 
-    from kasa_lightning import AdapterConfig, KaSAModule
+    from kasa_lightning import KaSAModule
 
     torch.manual_seed(SEED)
-    cfg = AdapterConfig(
-        method="kasa",
-        r=case.r,
-        alpha=case.alpha,
-        target_modules=case.targets,
-        modules_to_save=case.modules_to_save,
-        beta=BETA,
-        gamma=GAMMA,
-    )
+    cfg = adapter_config(case, "kasa")
     kwargs = {"num_labels": 2} if case.task == "classification" else {}
     module = KaSAModule(
         backbone=MINILM,
