@@ -30,7 +30,7 @@ timeout "$tests_timeout" "$py" -m pytest -q tests/test_gpu.py -p no:cacheprovide
 tests_rc=${PIPESTATUS[0]}
 
 echo "== train-step presets (timeout ${presets_timeout}s)"
-timeout "$presets_timeout" "$py" benchmarks/train_step.py "${presets[@]}" --json "$work/presets.json"
+timeout "$presets_timeout" "$py" -m benchmarks.train_step "${presets[@]}" --json "$work/presets.json"
 presets_rc=$?
 
 "$py" - "$work" "$out" "$tests_rc" "$presets_rc" "$start" "$smoke" <<'PY'

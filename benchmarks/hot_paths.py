@@ -27,41 +27,27 @@
 Timing as the other scripts (DESIGN.md section 6): interleaved blocks, rotating order, warm-up excluded, medians;
 each speed-up is the median over repeats of (before / now).
 
-    python benchmarks/hot_paths.py [--quick] [--json PATH] [--repeats N] [--threads N] [--paths adapter_add,...]
+    python -m benchmarks.hot_paths [--quick] [--json PATH] [--repeats N] [--threads N] [--paths adapter_add,...]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
-    Probe,
-    add_common_arguments,
-    device_sync,
-    fmt_s,
-    interleave,
-    markdown_table,
-    median,
-    median_ratio,
-    per_call,
-    pick_device,
-    quiet,
-    torch_threads,
-    write_json,
-)
-
-from kasa_lightning.kasa import AdapterConfig, adapted_layers, adapter_config, adapter_loss, apply_adapters  # noqa: E402
-from kasa_lightning.kasa.svd import weight_fingerprint  # noqa: E402
-from kasa_lightning.kasa.terms import layer_terms  # noqa: E402
+from benchmarks.cli import add_common_arguments, pick_device
+from benchmarks.machine import Probe, quiet, torch_threads
+from benchmarks.results import write_json
+from benchmarks.stats import median, median_ratio
+from benchmarks.tables import fmt_s, markdown_table
+from benchmarks.timing import device_sync, interleave, per_call
+from kasa_lightning.kasa import AdapterConfig, adapted_layers, adapter_config, adapter_loss, apply_adapters
+from kasa_lightning.kasa.svd import weight_fingerprint
+from kasa_lightning.kasa.terms import layer_terms
 
 REQUIRED = (
     "regularizer_host_speedup",

@@ -16,15 +16,13 @@ given random non-zero values (dU starts at 0, which would make some of the work 
 Timing as in DESIGN.md section 6: one repeat runs a block of forwards of every variant, the order rotating; the
 ratios are medians over repeats of the per-repeat ratio. ``merged_vs_base_latency`` should be 1 within noise.
 
-    python benchmarks/inference.py [--quick] [--json PATH] [--repeats N] [--threads N] [--device cpu|cuda]
+    python -m benchmarks.inference [--quick] [--json PATH] [--repeats N] [--threads N] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -32,38 +30,16 @@ from typing import Any
 import torch
 from torch import nn
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
-    MINILM,
-    Probe,
-    add_common_arguments,
-    device_sync,
-    fmt_s,
-    interleave,
-    markdown_table,
-    median_ratio,
-    per_call,
-    pick_device,
-    quiet,
-    ratio_ci,
-    ratios_table,
-    summary,
-    thread_info,
-    torch_threads,
-    write_json,
-)
+from benchmarks.cli import add_common_arguments, pick_device
+from benchmarks.machine import MINILM, Probe, quiet, thread_info, torch_threads
+from benchmarks.models import SMOKE_BERT
+from benchmarks.results import write_json
+from benchmarks.stats import median_ratio, ratio_ci, summary
+from benchmarks.tables import fmt_s, markdown_table, ratios_table
+from benchmarks.timing import device_sync, interleave, per_call
 
 R, ALPHA, SEED = 8, 16.0, 0
 TARGETS = ["query", "value"]
-TINY_BERT = {
-    "vocab_size": 1000,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "max_position_embeddings": 64,
-}  # --smoke only
 VARIANTS = ("base", "merged", "merged_unloaded", "kasa", "lora", "peft_lora", "peft_kasa")
 LABELS = {
     "base": "base model (no adapters)",
@@ -100,7 +76,8 @@ def build_base(smoke: bool) -> nn.Module:
 
     torch.manual_seed(SEED)
     if smoke:
-        return BertForSequenceClassification(BertConfig(**TINY_BERT, num_labels=2))
+        sizes = {k: v for k, v in SMOKE_BERT.items() if k != "model_type"}  # BertConfig knows its own model type
+        return BertForSequenceClassification(BertConfig(**sizes, num_labels=2))
     return AutoModelForSequenceClassification.from_pretrained(resolve_pretrained(MINILM), num_labels=2)
 
 

@@ -1,6 +1,6 @@
 """Kill -9 soak: interrupt `python -m kasa_lightning fit` at random moments and resume it each time.
 
-    python benchmarks/kill_soak.py [--trials 20] [--tiny] [--seed 0] [--json soak.json]
+    python -m benchmarks.kill_soak [--trials 20] [--tiny] [--seed 0] [--json soak.json]
 
 A quickstart-like run (KaSA on the packaged all-MiniLM-L6-v2, the generated sentiment data; ``--tiny``: a 2-layer
 BERT built from a config, for the test) checkpoints every ``--every`` steps (``last.ckpt`` and one file per step).
@@ -28,17 +28,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.models import TINY_BERT
 
-TINY_BERT = {
-    "model_type": "bert",
-    "vocab_size": 30522,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "max_position_embeddings": 128,
-}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_config(path: Path, root: Path, ckpt_dir: Path, args: argparse.Namespace) -> None:

@@ -2,7 +2,7 @@
 optimizer, schedule and metrics; the regulariser is ``model._get_kasa_loss()``, which PEFT never adds by itself).
 
 ``benchmarks/quality.py`` runs it as the sweep method ``peft_kasa`` through the overlay
-``{"model": {"class_path": "peft_kasa.PeftKaSAModule"}}``, with this folder on ``PYTHONPATH``."""
+``{"model": {"class_path": "benchmarks.peft_kasa.PeftKaSAModule"}}``, the repository root on ``PYTHONPATH``."""
 
 from __future__ import annotations
 

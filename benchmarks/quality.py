@@ -26,7 +26,7 @@ default 2 points?), with the seeds as the samples. ``--quick`` (1 seed, 160 trai
 of RTE and MRPC, max length 96, 1 epoch) only shows that everything runs: its numbers are NOT statistically
 meaningful.
 
-    python benchmarks/quality.py [--quick] [--json PATH] [--seeds 0 1 2 3 4] [--tasks sst2,mrpc] [--epochs N]
+    python -m benchmarks.quality [--quick] [--json PATH] [--seeds 0 1 2 3 4] [--tasks sst2,mrpc] [--epochs N]
                                  [--methods kasa,lora,...] [--lr LR] [--batch-size N] [--margin 0.02]
                                  [--max-train-samples N] [--max-eval-samples N] [--data-dir DIR]
                                  [--train-file NAME] [--threads N] [--output-dir DIR]
@@ -35,11 +35,8 @@ meaningful.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
-import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -48,49 +45,20 @@ from typing import Any
 
 import yaml
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
-    MINILM,
-    Probe,
-    add_common_arguments,
-    geometric_mean,
-    markdown_table,
-    pick_device,
-    quiet,
-    ratios_table,
-    thread_info,
-    torch_threads,
-    write_json,
-)
-
-from kasa_lightning import report, sweep  # noqa: E402
-from kasa_lightning.stats import compare_means  # noqa: E402
+from benchmarks.cli import add_common_arguments, pick_device
+from benchmarks.machine import MINILM, Probe, quiet, thread_info, torch_threads
+from benchmarks.models import TINY_BERT
+from benchmarks.quality_report import build_table, collect_runs, compare, print_report
+from benchmarks.results import write_json
+from kasa_lightning import report, sweep
 
 R, ALPHA, LR, BETA, GAMMA, DATA_SEED = 8, 16.0, 2e-3, 1e-4, 1e-3, 0
 MARGIN = 0.02  # equivalence margin of the TOST: +-2 points of the metric
-COMPARED = (("kasa", "peft_kasa"), ("kasa", "lora"), ("kasa", "pissa"), ("kasa", "milora"))
 # the training file of each task folder when --train-file is not given: GLUE's train.tsv; the shared copy of SST-2
 # keeps the test sentences with their original SST labels instead (../shared/data/README.md)
 TRAIN_FILES = ("train.tsv", "train.from-test-labeled.tsv")
 METHODS = ("kasa", "lora", "pissa", "milora", "peft_kasa")
-LABELS = {
-    "kasa": "KaSA (ours)",
-    "lora": "LoRA (ours)",
-    "pissa": "PiSSA (ours)",
-    "milora": "MiLoRA (ours)",
-    "peft_kasa": "PEFT KaSA",
-}
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glue"
-TINY_BERT = {
-    "model_type": "bert",
-    "vocab_size": 30522,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "intermediate_size": 64,
-    "max_position_embeddings": 128,
-}  # --smoke only
 
 
 @dataclass
@@ -176,12 +144,11 @@ def run_sweep(
     configs: list[Path], seeds: tuple[int, ...], methods: tuple[str, ...], root: Path, threads: int | None
 ) -> None:
     """``python -m kasa_lightning sweep`` over the task configs; PEFT's KaSA is the extra method ``peft_kasa``."""
-    from kasa_lightning import sweep
 
     overlay = root / "presets" / "peft_kasa.yaml"
-    overlay.write_text("model:\n  class_path: peft_kasa.PeftKaSAModule\n")
-    os.environ["PYTHONPATH"] = os.pathsep.join(  # the runs import peft_kasa from this folder
-        [str(Path(__file__).resolve().parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    overlay.write_text("model:\n  class_path: benchmarks.peft_kasa.PeftKaSAModule\n")
+    os.environ["PYTHONPATH"] = os.pathsep.join(  # the runs import benchmarks.peft_kasa from the repository root
+        [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
     )
     if threads is not None:
         os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
@@ -209,15 +176,6 @@ def train_file(folder: Path, requested: str | None, parser: argparse.ArgumentPar
             return name
     parser.error(f"--train-file: none of {names} is in {folder}; name the task's training file with --train-file")
     raise AssertionError  # parser.error exits
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
-
-
-def fmt_mean_std(values: list[float]) -> str:
-    m, s = mean_std(values)
-    return f"{100 * m:.1f}" + ("" if math.isnan(s) else f" ± {100 * s:.1f}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -306,28 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         probe.stop()
         tinfo = thread_info()
 
-    runs: list[dict[str, Any]] = []
-    for task in tasks:
-        for method in methods:
-            for seed in seeds:
-                run_dir = root / task / method / f"seed{seed}"
-                fit = (sweep.read_json(run_dir / "metrics.json") or {}).get("fit") or {}
-                status = sweep.read_json(run_dir / "status.json") or {}
-                best = {
-                    f"{m}_best": max(e["metrics"][m] for e in fit.get("epochs", []) if m in e["metrics"])
-                    for m in {k for e in fit.get("epochs", []) for k in e["metrics"]}
-                }
-                runs.append(
-                    {
-                        "task": task,
-                        "method": method,
-                        "seed": seed,
-                        "status": status.get("status"),
-                        "wall_s": status.get("wall_s"),
-                        "steps": fit.get("global_step", 0),
-                        "metrics": best,
-                    }
-                )
+    runs = collect_runs(root, tasks, methods, seeds)
     failed = [r for r in runs if r["status"] != "done"]
     if failed:
         names = [(r["task"], r["method"], r["seed"]) for r in failed]
@@ -335,35 +272,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"quality: {len(failed)} run(s) did not finish: {names} (see {root}/<task>/<method>/seed<k>/status.json)"
         )
 
-    table: dict[str, dict[str, dict[str, Any]]] = {}
-    for e in entries:
-        metric = e["metric"].split("/", 1)[1]
-        if e["values"]:
-            m, sd = mean_std(e["values"])
-            cell = table.setdefault(e["task"], {}).setdefault(e["method"], {})
-            cell[metric] = {"mean": m, "std": sd, "values": e["values"]}
-    for task in tasks:
-        for method in methods:
-            walls = [r["wall_s"] for r in runs if r["task"] == task and r["method"] == method and r["wall_s"]]
-            table.setdefault(task, {}).setdefault(method, {})["wall_s_mean"] = statistics.mean(walls) if walls else 0.0
-
-    # ours against theirs, per task, on the task's first metric: the ratio of the means and the two t-tests
-    ratios: dict[str, float] = {}
-    comparisons: dict[str, dict[str, Any]] = {}
-    for a, b in COMPARED:
-        per_task = []
-        for task in tasks:
-            metric = metrics[task][0]
-            if a in table[task] and b in table[task] and metric in table[task][a] and metric in table[task][b]:
-                va, vb = table[task][a][metric]["values"], table[task][b][metric]["values"]
-                value = statistics.mean(va) / max(statistics.mean(vb), 1e-12)
-                ratios[f"{a}_vs_{b}_{metric}_{task}"] = value
-                if metric == "accuracy":
-                    per_task.append(value)
-                comparisons[f"{a}_vs_{b}_{task}"] = {"metric": metric, **compare_means(va, vb, margin).as_dict()}
-        if per_task:
-            ratios[f"{a}_vs_{b}_accuracy"] = geometric_mean(per_task)
-    ratios = dict(sorted(ratios.items(), key=lambda kv: (kv[0].count("_"), kv[0])))
+    table = build_table(entries, runs, tasks, methods)
+    ratios, comparisons = compare(table, tasks, metrics, margin)
 
     honest = (
         f"{mode_name.upper()} RUN: {len(seeds)} seed(s), {max_train or 'all'} training examples, {epochs} epoch(s). "
@@ -371,68 +281,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if mode_name != "full"
         else f"{len(seeds)} seeds per method; the tests below treat the seeds as the samples."
     )
-    print(f"\n# Fine-tuning quality on GLUE (validation = 20% held out of the training file), {mode_name} mode")
-    print(
-        f"backbone {'tiny BERT (smoke)' if mode.backbone_config else 'all-MiniLM-L6-v2'}, r={R}, alpha={ALPHA:g}, "
-        f"lr {mode.lr:g}, batch {mode.batch_size}, max length {mode.max_length}, {epochs} epoch(s), "
-        f"seeds {list(seeds)}, device {device}, torch threads {tinfo['torch_threads']}, wall {wall:.0f} s"
+    print_report(
+        r=R,
+        alpha=ALPHA,
+        mode_name=mode_name,
+        mode=mode,
+        epochs=epochs,
+        seeds=seeds,
+        device=device,
+        tinfo=tinfo,
+        wall=wall,
+        honest=honest,
+        tasks=tasks,
+        methods=methods,
+        metrics=metrics,
+        files=files,
+        table=table,
+        comparisons=comparisons,
+        margin=margin,
+        ratios=ratios,
+        probe=probe,
     )
-    print(f"\n**{honest}**\n")
-    for task in tasks:
-        shown = [m for m in metrics[task] if any(m in e for e in table[task].values())]
-        first = shown[0] if shown else metrics[task][0]
-        headers = ["method"] + [f"{m} % (mean ± std)" for m in shown] + [f"per seed ({first})", "time per run"]
-        rows = []
-        for method in methods:
-            e = table[task][method]
-            row = [LABELS[method]] + [fmt_mean_std(e[m]["values"]) if m in e else "-" for m in shown]
-            row += [
-                " ".join(f"{100 * v:.1f}" for v in e[first]["values"]) if first in e else "-",
-                f"{e['wall_s_mean']:.0f} s",
-            ]
-            rows.append(row)
-        print(f"## {task.upper()} ({files[task]}, 20% held out for validation; best validation epoch)\n")
-        print(markdown_table(headers, rows))
-        print()
-    if comparisons:
-        print(
-            f"Ours against theirs (Welch's t-test, two-sided; equivalence: two one-sided t-tests with margin "
-            f"±{100 * margin:g} points; alpha 0.05, CI at 90%):\n"
-        )
-        rows = []
-        for key, c in comparisons.items():
-            task = key.rsplit("_", 1)[1]
-            a, b = key[: -len(task) - 1].split("_vs_")
-            if c["p_difference"] is None:
-                rows.append((task, f"{LABELS[a]} - {LABELS[b]}", c["metric"], "-", "-", "-", c["reason"]))
-                continue
-            verdict = ("different" if c["distinguishable"] else "not distinguishable") + (
-                ", equivalent" if c["equivalent"] else ", equivalence not shown"
-            )
-            rows.append(
-                (
-                    task,
-                    f"{LABELS[a]} - {LABELS[b]}",
-                    c["metric"],
-                    f"{100 * c['difference']:+.2f}",
-                    f"[{100 * c['ci'][0]:+.2f}, {100 * c['ci'][1]:+.2f}]",
-                    f"{c['p_difference']:.3f} / {c['p_equivalence']:.3f}",
-                    verdict,
-                )
-            )
-        print(
-            markdown_table(
-                ["task", "difference", "metric", "mean (points)", "90% CI", "p diff / p equiv", "verdict"],
-                rows,
-                align="lllrrrl",
-            )
-        )
-        print()
-    print(
-        "Ratios (mean of the best-epoch metric, ours / theirs; unsuffixed = accuracy, geometric mean over the tasks):\n"
-    )
-    print(ratios_table(ratios))
-    print("\n" + probe.describe())
 
     result = {
         "benchmark": "quality",

@@ -6,7 +6,7 @@ the other, with ``--quick`` when given; its output streams through, its JSON is 
 script's ratios (a key that two scripts share is prefixed with the script name). A script that fails is recorded
 with its exit code, the others still run, and the exit status is non-zero.
 
-    python benchmarks/run_all.py [--quick] [--json PATH] [--only train_step,inference] [--threads N]
+    python -m benchmarks.run_all [--quick] [--json PATH] [--only train_step,inference] [--threads N]
                                  [--device cpu|cuda] [--profile]
 
 ``--threads N`` sets ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` for the scripts and passes
@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import header, markdown_table, ratios_table  # noqa: E402
+from benchmarks.results import header
+from benchmarks.tables import markdown_table, ratios_table
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ("truncation", "train_step", "inference", "quality", "hot_paths")
@@ -61,7 +60,7 @@ def command(
     device: str | None,
     profile: bool = False,
 ) -> list[str]:
-    cmd = [sys.executable, str(HERE / f"{script}.py"), "--json", json_path]
+    cmd = [sys.executable, "-m", f"benchmarks.{script}", "--json", json_path]
     if quick or (smoke and script not in TAKES_COMMON_ARGS):
         cmd.append("--quick")
     if script in TAKES_COMMON_ARGS:
@@ -94,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
+    # `python -m benchmarks.<name>` from any folder: the repository root on the children's path
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE.parent), *filter(None, [os.environ.get("PYTHONPATH")])])
     if args.threads is not None:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
             env[var] = str(args.threads)

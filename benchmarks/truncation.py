@@ -17,7 +17,7 @@ median over repeats of the per-repeat ratio (speedup = fp32 SVD time / our time)
 drift, the torch thread count and a 1024x1024 fp32 matmul throughput probe are recorded before and after;
 a run whose probe moved by more than 20% is flagged noisy.
 
-    python benchmarks/truncation.py [--quick] [--json PATH] [--repeats N]
+    python -m benchmarks.truncation [--quick] [--json PATH] [--repeats N]
 """
 
 from __future__ import annotations
@@ -27,18 +27,15 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 from safetensors.torch import load_file
 
+from benchmarks.machine import MINILM, matmul_gflops
+from benchmarks.results import header
 from kasa_lightning.kasa.svd import extreme_triplets
-
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # "import _common" from anywhere
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import MINILM, header, matmul_gflops  # noqa: E402  (the measurement helpers shared by the benchmarks)
 
 R = 8
 

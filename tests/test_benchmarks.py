@@ -19,12 +19,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def bench():
-    """Import a benchmark script as a module (they import their helpers as ``_common`` from their folder)."""
-    sys.path.insert(0, str(BENCH))
-    try:
-        yield importlib.import_module
-    finally:
-        sys.path.remove(str(BENCH))
+    """Import a benchmark script as a module of the ``benchmarks`` package (the repository root is on the path)."""
+    return lambda name: importlib.import_module(f"benchmarks.{name}")
 
 
 def _check(result: dict, path: Path, required) -> dict:  # noqa: ANN001
@@ -40,33 +36,34 @@ def _check(result: dict, path: Path, required) -> dict:  # noqa: ANN001
     return written
 
 
-def test_common_helpers(bench, tmp_path):
-    common = bench("_common")
+def test_common_helpers(tmp_path):
+    from benchmarks import machine, results, stats, tables, timing
+
     calls = []
     blocks = {name: (lambda name=name: calls.append(name) or 1.0) for name in "abc"}
-    times = common.interleave(blocks, repeats=3, warmup=1)
+    times = timing.interleave(blocks, repeats=3, warmup=1)
     assert calls == list("abc") + list("abc") + list("bca") + list("cab")  # warm-up, then rotating order
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
-    assert common.median_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
+    assert stats.median_ratio([2.0, 4.0, 9.0], [1.0, 1.0, 3.0]) == 3.0
     with pytest.raises(ValueError):
-        common.median_ratio([1.0], [1.0, 2.0])
-    assert common.per_call(lambda: None, 3)() >= 0
-    assert common.check_ratios({"x": 1.0, "y": float("nan")}, ["x", "z"]) == [
+        stats.median_ratio([1.0], [1.0, 2.0])
+    assert timing.per_call(lambda: None, 3)() >= 0
+    assert results.check_ratios({"x": 1.0, "y": float("nan")}, ["x", "z"]) == [
         "missing ratio 'z'",
         "ratio 'y' = nan is not finite and positive",
     ]
-    probe = common.Probe(size=64, calls=2).start().stop()
+    probe = machine.Probe(size=64, calls=2).start().stop()
     assert probe.before > 0 and probe.after > 0 and isinstance(probe.noisy, bool)
     with pytest.raises(ValueError, match="ratios"):
-        common.write_json(str(tmp_path / "x.json"), {"rows": []})
-    written = common.write_json(str(tmp_path / "x.json"), {"ratios": {"a": 1.5}})
+        results.write_json(str(tmp_path / "x.json"), {"rows": []})
+    written = results.write_json(str(tmp_path / "x.json"), {"ratios": {"a": 1.5}})
     assert written["command"] and written["date"] and written["machine"]["cpu_count"]
-    table = common.markdown_table(["a", "b"], [(1, 2)])
+    table = tables.markdown_table(["a", "b"], [(1, 2)])
     assert table.splitlines() == ["| a | b |", "|---|---:|", "| 1 | 2 |"]
     import torch
 
     before = torch.get_num_threads()
-    with common.torch_threads(1) as n:
+    with machine.torch_threads(1) as n:
         assert n == 1 == torch.get_num_threads()
     assert torch.get_num_threads() == before
 
@@ -220,10 +217,11 @@ def test_run_all_merges_ratios(bench):
 def test_run_all_end_to_end(tmp_path):
     out = tmp_path / "all.json"
     proc = subprocess.run(
-        [sys.executable, str(BENCH / "run_all.py"), "--smoke", "--only", "inference", "--json", str(out)],
+        [sys.executable, "-m", "benchmarks.run_all", "--smoke", "--only", "inference", "--json", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
+        cwd=BENCH.parent,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     merged = json.loads(out.read_text())
@@ -246,39 +244,41 @@ def test_hot_paths_smoke(bench, tmp_path):
         hot.main(["--smoke", "--paths", "adapter"])
 
 
-def test_median_confidence_interval_by_order_statistics(bench):
+def test_median_confidence_interval_by_order_statistics():
     """Hand-computed binomial coverages: n = 7 -> [x_(1), x_(7)], 1 - 2/2^7; n = 15 -> [x_(4), x_(12)],
     1 - 2 (1 + 15 + 105 + 455) / 2^15 (j = 5 would cover only 1 - 2 * 1941 / 2^15 = 0.88)."""
-    common = bench("_common")
-    assert common.median_ci([7, 1, 6, 2, 5, 3, 4]) == (1.0, 7.0, pytest.approx(1 - 2 / 128))
-    assert common.median_ci(list(range(15, 0, -1))) == (4.0, 12.0, pytest.approx(1 - 2 * 576 / 32768))
-    low, high, coverage = common.median_ci([1.0, 2.0, 3.0])  # too few for 95%: the range, with its real coverage
+    from benchmarks import stats
+
+    assert stats.median_ci([7, 1, 6, 2, 5, 3, 4]) == (1.0, 7.0, pytest.approx(1 - 2 / 128))
+    assert stats.median_ci(list(range(15, 0, -1))) == (4.0, 12.0, pytest.approx(1 - 2 * 576 / 32768))
+    low, high, coverage = stats.median_ci([1.0, 2.0, 3.0])  # too few for 95%: the range, with its real coverage
     assert (low, high, coverage) == (1.0, 3.0, pytest.approx(0.75))
-    assert common.ratio_ci([2.0, 4.0, 6.0], [1.0, 2.0, 2.0]) == (2.0, 3.0, pytest.approx(0.75))
+    assert stats.ratio_ci([2.0, 4.0, 6.0], [1.0, 2.0, 2.0]) == (2.0, 3.0, pytest.approx(0.75))
     with pytest.raises(ValueError):
-        common.ratio_ci([1.0], [])
+        stats.ratio_ci([1.0], [])
 
 
-def test_compare_means_welch_and_equivalence(bench):
+def test_compare_means_welch_and_equivalence():
     """Welch's t by hand: a = 1..4, b = 2..6: d = -1.5, se^2 = (5/3)/4 + 2.5/5, Welch-Satterthwaite df; the p-value
     from the t distribution's survival function. TOST: equivalent exactly when the 90% CI lies inside the margin."""
     from scipy.stats import t as student_t
 
-    common = bench("_common")
+    from benchmarks import stats
+
     a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 3.0, 4.0, 5.0, 6.0]
     va, vb = (5 / 3) / 4, 2.5 / 5
     tstat = -1.5 / (va + vb) ** 0.5
     df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 4)
-    got = common.compare_means(a, b, margin=3.0)
+    got = stats.compare_means(a, b, margin=3.0)
     assert got["difference"] == pytest.approx(-1.5)
     assert got["p_difference"] == pytest.approx(2 * student_t.sf(abs(tstat), df))
     half = student_t.ppf(0.95, df) * (va + vb) ** 0.5
     assert got["ci"] == pytest.approx([-1.5 - half, -1.5 + half])
     assert not got["distinguishable"]
     for margin in (0.5, 1.5 + half - 1e-6, 1.5 + half + 1e-6, 5.0):
-        c = common.compare_means(a, b, margin=margin)
+        c = stats.compare_means(a, b, margin=margin)
         assert c["equivalent"] == (-margin < c["ci"][0] and c["ci"][1] < margin), margin
-    far = common.compare_means([10.0, 10.5, 11.0], [1.0, 1.5, 2.0], margin=1.0)
+    far = stats.compare_means([10.0, 10.5, 11.0], [1.0, 1.5, 2.0], margin=1.0)
     assert far["distinguishable"] and not far["equivalent"] and far["p_difference"] < 1e-3
-    assert common.compare_means([1.0], [1.0, 2.0], margin=1.0)["reason"]
-    assert common.compare_means([1.0, 1.0], [1.0, 1.0], margin=1.0)["p_difference"] is None
+    assert stats.compare_means([1.0], [1.0, 2.0], margin=1.0)["reason"]
+    assert stats.compare_means([1.0, 1.0], [1.0, 1.0], margin=1.0)["p_difference"] is None

@@ -291,7 +291,7 @@ def test_non_finite_loss_between_checks_names_its_step_and_term(tmp_path):
 
 @pytest.mark.slow  # three CLI processes (each imports torch, Lightning, transformers) and one reference fit
 def test_kill_soak_two_trials(tmp_path):
-    """`benchmarks/kill_soak.py --trials 2`: kill -9 a CLI fit twice (one kill timed on a checkpoint write), resume
+    """`benchmarks.kill_soak --trials 2`: kill -9 a CLI fit twice (one kill timed on a checkpoint write), resume
     with --ckpt_path last.ckpt each time, and end with the uninterrupted run's adapters exactly."""
     out = tmp_path / "soak.json"
     env = {
@@ -304,7 +304,8 @@ def test_kill_soak_two_trials(tmp_path):
     proc = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "benchmarks" / "kill_soak.py"),
+            "-m",
+            "benchmarks.kill_soak",
             "--trials",
             "2",
             "--tiny",
