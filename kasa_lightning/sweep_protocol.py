@@ -36,46 +36,20 @@ def _family(config: dict[str, Any], where: str, metric: str | None, test: str) -
             paper_metrics={f"val/{spec.metrics[0]}": spec.metrics[0]} if len(suffixes) == 1 else {},
         )
     elif cls == "E2EDataModule":
-        if init.get("test_path") is None:
-            raise SweepError(
-                f"{where}: no metric to report: the E2E config has no test set; set "
-                "data.init_args.test_path (the paper scores the test set after the last epoch)"
-            )
-        names = list(init.get("metrics") or ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"))
-        info.update(
-            family="e2e",
-            paper_task="e2e",
-            metrics=[f"test/{m}" for m in names],
-            select="last",
-            aggregate="mean",
-            test=True,
-            paper_metrics={f"test/{m}": m for m in names},
+        _require(
+            init, "test_path", where, "the E2E config has no test set", " (the paper scores it after the last epoch)"
         )
+        names = list(init.get("metrics") or ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr"))
+        info.update(_test_after_last_epoch("e2e", "e2e", names))
     elif cls == "CommonsenseDataModule":
-        if init.get("test_dir") is None:
-            raise SweepError(
-                f"{where}: no metric to report: the commonsense config has no test sets; set "
-                "data.init_args.test_dir (LLM-Adapters' dataset/ folder)"
-            )
+        _require(init, "test_dir", where, "the commonsense config has no test sets", " (LLM-Adapters' dataset/ folder)")
         from kasa_lightning.metrics.commonsense import COMMONSENSE_DATASETS
 
         sets = list(init.get("test_sets") or COMMONSENSE_DATASETS)
         names = [f"accuracy_{s}" for s in sets] + (["accuracy_average"] if len(sets) > 1 else [])
-        info.update(
-            family="commonsense",
-            paper_task="commonsense",
-            metrics=[f"test/{n}" for n in names],
-            select="last",
-            aggregate="mean",
-            test=True,
-            paper_metrics={f"test/{n}": n for n in names},
-        )
+        info.update(_test_after_last_epoch("commonsense", "commonsense", names))
     elif cls == "InstructionDataModule":
-        if init.get("test_path") is None:
-            raise SweepError(
-                f"{where}: no metric to report: the instruction config has no test prompts; set "
-                "data.init_args.test_path"
-            )
+        _require(init, "test_path", where, "the instruction config has no test prompts")
         split = init.get("test_split")
         paper_task = {
             "test_summarize": "summarization",
@@ -84,15 +58,7 @@ def _family(config: dict[str, Any], where: str, metric: str | None, test: str) -
             "test_closed_qa": "closed_qa",
         }.get(split, "mt_bench" if init.get("source") == "alpaca" else None)
         # the paper's number is an LLM judge's score (kasa_lightning.metrics.judge); the run logs ROUGE-L
-        info.update(
-            family="instruct",
-            paper_task=paper_task,
-            metrics=["test/rougeL"],
-            select="last",
-            aggregate="mean",
-            test=True,
-            paper_metrics={},
-        )
+        info.update(_test_after_last_epoch("instruct", paper_task, ["rougeL"], paper_metrics=False))
     elif cls == "SentimentDemoDataModule":
         info.update(
             family="demo",
@@ -132,3 +98,25 @@ def _family(config: dict[str, Any], where: str, metric: str | None, test: str) -
         info["test"] = False
         info["metrics"] = [m for m in info["metrics"] if m.startswith("val/")]
     return info
+
+
+def _test_after_last_epoch(
+    family: str, paper_task: str | None, names: list[str], paper_metrics: bool = True
+) -> dict[str, Any]:
+    """A task family scored on its test set after the last epoch, averaged over seeds (E2E, commonsense,
+    instruction following); ``paper_metrics``: the paper reports these metrics under the same names."""
+    return {
+        "family": family,
+        "paper_task": paper_task,
+        "metrics": [f"test/{n}" for n in names],
+        "select": "last",
+        "aggregate": "mean",
+        "test": True,
+        "paper_metrics": {f"test/{n}": n for n in names} if paper_metrics else {},
+    }
+
+
+def _require(init: dict[str, Any], key: str, where: str, what: str, hint: str = "") -> None:
+    """Refuse a config whose DataModule lacks the data that its task family is scored on."""
+    if init.get(key) is None:
+        raise SweepError(f"{where}: no metric to report: {what}; set data.init_args.{key}{hint}")
