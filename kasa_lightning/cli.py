@@ -208,4 +208,17 @@ def main(argv: list[str] | None = None) -> KaSACLI | None:
     if args and args[0] in COMMANDS:
         COMMANDS[args[0]].run(args[1:])
         return None
-    return KaSACLI(args=argv)
+    try:
+        return KaSACLI(args=argv)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Destroy the process group a multi-process run created, before the interpreter exits. Left to interpreter
+    shutdown, gloo's threads were at times destroyed while still joinable, and the process aborted ("terminate
+    called without an active exception", exit -6) after a successful fit."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
