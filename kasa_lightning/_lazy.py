@@ -24,11 +24,6 @@ def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str],
         return value
 
     def __dir__() -> list[str]:
-        return sorted(set(globals_of(package)) | set(exports))
+        return sorted(set(vars(importlib.import_module(package))) | set(exports))
 
     return __getattr__, __dir__
-
-
-def globals_of(package: str) -> list[str]:
-    """Names already bound in ``package``'s namespace."""
-    return list(vars(importlib.import_module(package)))
