@@ -114,7 +114,7 @@ def checkpoints(folder: Path) -> dict[str, float]:
 
 
 def complete(path: Path) -> bool:
-    from kasa_lightning.checkpoint_io import load_checkpoint_safely
+    from kasa_lightning.training.checkpoint_io import load_checkpoint_safely
 
     try:
         state = load_checkpoint_safely(path)

@@ -7,7 +7,7 @@ SST test sentences with their original labels). 20% of the training file is held
 split, the same training order and the same batches. This script is a preset over ``python -m kasa_lightning
 sweep`` and ``report``: it writes one config per task (``<output-dir>/presets/<task>.yaml``), sweeps it over the
 seeds and methods (each run its own ``fit`` process, resumable: rerun with the same ``--output-dir`` to continue),
-and takes the numbers and the statistics from the report (``kasa_lightning.stats``). Ours run as the sweep's
+and takes the numbers and the statistics from the report (``kasa_lightning.experiments.stats``). Ours run as the sweep's
 methods (``configs/methods/``); PEFT's KaSA is the extra method ``peft_kasa``: ``benchmarks/peft_kasa.py``, a
 ``KaSAModule`` subclass that builds a ``peft`` model (``LoraConfig(kasa_config=KasaConfig(beta, gamma))``) in
 ``configure_model`` and returns ``model._get_kasa_loss()`` as its regulariser; so the optimizer (AdamW over the
@@ -50,7 +50,7 @@ from benchmarks.machine import MINILM, Probe, quiet, thread_info, torch_threads
 from benchmarks.models import TINY_BERT
 from benchmarks.quality_report import build_table, collect_runs, compare, print_report
 from benchmarks.results import write_json
-from kasa_lightning import report, sweep
+from kasa_lightning.experiments import report, sweep
 
 R, ALPHA, LR, BETA, GAMMA, DATA_SEED = 8, 16.0, 2e-3, 1e-4, 1e-3, 0
 MARGIN = 0.02  # equivalence margin of the TOST: +-2 points of the metric

@@ -11,8 +11,8 @@ from typing import Any
 from benchmarks.machine import Probe
 from benchmarks.stats import geometric_mean
 from benchmarks.tables import markdown_table, ratios_table
-from kasa_lightning import sweep
-from kasa_lightning.stats import compare_means
+from kasa_lightning.experiments import sweep
+from kasa_lightning.experiments.stats import compare_means
 
 COMPARED = (("kasa", "peft_kasa"), ("kasa", "lora"), ("kasa", "pissa"), ("kasa", "milora"))
 LABELS = {

@@ -67,7 +67,7 @@ def summary(times: Mapping[str, Sequence[float]]) -> dict[str, dict[str, float]]
 
 def compare_means(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05) -> dict[str, Any]:
     """Welch's t-test and the TOST equivalence test of mean(a) against mean(b), as a dict: the implementation is
-    ``kasa_lightning.stats.compare_means`` (the report uses the same one)."""
-    from kasa_lightning.stats import compare_means as compare
+    ``kasa_lightning.experiments.stats.compare_means`` (the report uses the same one)."""
+    from kasa_lightning.experiments.stats import compare_means as compare
 
     return compare(a, b, margin, alpha).as_dict()

@@ -8,7 +8,7 @@ from kasa_lightning.callbacks.heatmaps import SingularValueHeatmap, render_heatm
 from kasa_lightning.callbacks.metrics_file import MetricsFile
 from kasa_lightning.callbacks.predictions import JsonlPredictionWriter
 from kasa_lightning.callbacks.regularizers import RegularizerMonitor, regularizer_scalars
-from kasa_lightning.callbacks.stop import StopCheckpoint
+from kasa_lightning.training._stop import StopCheckpoint
 
 __all__ = [
     "AdapterExport",

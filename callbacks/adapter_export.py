@@ -9,8 +9,8 @@ from typing import Literal
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from kasa_lightning.artifacts import FORMATS, ExportFormat, export_module
-from kasa_lightning.fsdp import shards_parameters
+from kasa_lightning.training.artifacts import FORMATS, ExportFormat, export_module
+from kasa_lightning.training.fsdp import shards_parameters
 
 
 class AdapterExport(L.Callback):

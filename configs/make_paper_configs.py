@@ -1,7 +1,7 @@
 """Write the paper's experiment configs (``configs/{glue,e2e,commonsense,instruct}/``) and the overlays
 (``configs/{methods,ablation,variants}/``) from the tables below. The values are the paper's hyperparameter
 Tables 6-10 (GLUE as in the authors' released run logs, which differ from Table 6 in two named places); the package
-table ``kasa_lightning/data/paper_hyperparameters.json`` is an independent transcription of Tables 6-10, and
+table ``kasa_lightning/experiments/paper/paper_hyperparameters.json`` is an independent transcription of Tables 6-10, and
 ``tests/test_paper_configs.py`` checks every generated file against it. The YAML files are committed; re-run this
 after changing a table (it rewrites every file byte for byte):
 

@@ -57,7 +57,7 @@ class BaseDataModule(L.LightningDataModule):
     ``batch_size`` is the micro-batch of one process. ``global_batch_size`` (optional) is the effective batch
     (``batch_size x processes x trainer.accumulate_grad_batches``) to keep on any number of devices: ``KaSAModule``
     sets ``trainer.accumulate_grad_batches`` from it before fitting and refuses a number of processes that does not
-    divide it (see ``kasa_lightning.batching``). ``None``: the trainer's ``accumulate_grad_batches`` is used as given.
+    divide it (see ``KaSAModule.setup``). ``None``: the trainer's ``accumulate_grad_batches`` is used as given.
     """
 
     task: str = "classification"

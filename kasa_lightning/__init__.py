@@ -17,8 +17,10 @@ __version__ = "0.1.0"
 
 __all__ = ["KaSAModule", "NonFiniteLossError", *_METHOD]
 
-__getattr__, __dir__ = lazy_exports(__name__, {"KaSAModule": ".module", "NonFiniteLossError": ".divergence"})
+__getattr__, __dir__ = lazy_exports(
+    __name__, {"KaSAModule": ".training.module", "NonFiniteLossError": ".training.divergence"}
+)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from kasa_lightning.divergence import NonFiniteLossError
-    from kasa_lightning.module import KaSAModule
+    from kasa_lightning.training.divergence import NonFiniteLossError
+    from kasa_lightning.training.module import KaSAModule

@@ -1,22 +1,14 @@
 """The command line: ``python -m kasa_lightning fit|validate|test|predict --config cfg.yaml`` (LightningCLI) and
 ``python -m kasa_lightning export --ckpt_path ... --format ... --output_dir ...``.
 
-* The optimiser and scheduler are not LightningCLI's automatic ones (those would be built over
-  ``model.parameters()`` before ``configure_model`` runs): ``KaSAModule`` takes them as callables and builds
-  them over the trainable parameters only.
-* ``model.backbone`` is linked to ``data.tokenizer``; the DataModule's ``task`` and ``num_labels`` are linked
-  to the model when both are instantiated.
-* The resolved config is saved next to the logs (overwriting on re-runs); TensorBoard is the default logger, as
-  ``kasa_lightning.loggers.AtomicTensorBoardLogger``: runs started together into one ``default_root_dir`` get
-  distinct ``version_N`` folders, and a run that fails before logging anything leaves no empty folder.
-* ``model.backbone`` (when the backbone is loaded from it, i.e. without ``backbone_config``) is checked before
-  anything is built or written: a Hub name that cannot be loaded offline or without network is refused at once,
-  naming the setting.
+* Fit/validate/test/predict are ``KaSACLI`` (``kasa_lightning.training``): LightningCLI with the project's links
+  and defaults (optimiser over the trainable parameters only, ``model.backbone`` linked to ``data.tokenizer``,
+  ``AtomicTensorBoardLogger`` as the default logger, the backbone checked before anything is written).
 * Commands besides LightningCLI's (``export``, ...) are rows of ``COMMANDS``; ``--help`` lists them all.
 * Every run writes its metrics to a JSON file (``kasa_lightning.callbacks.MetricsFile``, always on;
   ``--metrics_file.path`` sets the file, default ``<log_dir>/metrics.json``).
 * ``sweep`` (seeds x methods x configs, resumable) and ``report`` (the paper's protocol, statistics, plots) are
-  ``kasa_lightning.sweep`` and ``kasa_lightning.report``.
+  ``kasa_lightning.experiments.sweep`` and ``kasa_lightning.experiments.report``.
 """
 
 from __future__ import annotations
@@ -27,87 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
+from kasa_lightning.training import KaSACLI
+from kasa_lightning.training.artifacts import ExportFormat
 
-from kasa_lightning.artifacts import ExportFormat
-from kasa_lightning.datamodules.base import BaseDataModule
-from kasa_lightning.hub import resolve_pretrained
-from kasa_lightning.loggers import AtomicTensorBoardLogger
-from kasa_lightning.module import KaSAModule
-
-
-class KaSACLI(LightningCLI):
-    """LightningCLI with the links and defaults above; subclass it to add your own arguments."""
-
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003
-        kwargs.setdefault("model_class", KaSAModule)
-        kwargs.setdefault("datamodule_class", BaseDataModule)
-        kwargs.setdefault("subclass_mode_model", True)
-        kwargs.setdefault("subclass_mode_data", True)
-        kwargs.setdefault("auto_configure_optimizers", False)
-        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        super().__init__(*args, **kwargs)
-
-    def _parse_ckpt_path(self) -> None:
-        """LightningCLI overwrites the parsed model settings with the checkpoint's hyperparameters when
-        ``--ckpt_path`` is given, which silently drops the user's config and command line (and records the
-        checkpoint's values in config.yaml). Here the user's settings stay; ``KaSAModule.on_load_checkpoint``
-        refuses a checkpoint whose structure differs and warns about other differences."""
-
-    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
-        from kasa_lightning.callbacks import MetricsFile
-
-        parser.add_lightning_class_args(MetricsFile, "metrics_file")  # always on: the report reads these files
-        parser.link_arguments("model.init_args.backbone", "data.init_args.tokenizer")
-        parser.link_arguments("data.task", "model.init_args.task", apply_on="instantiate")
-        parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
-
-    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
-        """LightningCLI's subcommands, then the rows of ``COMMANDS``, so that ``--help`` lists every command.
-        (``main`` runs those before LightningCLI parses anything; their parsers here only carry the help line.)"""
-        super()._add_subcommands(parser, **kwargs)
-        from jsonargparse import ArgumentParser
-
-        subcommands = parser._subcommands_action  # jsonargparse's action that add_subcommands() created above
-        for name, command in COMMANDS.items():
-            description = f"{command.help} Options: python -m kasa_lightning {name} --help"
-            subcommands.add_subcommand(name, ArgumentParser(description=description), help=command.help)
-
-    def before_instantiate_classes(self) -> None:
-        if self.subcommand in COMMANDS:
-            raise ValueError(f"{self.subcommand!r} is not a Trainer command; run it with kasa_lightning.cli.main")
-        if self.subcommand is None:  # run=False: objects only, nothing is loaded or written
-            return
-        # a backbone that the run will load by name and cannot be loaded is refused now, before any run folder
-        # exists (with backbone_config the name only gives the tokenizer, which the DataModule checks when used)
-        model = self.config.get(self.subcommand).get("model")
-        init = model.get("init_args", model) if hasattr(model, "get") else None
-        backbone = init.get("backbone") if hasattr(init, "get") else None
-        if isinstance(backbone, str) and init.get("backbone_config") is None:
-            resolve_pretrained(backbone, "model.backbone")
-
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """Lightning's Trainer, with ``AtomicTensorBoardLogger`` where Lightning would make its default
-        TensorBoard logger (``trainer.logger`` unset or true), with the same arguments."""
-        trainer = super().instantiate_trainer(**kwargs)
-        configured = self._get(self.config_init, "trainer", default={}).get("logger")
-        default = type(trainer.logger) is TensorBoardLogger and configured in (None, True) and "logger" not in kwargs
-        if default and not isinstance(trainer.logger, AtomicTensorBoardLogger):
-            from lightning.fabric.plugins.environments import SLURMEnvironment
-
-            trainer.loggers = [
-                AtomicTensorBoardLogger(save_dir=trainer.default_root_dir, version=SLURMEnvironment.job_id())
-            ]
-        return trainer
+__all__ = ["COMMANDS", "Command", "KaSACLI", "export", "main"]
 
 
 def export(
     ckpt_path: Path | None = None,
     output_dir: Path | None = None,
     format: ExportFormat = "peft-lora",
-    model_class: str = "kasa_lightning.module.KaSAModule",
+    model_class: str = "kasa_lightning.KaSAModule",
     overwrite: bool = False,
 ) -> Path:
     """Turn a trained checkpoint into a deployable artefact.
@@ -125,7 +47,7 @@ def export(
     """
     import importlib
 
-    from kasa_lightning.artifacts import export_module, prepare_output_dir
+    from kasa_lightning.training.artifacts import export_module, prepare_output_dir
 
     if ckpt_path is None or output_dir is None:
         raise ValueError("export needs --ckpt_path <fit checkpoint> and --output_dir <directory>")
@@ -174,12 +96,12 @@ def _run_export(args: list[str]) -> Any:
 
 
 def _run_module(name: str) -> Callable[[list[str]], None]:
-    """A command whose parser and work live in ``kasa_lightning.<name>.main(args) -> exit code``."""
+    """A command whose parser and work live in ``kasa_lightning.experiments.<name>.main(args) -> exit code``."""
 
     def run(args: list[str]) -> None:
         import importlib
 
-        code = importlib.import_module(f"kasa_lightning.{name}").main(args)
+        code = importlib.import_module(f"kasa_lightning.experiments.{name}").main(args)
         if code:
             raise SystemExit(code)
 
@@ -200,6 +122,8 @@ COMMANDS: dict[str, Command] = {
         "results.md, results.json, plots, Welch and TOST tests.",
     ),
 }
+
+KaSACLI.extra_commands = {name: command.help for name, command in COMMANDS.items()}
 
 
 def main(argv: list[str] | None = None) -> KaSACLI | None:

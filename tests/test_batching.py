@@ -19,7 +19,7 @@ import yaml
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from lightning_helpers import MINILM, TINY_BERT, tiny_data, tiny_module
 
-from kasa_lightning.batching import accumulation_steps, apply_global_batch_size
+from kasa_lightning.training._batching import accumulation_steps, apply_global_batch_size
 
 ROOT = Path(__file__).resolve().parents[1]
 

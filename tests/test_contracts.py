@@ -1,12 +1,11 @@
-"""The DataModule-to-module contract (kasa_lightning.contracts): what the shipped DataModules provide, and that a
-user's own DataModule providing only some parts gets exactly those used and the defaults for the rest."""
+"""The DataModule-to-module contract (kasa_lightning.training.contracts): what the shipped DataModules provide, and
+that a user's own DataModule providing only some parts gets exactly those used and the defaults for the rest."""
 
 from __future__ import annotations
 
 import torchmetrics
 from lightning_helpers import tiny_data, tiny_module, trainer
 
-from kasa_lightning.contracts import FormatsPredictions, GeneratesForEval, NamesEvalLoaders, ProvidesMetrics
 from kasa_lightning.datamodules import (
     CommonsenseDataModule,
     E2EDataModule,
@@ -14,6 +13,7 @@ from kasa_lightning.datamodules import (
     InstructionDataModule,
     SentimentDemoDataModule,
 )
+from kasa_lightning.training.contracts import FormatsPredictions, GeneratesForEval, NamesEvalLoaders, ProvidesMetrics
 
 
 def test_shipped_datamodules_provide_their_parts():

@@ -19,7 +19,7 @@ from lightning_helpers import MINILM, TINY_BERT
 from safetensors.torch import load_file
 
 from kasa_lightning import AdapterConfig, apply_adapters
-from kasa_lightning.fsdp import AdapterWrapPolicy
+from kasa_lightning.training.fsdp import AdapterWrapPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK = "transformers.models.bert.modeling_bert.BertLayer"
@@ -29,7 +29,7 @@ FSDP = {
     "init_args": {
         "state_dict_type": "full",
         "auto_wrap_policy": {
-            "class_path": "kasa_lightning.fsdp.AdapterWrapPolicy",
+            "class_path": "kasa_lightning.training.fsdp.AdapterWrapPolicy",
             "init_args": {"module_classes": [BLOCK]},
         },
     },

@@ -25,8 +25,12 @@ def test_wheel_contains_mapped_packages_only(tmp_path):
     assert "kasa_lightning/callbacks/__init__.py" in names
     assert "kasa_lightning/datamodules/__init__.py" in names
     assert "kasa_lightning/kasa/layer.py" in names
-    assert "kasa_lightning/data/paper_hyperparameters.json" in names  # read by kasa_lightning.paper_hyperparameters
-    assert "kasa_lightning/data/paper_results.json" in names  # read by kasa_lightning.paper_results (the report)
+    assert (
+        "kasa_lightning/experiments/paper/paper_hyperparameters.json" in names
+    )  # read by kasa_lightning.experiments.paper.hyperparameters
+    assert (
+        "kasa_lightning/experiments/paper/paper_results.json" in names
+    )  # read by kasa_lightning.experiments.paper.results (the report)
     tops = {n.split("/")[0] for n in names}
     assert "callbacks" not in tops and "datamodules" not in tops and "tests" not in tops
     # import from the unpacked wheel alone, outside the repository
@@ -37,7 +41,7 @@ def test_wheel_contains_mapped_packages_only(tmp_path):
         f"assert c.__file__.startswith({str(site)!r}), c.__file__;"
         "assert u.find_spec('callbacks') is None and u.find_spec('datamodules') is None;"
         "from kasa_lightning import AdapterConfig, apply_adapters, adapter_loss, export_peft;"
-        "from kasa_lightning.paper_results import lookup;"
+        "from kasa_lightning.experiments.paper.results import lookup;"
         "assert lookup('roberta-base', 'rte', 'kasa', 'accuracy').value == 81.6"
     )
     subprocess.run(
@@ -100,7 +104,7 @@ def test_lazy_exports_resolve_to_the_real_objects():
     import kasa_lightning.datamodules as dm
     from kasa_lightning.datamodules.glue import GLUEDataModule
     from kasa_lightning.kasa import apply_adapters
-    from kasa_lightning.module import KaSAModule
+    from kasa_lightning.training.module import KaSAModule
 
     assert kasa_lightning.KaSAModule is KaSAModule and kasa_lightning.apply_adapters is apply_adapters
     assert dm.GLUEDataModule is GLUEDataModule

@@ -1,9 +1,9 @@
 """The paper configs say what the paper says (issue 15).
 
 * Every setting that the hyperparameter Tables 6-10 state (the package table
-  ``kasa_lightning/data/paper_hyperparameters.json``) is compared with the value the shipped config resolves to
-  through the CLI; a difference fails unless it is a named deviation (with its reason and an overlay that restores
-  the table's value).
+  ``kasa_lightning/experiments/paper/paper_hyperparameters.json``) is compared with the value the shipped config
+  resolves to through the CLI; a difference fails unless it is a named deviation (with its reason and an overlay
+  that restores the table's value).
 * The trainable parameter count of the configs, on models of the real architectures (published layer sizes, built
   on the meta device: no weights) through the real adapter code, against the paper's Tables 1, 2 and 11 and the
   authors' GLUE logs.
@@ -27,13 +27,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from kasa_lightning.batching import accumulation_steps
 from kasa_lightning.cli import KaSACLI
-from kasa_lightning.paper_hyperparameters import (
+from kasa_lightning.experiments.paper.hyperparameters import (
     deviations,
     experiment_for,
     paper_hyperparameters,
 )
+from kasa_lightning.training._batching import accumulation_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

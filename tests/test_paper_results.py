@@ -1,4 +1,4 @@
-"""The paper's numbers shipped in the package (``kasa_lightning/data/paper_results.json``)."""
+"""The paper's numbers shipped in the package (``kasa_lightning/experiments/paper/paper_results.json``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kasa_lightning.paper_results import load, lookup, not_in_paper, paper_model
+from kasa_lightning.experiments.paper.results import load, lookup, not_in_paper, paper_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

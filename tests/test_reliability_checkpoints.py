@@ -20,9 +20,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning_helpers import tiny_data, tiny_module, trainer
 
 from kasa_lightning import KaSAModule, NonFiniteLossError
-from kasa_lightning.checkpoint_io import AtomicCheckpointIO, load_checkpoint_safely
-from kasa_lightning.divergence import DivergedAdaptersError
 from kasa_lightning.kasa import AdapterConfig
+from kasa_lightning.training.checkpoint_io import AtomicCheckpointIO, load_checkpoint_safely
+from kasa_lightning.training.divergence import DivergedAdaptersError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning_helpers import MINILM, TINY_BERT
 
-from kasa_lightning.loggers import (
+from kasa_lightning.training.loggers import (
     AtomicTensorBoardLogger,
     claim_next_version,
     remove_unused_run_dir,

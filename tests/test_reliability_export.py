@@ -89,7 +89,7 @@ def test_adapter_export_into_a_merged_model_folder_needs_overwrite(trained, tmp_
 
 
 def test_overwrite_never_deletes_the_checkpoint_or_anything_outside(trained, tmp_path, monkeypatch):
-    from kasa_lightning.artifacts import prepare_output_dir
+    from kasa_lightning.training.artifacts import prepare_output_dir
 
     ckpt, _ = trained
     run = tmp_path / "run"

@@ -17,8 +17,8 @@ import torch
 from lightning_helpers import tiny_data, tiny_module, trainer
 
 from kasa_lightning import KaSAModule
-from kasa_lightning.checkpoint_io import UnsafeCheckpointError, load_checkpoint_safely
 from kasa_lightning.cli import export
+from kasa_lightning.training.checkpoint_io import UnsafeCheckpointError, load_checkpoint_safely
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,7 +177,7 @@ def test_fsdp_full_checkpoint_is_checked_before_its_unrestricted_reader(tmp_path
     from lightning.fabric.utilities.load import _lazy_load
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from kasa_lightning.checkpoint_io import AtomicCheckpointIO, install
+    from kasa_lightning.training.checkpoint_io import AtomicCheckpointIO, install
 
     marker = tmp_path / "PWNED"
     evil = _evil_checkpoint(tmp_path / "evil.ckpt", marker)

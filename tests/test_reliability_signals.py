@@ -12,8 +12,8 @@ import torch
 import yaml
 from lightning_helpers import MINILM, TINY_BERT
 
-from kasa_lightning.callbacks.stop import SIGTERM_EXIT_STATUS
 from kasa_lightning.cli import main
+from kasa_lightning.training._stop import SIGTERM_EXIT_STATUS
 
 
 def _config(root: Path, extra_callbacks: list | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""``kasa_lightning.stats``: Welch's t-test and the TOST equivalence test against values computed by hand."""
+"""``kasa_lightning.experiments.stats``: Welch's t-test and the TOST test against values computed by hand."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from kasa_lightning.stats import compare_means, summarize, tost, welch
+from kasa_lightning.experiments.stats import compare_means, summarize, tost, welch
 
 
 def _by_hand(a: list[float], b: list[float]) -> tuple[float, float, float]:

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from lightning_helpers import MINILM, TINY_BERT
 
-from kasa_lightning import report, sweep
+from kasa_lightning.experiments import report, sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 6
@@ -349,7 +349,7 @@ def test_bad_methods_and_directories(tmp_path, capsys):
 def test_the_paper_configs_plan_with_their_protocol_and_paper_values(tmp_path):
     """One config per family (and MNLI's two validation sets): the sweep plans it with the paper's protocol, and
     every metric the paper reports for it has the paper's value."""
-    from kasa_lightning.paper_results import lookup
+    from kasa_lightning.experiments.paper.results import lookup
 
     configs = [
         "glue/roberta-base/mnli.yaml",

@@ -1,4 +1,4 @@
-"""Statistics over seeds, in one place: the report (``kasa_lightning.report``) and ``benchmarks/quality.py`` use it.
+"""Statistics over seeds, in one place: the report (``experiments.report``) and ``benchmarks/quality.py`` use it.
 
 * ``welch(a, b)``: Welch's two-sample t-test (unequal variances) of H0: mean(a) = mean(b), two-sided, and the
   (1 - 2 alpha) confidence interval of mean(a) - mean(b) (``scipy.stats.ttest_ind(..., equal_var=False)``).

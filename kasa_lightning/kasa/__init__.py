@@ -18,7 +18,7 @@ from .inject import (
 from .layer import AdaptedLayer
 from .peft_format import export_peft
 from .regularizers import AdapterLossTerms, adapter_loss, record_in_forward
-from .state import adapter_state_dict, load_adapter, load_adapter_state_dict, read_adapter, save_adapter
+from .saving import adapter_state_dict, load_adapter, load_adapter_state_dict, read_adapter, save_adapter
 from .svd import Triplets, extreme_triplets, weight_fingerprint
 from .terms import LayerTerms, layer_terms
 

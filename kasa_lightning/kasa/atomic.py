@@ -8,8 +8,8 @@ and the previous file is left as it was (a process killed mid-write cannot clean
 the usual mode ``0o666 & ~umask`` (0644 under umask 022),
 not the 0600 of ``tempfile.mkstemp``.
 
-Pure Python (no torch needed): ``kasa_lightning.checkpoint_io`` writes Lightning checkpoints through it, and the
-safetensors writers of this package use it for adapter files.
+Pure Python (no torch needed): ``kasa_lightning.training.checkpoint_io`` writes Lightning checkpoints through it,
+and the safetensors writers of this package use it for adapter files.
 """
 
 from __future__ import annotations

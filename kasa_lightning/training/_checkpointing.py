@@ -2,9 +2,9 @@
 
 A checkpoint holds what trains (the adapters, ``modules_to_save``; every weight for a ``backbone_config`` model),
 the truncation state, the adapter config, the run's settings and limits, the best validation values and every
-rank's RNG state. Saving refuses diverged tensors (``kasa_lightning.divergence``); loading reads weights-only
-(``kasa_lightning.checkpoint_io``), refuses a checkpoint of another structure and keeps the user's other settings
-(``kasa_lightning.resume``), and builds the model for the checkpoint's tensors without an SVD.
+rank's RNG state. Saving refuses diverged tensors (``divergence``); loading reads weights-only (``checkpoint_io``),
+refuses a checkpoint of another structure and keeps the user's other settings (``_resume``), and builds the model
+for the checkpoint's tensors without an SVD.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 
-from kasa_lightning import checkpoint_io
-from kasa_lightning.divergence import DivergedAdaptersError, checkpoint_problem
 from kasa_lightning.kasa import adapter_state_dict, load_adapter_state_dict
 from kasa_lightning.kasa.inject import unwrapped_name
-from kasa_lightning.resume import (
+from kasa_lightning.training import checkpoint_io
+from kasa_lightning.training._resume import (
     changed_settings,
     refusal,
     structural_differences,
@@ -29,9 +28,10 @@ from kasa_lightning.resume import (
     warn_changed,
     warn_changed_limits,
 )
+from kasa_lightning.training.divergence import DivergedAdaptersError, checkpoint_problem
 
 if TYPE_CHECKING:
-    from kasa_lightning.module import KaSAModule
+    from kasa_lightning.training.module import KaSAModule
 
 # set while load_from_checkpoint runs: Lightning calls configure_model() before on_load_checkpoint, and the model
 # it builds then only has to receive the checkpoint's tensors (no SVD, no initialisation)
@@ -75,7 +75,7 @@ class CheckpointMixin:
     ) -> KaSAModule:
         """Lightning's ``load_from_checkpoint``, reading the file with ``weights_only=True`` (local paths, fsspec
         and ``http(s)://`` URLs alike; Lightning would read URLs with ``weights_only=False``). A file that is not a
-        checkpoint or that asks to run code raises ``kasa_lightning.checkpoint_io.UnsafeCheckpointError``. Pass
+        checkpoint or that asks to run code raises ``kasa_lightning.training.checkpoint_io.UnsafeCheckpointError``. Pass
         ``weights_only=False`` only for a file you trust. The model is built for the checkpoint's tensors, without
         the SVD and initialisation a new model needs (Lightning calls ``configure_model()`` before loading)."""
         if weights_only is not False:
@@ -158,7 +158,7 @@ class CheckpointMixin:
 
         Settings that decide what the saved tensors are (backbone, task, labels, adapter structure) must equal
         the checkpoint's, or this raises; for the others this model's values are kept, with a warning where the
-        checkpoint's differ (see ``kasa_lightning.resume``)."""
+        checkpoint's differ (see ``kasa_lightning.training._resume``)."""
         info = checkpoint.get("kasa")
         if info is None:
             raise ValueError("this checkpoint was not written by KaSAModule (no 'kasa' entry)")

@@ -3,7 +3,7 @@ and prediction. Kept apart from the training logic in ``module.py``; it expects 
 ``KaSAModule.__init__`` sets (``model``, ``task``, ``num_labels``, ``generation``, ``backbone_name``,
 ``_metrics``, ``_val_losses``, ``_best``).
 
-What the DataModule may provide (all optional) is written as protocols in ``kasa_lightning.contracts``:
+What the DataModule may provide (all optional) is written as protocols in ``kasa_lightning.training.contracts``:
 ``ProvidesMetrics``, ``NamesEvalLoaders``, ``GeneratesForEval`` and ``FormatsPredictions``.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kasa_lightning.contracts import FormatsPredictions, GeneratesForEval, NamesEvalLoaders, ProvidesMetrics
 from kasa_lightning.hub import resolve_pretrained
+from kasa_lightning.training.contracts import FormatsPredictions, GeneratesForEval, NamesEvalLoaders, ProvidesMetrics
 
 
 class EvaluationMixin:

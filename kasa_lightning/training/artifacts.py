@@ -14,7 +14,7 @@ from kasa_lightning.kasa import export_peft, merge_and_unload, save_adapter
 from kasa_lightning.kasa.atomic import default_file_mode
 
 if TYPE_CHECKING:
-    from kasa_lightning.module import KaSAModule
+    from kasa_lightning.training.module import KaSAModule
 
 ExportFormat = Literal["peft-kasa", "peft-lora", "merged", "adapter"]
 FORMATS = ("peft-kasa", "peft-lora", "merged", "adapter")

@@ -15,7 +15,7 @@ The CLI (``kasa_lightning.cli.KaSACLI``) uses this logger wherever Lightning wou
 
     trainer:
       logger:
-        class_path: kasa_lightning.loggers.AtomicTensorBoardLogger
+        class_path: kasa_lightning.training.loggers.AtomicTensorBoardLogger
         init_args: {save_dir: runs/x}
 """
 

@@ -11,7 +11,7 @@ Subclass hooks (override any of them; see ``tests/test_module.py`` for a subclas
 * ``combine_losses(task_loss, reg) -> Tensor``: how the two are added (default: task + reg.loss).
 
 Checkpoints hold only what trains (adapters, ``modules_to_save``) plus the truncation state, the adapter config
-and the RNG state (``kasa_lightning.checkpointing``); the backbone is built by ``kasa_lightning.backbone``.
+and the RNG state (``_checkpointing``); the backbone is built by ``_backbone``.
 """
 
 from __future__ import annotations
@@ -26,17 +26,6 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from kasa_lightning import checkpoint_io
-from kasa_lightning.backbone import build_backbone
-from kasa_lightning.batching import apply_global_batch_size
-from kasa_lightning.checkpointing import LOADING_CHECKPOINT, CheckpointMixin
-from kasa_lightning.divergence import (
-    FiniteWatch,
-    NonFiniteLossError,
-    blame,
-)
-from kasa_lightning.evaluation import EvaluationMixin
-from kasa_lightning.fsdp import shards_parameters
 from kasa_lightning.kasa import (
     AdapterConfig,
     AdapterLossTerms,
@@ -45,10 +34,21 @@ from kasa_lightning.kasa import (
     apply_adapters,
     record_in_forward,
 )
-from kasa_lightning.resume import (
+from kasa_lightning.training import checkpoint_io
+from kasa_lightning.training._backbone import build_backbone
+from kasa_lightning.training._batching import apply_global_batch_size
+from kasa_lightning.training._checkpointing import LOADING_CHECKPOINT, CheckpointMixin
+from kasa_lightning.training._evaluation import EvaluationMixin
+from kasa_lightning.training._resume import (
     apply_optimizer_settings,
     optimizer_settings,
 )
+from kasa_lightning.training.divergence import (
+    FiniteWatch,
+    NonFiniteLossError,
+    blame,
+)
+from kasa_lightning.training.fsdp import shards_parameters
 
 Task = Literal["classification", "regression", "causal_lm"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -157,16 +157,16 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
         """Before ``fit``: derive ``trainer.accumulate_grad_batches`` from the DataModule's ``global_batch_size``
-        (if set), so that the effective batch stays the same on any number of devices (``kasa_lightning.batching``).
-        Every stage: checkpoints are written atomically and read weights-only (``kasa_lightning.checkpoint_io``),
-        unless the user configured a CheckpointIO."""
+        (if set), so that the effective batch stays the same on any number of devices (``_batching``).
+        Every stage: checkpoints are written atomically and read weights-only (``checkpoint_io``), unless the user
+        configured a CheckpointIO."""
         if self._trainer is not None:
             checkpoint_io.install(self.trainer)
         if stage == "fit" and self._trainer is not None:
             apply_global_batch_size(self.trainer)
 
     def build_backbone(self) -> nn.Module:
-        """The Hugging Face model for ``task`` (hook for subclasses; default: ``kasa_lightning.backbone``)."""
+        """The Hugging Face model for ``task`` (hook for subclasses; default: ``kasa_lightning.training._backbone``)."""
         return build_backbone(self.backbone_name, self.task, self.num_labels, self.backbone_config, self.dtype_name)
 
     def configure_model(self, initialize: bool = True) -> None:
@@ -330,7 +330,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """``StopCheckpoint``: ``last.ckpt`` of the final step at the end of fit, and on SIGTERM."""
-        from kasa_lightning.callbacks.stop import StopCheckpoint
+        from kasa_lightning.training._stop import StopCheckpoint
 
         return [StopCheckpoint()]
 
@@ -359,10 +359,10 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
     # ------------------------------------------------------------------ sharded training
     def whole_parameters(self) -> contextlib.AbstractContextManager[None]:
         """Inside, rank 0 sees every adapter tensor whole (read-only): under FSDP through
-        ``kasa_lightning.fsdp.gathered_adapters`` (a collective: every rank must enter); elsewhere it does nothing."""
+        ``fsdp.gathered_adapters`` (a collective: every rank must enter); elsewhere it does nothing."""
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        from kasa_lightning.fsdp import gathered_adapters
+        from kasa_lightning.training.fsdp import gathered_adapters
 
         root = self._trainer.strategy.model if self._trainer is not None else None
         return gathered_adapters(root) if isinstance(root, FSDP) else contextlib.nullcontext()

@@ -1,7 +1,7 @@
-"""The paper's hyperparameter Tables 6-10 as data (``kasa_lightning/data/paper_hyperparameters.json``), and the
+"""The paper's hyperparameter Tables 6-10 as data (``paper_hyperparameters.json`` beside this module), and the
 named deviations of the shipped configs from them.
 
-    >>> from kasa_lightning.paper_hyperparameters import paper_hyperparameters
+    >>> from kasa_lightning.experiments.paper.hyperparameters import paper_hyperparameters
     >>> paper_hyperparameters()["commonsense/llama2-7b"].settings["beta"]
     0.01
 
@@ -51,7 +51,7 @@ class Deviation:
 
 @lru_cache(maxsize=1)
 def _raw() -> dict[str, Any]:
-    text = resources.files("kasa_lightning").joinpath("data").joinpath("paper_hyperparameters.json").read_text()
+    text = resources.files("kasa_lightning.experiments.paper").joinpath("paper_hyperparameters.json").read_text()
     return json.loads(text)
 
 

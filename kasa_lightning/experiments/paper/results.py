@@ -1,5 +1,5 @@
 """The paper's results (KaSA, arXiv 2412.06071, Tables 1, 2, 3, 11, 12), shipped as
-``kasa_lightning/data/paper_results.json`` and looked up by (model, task, method, metric).
+``kasa_lightning/experiments/paper/paper_results.json`` and looked up by (model, task, method, metric).
 
 * ``model``: the paper's name (``"RoBERTa-base"``, ``"GPT-2 Medium"``, ``"LLaMA3-8B"``, ...) or a backbone id a
   config uses (``"roberta-base"``, ``"microsoft/deberta-v3-base"``, ``"meta-llama/Meta-Llama-3-8B"``).
@@ -45,7 +45,7 @@ class PaperResult:
 
 @lru_cache(maxsize=1)
 def _data() -> dict[str, Any]:
-    text = resources.files("kasa_lightning").joinpath("data").joinpath("paper_results.json").read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath("paper_results.json").read_text(encoding="utf-8")
     return json.loads(text)
 
 

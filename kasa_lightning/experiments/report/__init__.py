@@ -17,7 +17,7 @@ value (the test of ``last.ckpt``), as the run's protocol says; over the seeds th
 
 Every entry also has the mean, the sample standard deviation, n, the per-seed values and, for each method against
 ``--reference`` (default ``kasa``), Welch's t-test and a TOST equivalence test within ``--margin`` (in the
-metric's unit; default 0.02, i.e. 2 points of an accuracy), from ``kasa_lightning.stats``. Runs that are missing
+metric's unit; default 0.02, i.e. 2 points of an accuracy), from ``experiments.stats``. Runs that are missing
 (not started, interrupted, no value) or failed are listed per entry and in ``results.md``; they are never
 averaged over. Ablation steps 1 (LoRA) and 5 (KaSA) are compared with the paper's LoRA and KaSA numbers of the
 task (the same setting); steps 2-4 have no number in the paper.
@@ -29,8 +29,8 @@ Writes into the sweep directory: ``results.json`` (a list of entries: ``task``, 
 number of the task's first metric; the seeds as points; the paper's value as a red diamond) with the plotted
 numbers in ``plots/<task>.json``.
 
-The reading and aggregation are ``kasa_lightning.report_aggregate``, the markdown and plots
-``kasa_lightning.report_output``; both are re-exported here, the entry module ``kasa_lightning.cli`` calls.
+The reading and aggregation are the internal ``_aggregate``, the markdown and plots ``_output``; their public
+names are re-exported here, the entry package ``kasa_lightning.cli`` calls.
 """
 
 from __future__ import annotations
@@ -41,19 +41,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# the private helpers (and the sweep names this module used to import) stay reachable where they were
-from kasa_lightning.report_aggregate import (  # noqa: F401
+from kasa_lightning.experiments.report._aggregate import (
     ABLATION_PAPER,
-    _ordered,
-    _paper,
     aggregate,
     collect,
     headline,
     load_sweep,
+    ordered,
     run_value,
 )
-from kasa_lightning.report_output import _fmt, _short_model, _verdict, markdown, plot_task  # noqa: F401
-from kasa_lightning.sweep_spec import ABLATION, MANIFEST, SweepError, read_json  # noqa: F401
+from kasa_lightning.experiments.report._output import markdown, plot_task
+from kasa_lightning.experiments.sweep import MANIFEST, SweepError
 
 __all__ = [
     "ABLATION_PAPER",
@@ -89,7 +87,7 @@ def report(root: Path, reference: str = "kasa", margin: float = 0.02, alpha: flo
         )
     entries = aggregate(runs, reference, margin, alpha)
     plots = {}
-    for task in _ordered([e["task"] for e in entries]):
+    for task in ordered([e["task"] for e in entries]):
         path = root / "plots" / f"{task}.png"
         plot_task(entries, task, path)
         plots[task] = str(path.relative_to(root))

@@ -1,7 +1,7 @@
 """The report's numbers: read a sweep (``sweep.json``, each run's ``run.json`` and ``metrics.json``), take each
 run's value by its protocol (best validation epoch or last value), and aggregate per (task, method, metric) over
 the seeds (median/mean, std, n, the paper's number, Welch and TOST against the reference). No output here: the
-entries are plain data that ``kasa_lightning.report_output`` turns into markdown and plots.
+entries are plain data that ``kasa_lightning.experiments.report._output`` turns into markdown and plots.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kasa_lightning.paper_results import lookup
-from kasa_lightning.stats import compare_means, summarize
-from kasa_lightning.sweep_exec import run_state
-from kasa_lightning.sweep_spec import ABLATION, MANIFEST, Run, SweepError, read_json
+from kasa_lightning.experiments.paper.results import lookup
+from kasa_lightning.experiments.stats import compare_means, summarize
+from kasa_lightning.experiments.sweep import ABLATION, MANIFEST, Run, SweepError, read_json, run_state
 
 ABLATION_PAPER = {"1-lora": "lora", "5-kasa": "kasa"}  # the steps the paper's tables have a number for
 
@@ -93,7 +92,7 @@ def collect(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 
 # ---------------------------------------------------------------------------------------------------- aggregation
-def _ordered(values: Sequence[str]) -> list[str]:
+def ordered(values: Sequence[str]) -> list[str]:
     seen: list[str] = []
     for v in values:
         if v not in seen:
@@ -117,12 +116,12 @@ def aggregate(
 ) -> list[dict[str, Any]]:
     """The report's entries, one per (task, method, metric), in the sweep's order."""
     entries: list[dict[str, Any]] = []
-    for task in _ordered([r["task"] for r in runs]):
+    for task in ordered([r["task"] for r in runs]):
         in_task = [r for r in runs if r["task"] == task]
-        methods = _ordered([r["method"] for r in in_task])
+        methods = ordered([r["method"] for r in in_task])
         if in_task[0].get("ablation"):
             methods = [m for m in ABLATION if m in methods] + [m for m in methods if m not in ABLATION]
-        metrics = _ordered([m for r in in_task for m in r["metrics"]])
+        metrics = ordered([m for r in in_task for m in r["metrics"]])
         for metric in metrics:
             per_method: dict[str, list[float]] = {}
             for method in methods:

@@ -1,6 +1,6 @@
 """The report's output: ``results.md`` (a table per task with the headline, the seeds, the paper's number and the
 tests against the reference, then the runs not counted) and the per-task plot ``plots/<task>.png`` with its
-numbers in ``plots/<task>.json``. It only formats the entries of ``kasa_lightning.report_aggregate``.
+numbers in ``plots/<task>.json``. It only formats the entries of ``kasa_lightning.experiments.report._aggregate``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kasa_lightning.report_aggregate import _ordered, headline
+from kasa_lightning.experiments.report._aggregate import headline, ordered
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -43,7 +43,7 @@ def markdown(
         "unit (accuracy as a fraction); `paper` converted to it."
     )
     lines = ["# Sweep results", "", intro, ""]
-    for task in _ordered([e["task"] for e in entries]):
+    for task in ordered([e["task"] for e in entries]):
         rows = [e for e in entries if e["task"] == task]
         first = rows[0]
         lines += [

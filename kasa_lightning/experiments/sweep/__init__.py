@@ -34,11 +34,11 @@ There is no scheduler here: runs go one after the other; multi-device training i
 The seed sets ``seed_everything`` (initialisation, dropout); the data order and any held-out split follow the
 DataModule's own ``seed`` (fixed), so every method and seed sees the same data.
 
-The work is in four modules, re-exported here (this module is the entry point ``kasa_lightning.cli`` calls and the
-import path of every name): ``sweep_spec`` (constants, ``SweepError``, ``Run``, input parsing, JSON files),
-``sweep_protocol`` (the paper's protocol per task family), ``sweep_plan`` (the cross product, resolved configs,
-run directories, the manifest) and ``sweep_exec`` (the run processes, resume, ``status.json``, SIGTERM). This file
-keeps the command line.
+The work is in four internal modules whose public names are re-exported here (this package is the entry point
+``kasa_lightning.cli`` calls and the import path of every name): ``_spec`` (constants, ``SweepError``, ``Run``,
+input parsing, JSON files), ``_protocol`` (the paper's protocol per task family), ``_plan`` (the cross product,
+resolved configs, run directories, the manifest) and ``_exec`` (the run processes, resume, ``status.json``,
+SIGTERM). This file keeps the command line.
 """
 
 from __future__ import annotations
@@ -50,19 +50,9 @@ import time
 from dataclasses import asdict  # re-exported: callers write run.json with sweep.asdict(run)
 from pathlib import Path
 
-# the private helpers stay reachable where they were (kasa_lightning.sweep._family, ...)
-from kasa_lightning.sweep_exec import _Child, _log_tail, _on_sigterm, execute, run_state  # noqa: F401
-from kasa_lightning.sweep_plan import (  # noqa: F401
-    _MISSING,
-    _finish_config,
-    _flat,
-    _parse_only_cli,
-    plan,
-    resolve,
-    write_plan,
-)
-from kasa_lightning.sweep_protocol import _family  # noqa: F401
-from kasa_lightning.sweep_spec import (
+from kasa_lightning.experiments.sweep._exec import execute, on_sigterm, run_state
+from kasa_lightning.experiments.sweep._plan import plan, resolve, write_plan
+from kasa_lightning.experiments.sweep._spec import (
     ABLATION,
     FORMAT,
     MANIFEST,
@@ -202,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         for run, _ in runs:
             print(run.shell_command(root))
         return 0
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     failed = []
     try:
         for i, (run, _) in enumerate(runs, 1):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kasa_lightning.sweep_spec import Run, read_json, write_json
+from kasa_lightning.experiments.sweep._spec import Run, read_json, write_json
 
 
 def run_state(run: Run, run_dir: Path) -> dict[str, Any]:
@@ -57,7 +57,7 @@ class _Child:
     stop: int | None = None
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
+def on_sigterm(signum: int, frame: Any) -> None:
     _Child.stop = signum
     proc = _Child.proc
     if proc is not None and proc.returncode is None:

@@ -1,7 +1,7 @@
 """A sweep's plan: the cross product task configs x methods (or ablation steps) x seeds, each run's config resolved
 through the real CLI parser and finished for its run directory (seed, root dir, ``last.ckpt``, ``metrics.json``),
 and ``write_plan``, which writes the runs' ``resolved.yaml`` and ``run.json`` and the ``sweep.json`` manifest,
-refusing to change the config of a run that has started. Nothing here runs training (``kasa_lightning.sweep_exec``).
+refusing to change the config of a run that has started. Nothing here runs training (``_exec``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from kasa_lightning.sweep_protocol import _family
-from kasa_lightning.sweep_spec import (
+from kasa_lightning.experiments.sweep._protocol import family
+from kasa_lightning.experiments.sweep._spec import (
     ABLATION,
     FORMAT,
     MANIFEST,
@@ -32,7 +32,7 @@ from kasa_lightning.sweep_spec import (
 
 
 def _parse_only_cli() -> type:
-    from kasa_lightning.cli import KaSACLI
+    from kasa_lightning.training import KaSACLI
 
     class ParseOnly(KaSACLI):
         """KaSACLI that parses and validates a config (all files, overrides and links) but builds nothing."""
@@ -157,7 +157,7 @@ def plan(
                     f"{where}: the resolved config trains adapter.method={got!r}, not {method!r}; "
                     "--methods kasa needs a KaSA task config (the shipped ones are)"
                 )
-            info = _family(resolved, where, metric, test)
+            info = family(resolved, where, metric, test)
             for seed in seeds:
                 run = Run(
                     task=name,

@@ -1,17 +1,17 @@
 """The paper's protocol per task family: from a resolved config, the family (GLUE, E2E, commonsense, instruction,
 the demo, a custom DataModule), the metrics to report, the value taken per run (best/last) and over seeds
 (median/mean), whether to validate/test ``last.ckpt``, and the paper's keys. One table of decisions, kept apart
-from the planning that calls it (``kasa_lightning.sweep_plan``) and the report that reads its output.
+from the planning that calls it (``kasa_lightning.experiments.sweep._plan``) and the report that reads its output.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kasa_lightning.sweep_spec import SweepError
+from kasa_lightning.experiments.sweep._spec import SweepError
 
 
-def _family(config: dict[str, Any], where: str, metric: str | None, test: str) -> dict[str, Any]:
+def family(config: dict[str, Any], where: str, metric: str | None, test: str) -> dict[str, Any]:
     """The task family, the metrics to report, the paper's protocol and the paper's key, from a resolved config."""
     data = config.get("data") or {}
     cls = str(data.get("class_path", "")).rsplit(".", 1)[-1]

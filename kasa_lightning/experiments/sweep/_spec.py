@@ -1,6 +1,6 @@
 """A sweep's vocabulary: its constants, its error, the seeds/methods/task names of its input, and ``Run`` (one run,
 what ``run.json`` holds) with the JSON helpers for the files a run leaves. Everything else in the sweep (the plan,
-the protocols, the execution, the report) builds on these names; ``kasa_lightning.sweep`` re-exports them.
+the protocols, the execution, the report) builds on these names; ``kasa_lightning.experiments.sweep`` re-exports them.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Run:
     overlays: list[str]
     family: str  # glue, e2e, commonsense, instruct, demo, custom
     model: str  # model.init_args.backbone
-    paper_task: str | None  # the task's key in kasa_lightning/data/paper_results.json
+    paper_task: str | None  # the task's key in kasa_lightning/experiments/paper/paper_results.json
     metrics: list[str]  # logged names, e.g. "val/accuracy", "test/BLEU"
     paper_metrics: dict[str, str] = field(default_factory=dict)  # logged name -> the paper's metric key
     select: str = "best"  # per run: "best" validation epoch or "last" value
