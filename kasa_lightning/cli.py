@@ -1,7 +1,7 @@
 """The command line: ``python -m kasa_lightning fit|validate|test|predict --config cfg.yaml`` (LightningCLI) and
 ``python -m kasa_lightning export --ckpt_path ... --format ... --output_dir ...``.
 
-* Fit/validate/test/predict are ``KaSACLI`` (``kasa_lightning.training``): LightningCLI with the project's links
+* Fit/validate/test/predict are ``KaSACLI``: LightningCLI with the project's links
   and defaults (optimiser over the trainable parameters only, ``model.backbone`` linked to ``data.tokenizer``,
   ``AtomicTensorBoardLogger`` as the default logger, the backbone checked before anything is written).
 * Commands besides LightningCLI's (``export``, ...) are rows of ``COMMANDS``; ``--help`` lists them all.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kasa_lightning.training import KaSACLI
+from kasa_lightning._lightning_cli import KaSACLI
 from kasa_lightning.training.artifacts import ExportFormat
 
 __all__ = ["COMMANDS", "Command", "KaSACLI", "export", "main"]

@@ -3,10 +3,10 @@ regularisers, adapter state and PEFT export. Each concept lives in its own modul
 
 from .config import AdapterConfig
 from .inject import (
-    AdapterState,
+    AdapterRecord,
     adapted_layers,
     adapter_config,
-    adapter_state,
+    adapter_record,
     apply_adapters,
     find_targets,
     layer_groups,
@@ -26,13 +26,13 @@ __all__ = [
     "AdaptedLayer",
     "AdapterConfig",
     "AdapterLossTerms",
-    "AdapterState",
+    "AdapterRecord",
     "LayerTerms",
     "Triplets",
     "adapted_layers",
     "adapter_config",
     "adapter_loss",
-    "adapter_state",
+    "adapter_record",
     "adapter_state_dict",
     "apply_adapters",
     "export_peft",

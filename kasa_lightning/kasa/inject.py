@@ -19,35 +19,35 @@ from .layer import AdaptedLayer, is_conv1d, linear_shape
 from .svd import extreme_triplets
 
 if TYPE_CHECKING:
-    from .regularizers import _Plan
+    from .plan import StackingPlan
 
-_STATE_ATTR = "_kasa_adapter_state"
+_RECORD_ATTR = "_kasa_adapter_record"
 
 
 @dataclass
-class AdapterState:
-    """What ``apply_adapters`` records on a model (read it with ``adapter_state(model)``).
+class AdapterRecord:
+    """What ``apply_adapters`` records on a model (read it with ``adapter_record(model)``).
 
     ``config``: the ``AdapterConfig`` applied. ``requires_grad``: parameter name -> its ``requires_grad`` before
     ``apply_adapters`` (restored by ``unload_adapters`` / ``merge_and_unload``). ``saved``: qualified names of the
     ``modules_to_save`` modules, trained and saved whole. ``layers``: the adapted layers once
     ``cached_adapted_layers`` has found them. ``reg_plan``: the regulariser's stacking plan, a cache of
-    ``adapter_loss``. The two caches are dropped with the state; nothing of it is saved in a checkpoint.
+    ``adapter_loss``. The two caches are dropped with the record; nothing of it is saved in a checkpoint.
     """
 
     config: AdapterConfig
     requires_grad: dict[str, bool]
     saved: list[str]
     layers: list[tuple[str, AdaptedLayer]] | None = None
-    reg_plan: _Plan | None = None
+    reg_plan: StackingPlan | None = None
 
 
-def adapter_state(model: nn.Module) -> AdapterState:
-    """The ``AdapterState`` that ``apply_adapters`` stored on ``model``; raises if the model has no adapters."""
-    state: AdapterState | None = getattr(model, _STATE_ATTR, None)
-    if state is None:
+def adapter_record(model: nn.Module) -> AdapterRecord:
+    """The ``AdapterRecord`` that ``apply_adapters`` stored on ``model``; raises if the model has no adapters."""
+    record: AdapterRecord | None = getattr(model, _RECORD_ATTR, None)
+    if record is None:
         raise ValueError("this model has no adapters: call apply_adapters(model, config) first")
-    return state
+    return record
 
 
 def _matches(name: str, patterns: list[str]) -> bool:
@@ -95,17 +95,17 @@ def adapted_layers(model: nn.Module) -> Iterator[tuple[str, AdaptedLayer]]:
 
 
 def cached_adapted_layers(model: nn.Module) -> list[tuple[str, AdaptedLayer]]:
-    """``list(adapted_layers(model))``, found once and kept in the adapter state of ``model`` (the hot path of the
+    """``list(adapted_layers(model))``, found once and kept in the adapter record of ``model`` (the hot path of the
     regulariser: walking every module of a 7B model on every step costs more than the regulariser itself).
 
     The cache holds the layer modules, not their tensors, so it stays right when a strategy wraps the model (FSDP and
     activation checkpointing wrap the layers, they do not replace them), moves or casts it, or loads a checkpoint into
-    it; ``unload_adapters`` and ``merge_and_unload`` drop it with the rest of the adapter state, and
+    it; ``unload_adapters`` and ``merge_and_unload`` drop it with the rest of the adapter record, and
     ``apply_adapters`` starts a new one."""
-    state = adapter_state(model)  # raises the usual error when there are no adapters
-    layers = state.layers
+    record = adapter_record(model)  # raises the usual error when there are no adapters
+    layers = record.layers
     if layers is None:
-        layers = state.layers = list(adapted_layers(model))
+        layers = record.layers = list(adapted_layers(model))
     return layers
 
 
@@ -120,7 +120,7 @@ def layer_groups(model: nn.Module) -> dict[str, list[tuple[str, AdaptedLayer]]]:
 
 def adapter_config(model: nn.Module) -> AdapterConfig:
     """The ``AdapterConfig`` that ``apply_adapters`` used on ``model``."""
-    return adapter_state(model).config
+    return adapter_record(model).config
 
 
 def find_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
@@ -195,7 +195,7 @@ def apply_adapters(
     target weights with the count and the disk-cache hits, on stderr; ``None`` shows it only when stderr is a
     terminal and the method truncates.
     """
-    if getattr(model, _STATE_ATTR, None) is not None or any(True for _ in adapted_layers(model)):
+    if getattr(model, _RECORD_ATTR, None) is not None or any(True for _ in adapted_layers(model)):
         raise RuntimeError(
             "this model already has adapters; call unload_adapters(model) first, or apply to a fresh model"
         )
@@ -243,7 +243,7 @@ def apply_adapters(
     for n in saved:
         for p in model.get_submodule(n).parameters():
             p.requires_grad_(True)
-    object.__setattr__(model, _STATE_ATTR, AdapterState(config=config, requires_grad=requires_grad, saved=saved))
+    object.__setattr__(model, _RECORD_ATTR, AdapterRecord(config=config, requires_grad=requires_grad, saved=saved))
     return model
 
 
@@ -270,11 +270,11 @@ def _progress_bar(total: int, method: str, enabled: bool | None):  # noqa: ANN20
 
 def _forget_adapters(model: nn.Module) -> nn.Module:
     """Restore the trainability recorded by ``apply_adapters`` and drop its bookkeeping."""
-    state: AdapterState | None = getattr(model, _STATE_ATTR, None)
-    if state is not None:
+    record: AdapterRecord | None = getattr(model, _RECORD_ATTR, None)
+    if record is not None:
         for n, p in model.named_parameters():
-            p.requires_grad_(state.requires_grad.get(n, p.requires_grad))
-        object.__delattr__(model, _STATE_ATTR)
+            p.requires_grad_(record.requires_grad.get(n, p.requires_grad))
+        object.__delattr__(model, _RECORD_ATTR)
     return model
 
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .atomic import write_bytes_atomically
-from .inject import adapted_layers, adapter_state
+from .inject import adapted_layers, adapter_record
 from .layer import AdaptedLayer, is_conv1d
 
 _PREFIX = "base_model.model."
@@ -53,8 +53,8 @@ def export_peft(
     loads on the ORIGINAL (untruncated) base model to the same outputs as ``model``."""
     from safetensors.torch import save
 
-    state = adapter_state(model)
-    config = state.config
+    record = adapter_record(model)
+    config = record.config
     layers = list(adapted_layers(model))
     if format not in ("kasa", "lora"):
         raise ValueError(f"format={format!r}: choose 'kasa' (PEFT KaSA adapter) or 'lora' (plain LoRA adapter)")
@@ -91,7 +91,7 @@ def export_peft(
             tensors[f"{key}.lora_A.weight"] = a
             tensors[f"{key}.lora_B.weight"] = b
             ranks.add(a.shape[0])
-    for saved in state.saved:
+    for saved in record.saved:
         for pname, p in model.get_submodule(saved).named_parameters():
             tensors[f"{_PREFIX}{saved}.{pname}"] = p.detach()
 
@@ -106,7 +106,7 @@ def export_peft(
         "lora_alpha": config.alpha if format == "kasa" else rank,
         "lora_dropout": config.dropout if format == "kasa" else 0.0,
         "target_modules": [name for name, _ in layers],
-        "modules_to_save": list(state.saved) or None,
+        "modules_to_save": list(record.saved) or None,
         "fan_in_fan_out": bool(conv),
         "bias": "none",
         "init_lora_weights": True,

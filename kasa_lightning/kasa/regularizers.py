@@ -15,8 +15,9 @@ from typing import NamedTuple, cast
 import torch
 from torch import nn
 
-from .inject import adapted_layers, adapter_config, adapter_state, cached_adapted_layers
+from .inject import adapted_layers, adapter_config, adapter_record, cached_adapted_layers
 from .layer import AdaptedLayer
+from .plan import StackingPlan, make_plan
 from .terms import LayerTerms, gram_distance
 
 
@@ -37,14 +38,6 @@ def record_in_forward(model: nn.Module, enabled: bool = True) -> None:
     for _, layer in adapted_layers(model):
         layer.record_terms = form
         layer.recorded_terms = None
-
-
-def _whole(layer: AdaptedLayer) -> bool:
-    """Whether this process sees the layer's adapter tensors whole (not as FSDP shards)."""
-    return tuple(layer.delta_u.shape) == (layer.out_features, layer.r) and tuple(layer.delta_v.shape) == (
-        layer.in_features,
-        layer.r,
-    )
 
 
 def adapter_loss(model: nn.Module, per_layer: bool = False) -> torch.Tensor | AdapterLossTerms:
@@ -98,38 +91,6 @@ def _recorded_terms(layers: Sequence[tuple[str, AdaptedLayer]]) -> dict[str, Lay
     return terms
 
 
-class _Plan(NamedTuple):
-    """How the factors of the layers stack: ``groups`` lists, per group of equal (rows, r, dtype, device), its
-    members as (layer index, "delta_u" | "delta_v"); ``slots[i]`` = ((group, position) of dU, same of dV) of layer i."""
-
-    groups: list[list[tuple[int, str]]]
-    slots: list[tuple[tuple[int, int], tuple[int, int]]]
-
-
-def _make_plan(layers: Sequence[tuple[str, AdaptedLayer]]) -> _Plan:
-    sharded = [name for name, layer in layers if not _whole(layer)]
-    if sharded:
-        raise RuntimeError(
-            f"adapter_loss: the adapter tensors of {sharded[:2]} are sharded (FSDP / ZeRO-3), so their L2/L3 "
-            "cannot be computed from the parameters here; call kasa.record_in_forward(model) before the "
-            "forward pass (KaSAModule does this under sharding strategies)"
-        )
-    index: dict[tuple, int] = {}
-    groups: list[list[tuple[int, str]]] = []
-    slots: list[tuple[tuple[int, int], tuple[int, int]]] = []
-    for i, (_, layer) in enumerate(layers):
-        slot: list[tuple[int, int]] = []
-        for attr in ("delta_u", "delta_v"):
-            t = getattr(layer, attr)
-            g = index.setdefault((tuple(t.shape), t.dtype, t.device), len(groups))
-            if g == len(groups):
-                groups.append([])
-            slot.append((g, len(groups[g])))
-            groups[g].append((i, attr))
-        slots.append((slot[0], slot[1]))
-    return _Plan(groups, slots)
-
-
 def _batched_terms(
     model: nn.Module, layers: Sequence[tuple[str, AdaptedLayer]], form: str, need_l3: bool
 ) -> tuple[Mapping[str, LayerTerms], torch.Tensor, torch.Tensor]:
@@ -142,7 +103,7 @@ def _batched_terms(
         try:
             sigmas = torch.stack([_tensor(x, "delta_sigma") for x in modules])
         except RuntimeError:
-            _make_plan(layers)  # raises the clear error when the tensors are shards
+            make_plan(layers)  # raises the clear error when the tensors are shards
             raise
         squares = (sigmas if sigmas.dtype == torch.float32 else sigmas.float()).square()  # (L, r)
         l2 = squares.sum()
@@ -152,11 +113,11 @@ def _batched_terms(
     distances: list[torch.Tensor] = []
     plan = None
     if need_l3:
-        state = adapter_state(model)
-        plan = state.reg_plan
+        record = adapter_record(model)
+        plan = record.reg_plan
         for attempt in (0, 1):
             if plan is None or len(plan.slots) != len(modules):
-                plan = state.reg_plan = _make_plan(layers)
+                plan = record.reg_plan = make_plan(layers)
             try:
                 distances = [
                     gram_distance(torch.stack([_tensor(modules[i], attr) for i, attr in members]), form)
@@ -190,7 +151,7 @@ class _LazyLayerTerms(Mapping):
     training step that never reads them dispatches no per-layer operator."""
 
     def __init__(
-        self, names: list[str], squares: torch.Tensor | None, distances: list[torch.Tensor], plan: _Plan | None
+        self, names: list[str], squares: torch.Tensor | None, distances: list[torch.Tensor], plan: StackingPlan | None
     ) -> None:
         self._names = names
         self._squares, self._distances, self._plan = squares, distances, plan

@@ -1,4 +1,5 @@
-"""Adapter-only state: what was trained plus the truncation state, and nothing of the frozen base.
+"""Saving and loading adapters: the adapter state dict (what was trained plus the truncation state: the removed
+rank-r part), and nothing of the frozen base.
 
 A saved adapter is a safetensors file whose metadata holds the ``AdapterConfig`` as JSON, so that
 ``load_adapter(base_model, path)`` rebuilds the adapted model from the original base without any SVD.
@@ -16,21 +17,21 @@ from torch import nn
 
 from .atomic import write_bytes_atomically
 from .config import AdapterConfig
-from .inject import adapted_layers, adapter_config, adapter_state, apply_adapters
+from .inject import adapted_layers, adapter_config, adapter_record, apply_adapters
 
 FORMAT = "kasa-lightning-adapter"
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Adapter parameters, removed-part buffers and ``modules_to_save`` parameters, keyed by qualified name."""
-    state = adapter_state(model)  # raises if there are no adapters
+    record = adapter_record(model)  # raises if there are no adapters
     out: dict[str, torch.Tensor] = {}
     for name, layer in adapted_layers(model):
         for key in ("delta_u", "delta_sigma", "delta_v", "dropped_u", "dropped_v"):
             t = getattr(layer, key)
             if t is not None:
                 out[f"{name}.{key}"] = t.detach()
-    for saved in state.saved:
+    for saved in record.saved:
         for pname, p in model.get_submodule(saved).named_parameters():
             out[f"{saved}.{pname}"] = p.detach()
     return out

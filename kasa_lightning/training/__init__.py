@@ -3,8 +3,7 @@
 Public modules: ``module`` (``KaSAModule``), ``fsdp`` (``AdapterWrapPolicy``, the auto-wrap policy for FSDP),
 ``loggers`` (``AtomicTensorBoardLogger``), ``checkpoint_io`` (atomic writes, weights-only reads), ``divergence``
 (``NonFiniteLossError``, ``DivergedAdaptersError``), ``contracts`` (what a DataModule may provide to the evaluation)
-and ``artifacts`` (what the ``export`` command writes). ``KaSACLI`` is the LightningCLI that ``kasa_lightning.cli``
-runs. Modules with a leading ``_`` are internal.
+and ``artifacts`` (what the ``export`` command writes). Modules with a leading ``_`` are internal.
 
 The names below are exported lazily (PEP 562): importing this package does not import Lightning.
 """
@@ -17,7 +16,6 @@ from kasa_lightning._lazy import lazy_exports
 
 _EXPORTS = {
     "KaSAModule": ".module",
-    "KaSACLI": "._lightning_cli",
     "AdapterWrapPolicy": ".fsdp",
     "AtomicTensorBoardLogger": ".loggers",
     "AtomicCheckpointIO": ".checkpoint_io",
@@ -38,7 +36,6 @@ __all__ = [
     "DivergedAdaptersError",
     "FormatsPredictions",
     "GeneratesForEval",
-    "KaSACLI",
     "KaSAModule",
     "NamesEvalLoaders",
     "NonFiniteLossError",
@@ -50,7 +47,6 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from kasa_lightning.training._lightning_cli import KaSACLI
     from kasa_lightning.training.artifacts import export_module
     from kasa_lightning.training.checkpoint_io import AtomicCheckpointIO, load_checkpoint_safely
     from kasa_lightning.training.contracts import (

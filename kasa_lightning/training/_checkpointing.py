@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -31,15 +31,54 @@ from kasa_lightning.training._resume import (
 from kasa_lightning.training.divergence import DivergedAdaptersError, checkpoint_problem
 
 if TYPE_CHECKING:
-    from kasa_lightning.training.module import KaSAModule
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.core.mixins.hparams_mixin import AttributeDict
+    from torch import nn
+    from typing_extensions import Self
+
+    from kasa_lightning.kasa import AdapterConfig
 
 # set while load_from_checkpoint runs: Lightning calls configure_model() before on_load_checkpoint, and the model
 # it builds then only has to receive the checkpoint's tensors (no SVD, no initialisation)
 LOADING_CHECKPOINT: contextvars.ContextVar[bool] = contextvars.ContextVar("kasa_loading_checkpoint", default=False)
 
 
-class CheckpointMixin:
-    """The checkpoint hooks of ``KaSAModule``; it expects the attributes ``KaSAModule.__init__`` sets."""
+class CheckpointHost(Protocol):
+    """What the checkpoint hooks read from the LightningModule they are mixed into (``KaSAModule``): its settings,
+    its model, the two values a checkpoint restores, and the Lightning members and methods they call."""
+
+    adapter_config: AdapterConfig
+    backbone_name: str
+    backbone_config: Any  # a transformers config (or its dict) when the backbone is built from a config, else None
+    max_checkpoint_abs: float
+    model: nn.Module | None
+    _full_state: bool  # whether the checkpoint holds every weight (set from the checkpoint being loaded)
+    _best: dict[str, float]  # the best validation value per metric so far (kept across a resume)
+    _trainer: Trainer | None
+
+    @property
+    def hparams(self) -> AttributeDict: ...
+
+    @property
+    def trainer(self) -> Trainer: ...
+
+    @property
+    def global_step(self) -> int: ...
+
+    def check_finite(self) -> None: ...
+
+    def configure_model(self, initialize: bool = True) -> None: ...
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any: ...
+
+
+# type checkers see the mixin as an implementation of the host's contract; at run time it is a plain class, so the
+# host's own MRO (KaSAModule -> LightningModule) stays the one Lightning expects
+_Host = CheckpointHost if TYPE_CHECKING else object
+
+
+class CheckpointMixin(_Host):
+    """The checkpoint hooks of ``KaSAModule``; what they read from their host is ``CheckpointHost``."""
 
     def _refuse_diverged_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Before a checkpoint is written: no non-finite loss so far, and no tensor beyond ``max_checkpoint_abs``."""
@@ -72,7 +111,7 @@ class CheckpointMixin:
         strict: bool | None = None,
         weights_only: bool | None = None,
         **kwargs: Any,
-    ) -> KaSAModule:
+    ) -> Self:
         """Lightning's ``load_from_checkpoint``, reading the file with ``weights_only=True`` (local paths, fsspec
         and ``http(s)://`` URLs alike; Lightning would read URLs with ``weights_only=False``). A file that is not a
         checkpoint or that asks to run code raises ``kasa_lightning.training.checkpoint_io.UnsafeCheckpointError``. Pass
@@ -146,7 +185,7 @@ class CheckpointMixin:
         others = sorted(k for k in state_dict if not k.startswith(prefix))
         if self.model is None or others or (state and len(state) == len(self.model.state_dict())):
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        if getattr(self, "_full_state", self.backbone_config is not None):
+        if self._full_state:
             self.model.load_state_dict(state, strict=True)
         else:
             load_adapter_state_dict(self.model, state)

@@ -60,7 +60,7 @@ class EvaluationMixin:
     def _own_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
-        if not hasattr(self, "_tokenizer"):
+        if self._tokenizer is None:
             self._tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(self.backbone_name))
             if self._tokenizer.pad_token is None:
                 self._tokenizer.pad_token = self._tokenizer.eos_token

@@ -43,6 +43,7 @@ from kasa_lightning.training._resume import (
     apply_optimizer_settings,
     optimizer_settings,
 )
+from kasa_lightning.training._settings import adapter_config_for, check_settings, compile_kwargs
 from kasa_lightning.training.divergence import (
     FiniteWatch,
     NonFiniteLossError,
@@ -67,8 +68,8 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
             names the tokenizer.
         dtype: dtype to load the backbone in (``None``: the checkpoint's default, float32 for most).
         optimizer: optimiser factory over the trainable parameter groups. Default: ``torch.optim.AdamW`` (lr 1e-3),
-            with ``fused=True`` (one kernel for all tensors; 6x faster steps on CPU for a 20-layer adapter set)
-            unless gradient clipping is on (Lightning refuses to clip with fused optimisers under mixed precision).
+            with ``fused=True`` (one kernel for all tensors instead of a loop over them) unless gradient clipping is
+            on (Lightning refuses to clip with fused optimisers under mixed precision).
         lr_scheduler: scheduler factory; ``None`` gives the built-in schedule: linear warmup over
             ``warmup_steps`` (or ``warmup_ratio`` of the steps), then ``schedule`` decay to 0, stepped every
             optimiser step (the paper: linear, warmup ratio 0.06).
@@ -110,29 +111,11 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         compile: bool | dict[str, Any] = False,
     ) -> None:
         super().__init__()
-        if task not in ("classification", "regression", "causal_lm"):
-            raise ValueError(f"model.task={task!r}: choose 'classification', 'regression' or 'causal_lm'")
-        if task == "regression" and num_labels != 1:
-            raise ValueError(f"model.num_labels={num_labels} with task='regression': regression needs num_labels=1")
-        if task == "classification" and num_labels < 2:
-            raise ValueError(f"model.num_labels={num_labels}: classification needs >= 2 labels (1 is regression)")
-        if not 0.0 <= warmup_ratio < 1.0:
-            raise ValueError(f"model.warmup_ratio={warmup_ratio} must be in [0, 1)")
-        if schedule not in ("linear", "cosine"):
-            raise ValueError(f"model.schedule={schedule!r}: choose 'linear' or 'cosine'")
-        if warmup_steps is not None and warmup_steps < 0:
-            raise ValueError(f"model.warmup_steps={warmup_steps} must be >= 0")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"model.label_smoothing={label_smoothing} must be in [0, 1)")
-        self.compile_kwargs = _compile_kwargs(compile)
-        if isinstance(adapter, dict):  # as stored in hparams.yaml / checkpoints
-            adapter = AdapterConfig.from_dict(adapter)
-        adapter = adapter if adapter is not None else AdapterConfig()
-        if task != "causal_lm" and not adapter.modules_to_save:
-            adapter = AdapterConfig.from_dict({**adapter.to_dict(), "modules_to_save": ["classifier", "score"]})
-        self.adapter_config = adapter
+        check_settings(task, num_labels, warmup_ratio, warmup_steps, schedule, label_smoothing)
+        self.compile_kwargs = compile_kwargs(compile)
+        self.adapter_config = adapter_config_for(adapter, task)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
-        self.hparams["adapter"] = adapter.to_dict()  # plain values in hparams.yaml / checkpoints
+        self.hparams["adapter"] = self.adapter_config.to_dict()  # plain values in hparams.yaml / checkpoints
         self.backbone_name = backbone
         self.task = task
         self.num_labels = num_labels
@@ -147,11 +130,15 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         self.head_lr = head_lr
         self.gradient_checkpointing = gradient_checkpointing
         self.generation = dict(generation or {})
+        # built in configure_model, or restored from a checkpoint
         self.model: nn.Module | None = None
         self.strict_loading = False  # checkpoints hold the adapters only; on_load_checkpoint checks them
+        self._full_state = backbone_config is not None  # a checkpoint keeps every weight (random ones included)
+        self._best: dict[str, float] = {}
+        self._optimizer_settings: list[list[dict[str, Any]]] = []  # the user's, kept across a restore
+        self._tokenizer: Any = None  # loaded on first use when the DataModule has none
         self._metrics: dict[str, nn.ModuleDict] = {}
         self._val_losses: list[torch.Tensor] = []
-        self._best: dict[str, float] = {}
         self._finite = FiniteWatch()
 
     # ------------------------------------------------------------------ model
@@ -335,7 +322,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         return [StopCheckpoint()]
 
     def on_train_start(self) -> None:
-        if self.trainer.ckpt_path is not None and getattr(self, "_optimizer_settings", None):
+        if self.trainer.ckpt_path is not None and self._optimizer_settings:
             apply_optimizer_settings(self.trainer, self._optimizer_settings)  # the restore put the saved ones back
 
     def _can_fuse(self, groups: list[dict[str, Any]]) -> bool:
@@ -381,20 +368,3 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         copy.on_load_checkpoint(checkpoint)
         copy.load_state_dict(checkpoint["state_dict"])
         return copy
-
-
-_COMPILE_KEYS = ("fullgraph", "dynamic", "backend", "mode", "options", "disable")
-
-
-def _compile_kwargs(value: Any) -> dict[str, Any] | None:
-    """``KaSAModule(compile=...)`` as keyword arguments of ``torch.compile`` (None: do not compile)."""
-    if value is False or value is None:
-        return None
-    if value is True:
-        return {}
-    if isinstance(value, dict):
-        unknown = sorted(set(value) - set(_COMPILE_KEYS))
-        if unknown:
-            raise ValueError(f"model.compile has unknown keys {unknown}: use torch.compile's {list(_COMPILE_KEYS)}")
-        return dict(value)
-    raise TypeError(f"model.compile={value!r}: use true/false or a dict of torch.compile arguments")

@@ -32,7 +32,7 @@ from kasa_lightning.experiments.sweep._spec import (
 
 
 def _parse_only_cli() -> type:
-    from kasa_lightning.training import KaSACLI
+    from kasa_lightning._lightning_cli import KaSACLI
 
     class ParseOnly(KaSACLI):
         """KaSACLI that parses and validates a config (all files, overrides and links) but builds nothing."""
