@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from torch import nn
 
 from kasa_lightning.kasa import layer_groups
 
@@ -52,7 +53,7 @@ def render_heatmap(matrix: np.ndarray, title: str, path: Path) -> np.ndarray:
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     fig.canvas.draw()
-    rgba = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    rgba = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # type: ignore[attr-defined]  # Agg's canvas
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
@@ -70,16 +71,17 @@ class SingularValueHeatmap(L.Callback):
         return Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[Path]:
-        if pl_module.model is None:
+        model: nn.Module | None = getattr(pl_module, "model", None)  # the adapted model of a KaSAModule
+        if model is None:
             return []
         directory = self._directory(trainer)  # on every rank: trainer.log_dir is a broadcast under DDP/FSDP
         gather = getattr(pl_module, "whole_parameters", contextlib.nullcontext)
         with gather():  # under FSDP: gathers the shards to rank 0 (a collective, so every rank enters)
             if not trainer.is_global_zero:
                 return []
-            kinds = {"sigma": sigma_matrices(pl_module.model)}
+            kinds = {"sigma": sigma_matrices(model)}
             if self.spectrum:
-                kinds["spectrum"] = sigma_matrices(pl_module.model, spectrum=True)
+                kinds["spectrum"] = sigma_matrices(model, spectrum=True)
         step, written = trainer.global_step, []
         for what, matrices in kinds.items():
             for kind, matrix in matrices.items():
@@ -89,7 +91,7 @@ class SingularValueHeatmap(L.Callback):
                 np.save(path.with_suffix(".npy"), matrix)
                 for logger in trainer.loggers:
                     experiment = getattr(logger, "experiment", None)
-                    if hasattr(experiment, "add_image"):
+                    if experiment is not None and hasattr(experiment, "add_image"):
                         experiment.add_image(f"kasa/{what}/{kind}", rgb, global_step=step, dataformats="HWC")
                 written.append(path)
         return written

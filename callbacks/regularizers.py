@@ -53,7 +53,7 @@ class RegularizerMonitor(L.Callback):
         if step == self._last_step or step % self.every_n_steps != 0 or not trainer.loggers:
             return  # several micro-batches of one accumulated step report once
         self._last_step = step
-        scalars = regularizer_scalars(pl_module.model)
+        scalars = regularizer_scalars(getattr(pl_module, "model"))  # noqa: B009  (a KaSAModule's adapted model)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
             scalars["kasa/loss"] = float(loss)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sized
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from kasa_lightning.hub import resolve_pretrained
 
@@ -29,7 +29,7 @@ class ResumableSampler(DistributedSampler):
     """
 
     def __init__(self, data: Sized, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
-        super().__init__(data, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        super().__init__(cast(Dataset, data), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self._skip: tuple[int, int] | None = None  # (epoch, samples of this rank)
 
     def skip(self, epoch: int, samples: int) -> None:
@@ -38,7 +38,7 @@ class ResumableSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.dataset), generator=g).tolist()
+        order = torch.randperm(len(cast(Sized, self.dataset)), generator=g).tolist()
         padding = self.total_size - len(order)  # pad to equal shares, as DistributedSampler does
         order += (order * math.ceil(padding / len(order)))[:padding] if padding else []
         mine = order[self.rank : self.total_size : self.num_replicas]
@@ -91,7 +91,11 @@ class BaseDataModule(L.LightningDataModule):
         self._tokenizer = None
         self._sampler: ResumableSampler | None = None
         self._resume: dict[str, int] | None = None
-        self.train_set = self.val_set = self.test_set = self.predict_set = None
+        # the tokenized splits that setup() builds (lists of examples or datasets)
+        self.train_set: Any = None
+        self.val_set: Any = None
+        self.test_set: Any = None
+        self.predict_set: Any = None
 
     @property
     def tokenizer(self):  # noqa: ANN201
@@ -145,10 +149,10 @@ class BaseDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, "validation", train=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> Any:
         return self._loader(self.test_set, "test", train=False)
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> Any:
         return self._loader(self.predict_set if self.predict_set is not None else self.test_set, "predict", False)
 
     # ------------------------------------------------------------------ exact resume
@@ -162,7 +166,7 @@ class BaseDataModule(L.LightningDataModule):
         # a checkpoint written in on_train_batch_end has processed the batch but not yet marked it completed
         return {
             "epoch": epoch,
-            "batches": progress.processed,
+            "batches": cast(Any, progress).processed,  # a _BatchProgress: typed as its base tracker
             "batch_size": self.batch_size,
             "world_size": self.trainer.world_size,
         }

@@ -272,9 +272,10 @@ class CommonsenseDataModule(CausalLMDataModule):
                 else:
                     if not _text(batch["output"][i]):
                         continue  # no output: counted above
-                    enc = self.encode_pair(prompt, batch["output"][i])
-                    if enc is None:  # dropped (overlength="drop")
+                    pair = self.encode_pair(prompt, batch["output"][i])
+                    if pair is None:  # dropped (overlength="drop")
                         continue
+                    enc = pair
                     out["labels"].append(enc["labels"])
                 out["input_ids"].append(enc["input_ids"])
                 out["attention_mask"].append(enc["attention_mask"])

@@ -19,7 +19,8 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 from kasa_lightning.datamodules.causal import CausalLMDataModule
 from kasa_lightning.datamodules.errors import DataFileError
@@ -73,6 +74,9 @@ class E2EDataModule(CausalLMDataModule):
         ``stats["empty_reference"]``, and logged as a warning with their line numbers (row indices for the Hub).
         """
         path, hub_split = self.paths[split]
+        if path is None:
+            raise ValueError(f"data.{split}_path is not set: give an E2E csv file or a Hub dataset name")
+        rows: Iterable[tuple[int, Any]]
         if os.path.exists(path):
             columns, rows = read_e2e_csv(path)
         elif is_local_path(path):
@@ -100,7 +104,7 @@ class E2EDataModule(CausalLMDataModule):
         # GEM rows carry one `target` and, for evaluation, the MR's full `references` list: use the list there
         use_list = "references" in columns and (ref_col is None or split != "train")
         for where, row in rows:
-            refs = (row["references"] or []) if use_list else [row[ref_col]]
+            refs = (row["references"] or []) if use_list else [row[cast(str, ref_col)]]  # one of the two exists
             if row[mr_col] is None or not str(row[mr_col]).strip():
                 raise DataFileError(
                     f"{path}:{where}: the MR is empty"

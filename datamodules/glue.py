@@ -264,6 +264,7 @@ class GLUEDataModule(BaseDataModule):
             train = convert(hub["train"]) if with_train else None
             vals = [] if self.val_from_train else [convert(hub[s]) for s in self.spec.val_hub]
         if self.val_from_train:
+            assert train is not None  # val_from_train needs the train split, loaded above
             parts = train.train_test_split(test_size=self.val_from_train, seed=self.seed)
             train, vals = parts["train"], [parts["test"]]
         if self.max_train_samples is not None and train is not None:

@@ -246,6 +246,7 @@ class InstructionDataModule(ChatEncoding, CausalLMDataModule):
 
     def _previous_answers(self) -> dict[Any, str]:
         if not hasattr(self, "_prev_cache"):
+            assert self.previous_answers is not None  # called only for data.previous_answers
             self._prev_cache = first_turn_answers(os.path.expanduser(self.previous_answers))
         return self._prev_cache
 

@@ -68,6 +68,7 @@ class KaSACLI(LightningCLI):
         from jsonargparse import ArgumentParser
 
         subcommands = parser._subcommands_action  # jsonargparse's action that add_subcommands() created above
+        assert subcommands is not None
         for name, line in self.extra_commands.items():
             description = f"{line} Options: python -m kasa_lightning {name} --help"
             subcommands.add_subcommand(name, ArgumentParser(description=description), help=line)
@@ -81,7 +82,9 @@ class KaSACLI(LightningCLI):
         # exists (with backbone_config the name only gives the tokenizer, which the DataModule checks when used)
         model = self.config.get(self.subcommand).get("model")
         init = model.get("init_args", model) if hasattr(model, "get") else None
-        backbone = init.get("backbone") if hasattr(init, "get") else None
+        if init is None or not hasattr(init, "get"):
+            return
+        backbone = init.get("backbone")
         if isinstance(backbone, str) and init.get("backbone_config") is None:
             resolve_pretrained(backbone, "model.backbone")
 

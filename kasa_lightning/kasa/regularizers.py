@@ -10,7 +10,7 @@ adds up those recorded terms (their graph leads back to the unsharded tensors, s
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import NamedTuple, cast
+from typing import Literal, NamedTuple, cast, overload
 
 import torch
 from torch import nn
@@ -38,6 +38,18 @@ def record_in_forward(model: nn.Module, enabled: bool = True) -> None:
     for _, layer in adapted_layers(model):
         layer.record_terms = form
         layer.recorded_terms = None
+
+
+@overload
+def adapter_loss(model: nn.Module, per_layer: Literal[False] = False) -> torch.Tensor: ...
+
+
+@overload
+def adapter_loss(model: nn.Module, per_layer: Literal[True]) -> AdapterLossTerms: ...
+
+
+@overload
+def adapter_loss(model: nn.Module, per_layer: bool) -> torch.Tensor | AdapterLossTerms: ...
 
 
 def adapter_loss(model: nn.Module, per_layer: bool = False) -> torch.Tensor | AdapterLossTerms:

@@ -318,6 +318,9 @@ class E2EMetric(Metric):
     METEOR Java process is reused): call ``update`` in loops and ``compute`` once.
     """
 
+    predictions: list[str]  # states (add_state), one entry per example; gathered as strings
+    targets: list[list[str]]
+
     is_differentiable = False
     higher_is_better = True
     full_state_update = False

@@ -88,11 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return x[-1] if isinstance(x, (list, tuple)) else x
 
     rouge = rouge_l_scores([last(it["answer"]) for it in items], [last(it["reference"]) for it in items])
-    status, scores, replies = 0, [None] * len(items), [None] * len(items)
+    scores: list[float | None] = [None] * len(items)
+    replies: list[str | None] = [None] * len(items)
+    status = 0
     judge_model = None
     try:
         _, judge_model, _ = judge_settings(args.base_url, args.model, args.api_key)
-        scores, replies = judge_answers(
+        scores, replies = judge_answers(  # type: ignore[assignment]  # a pair with return_replies=True
             [it["question"] for it in items],
             [it["answer"] for it in items],
             [it["reference"] for it in items],

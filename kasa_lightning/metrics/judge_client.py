@@ -48,6 +48,7 @@ def judge_settings(
             f"{ENV_API_KEY}=... (or --base-url/--model/--api-key). Reference-based ROUGE-L scores "
             "(rouge_l_scores) need no endpoint."
         )
+    assert base_url is not None and model is not None  # refused above when missing
     return base_url.rstrip("/"), model, api_key
 
 

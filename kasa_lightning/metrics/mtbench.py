@@ -65,6 +65,9 @@ def build_items(
                     f"answer for question {row['question_id']} has {len(given)} turn(s); turn {turn} was asked for"
                 )
             ref = question.get("reference") if question.get("category") in REFERENCE_CATEGORIES else None
+            q: str | list[str]
+            a: str | list[str]
+            r: str | list[str] | None
             if turn == 1:
                 q, a, r = turns[0], given[0], (ref[0] if ref else None)
             else:

@@ -8,7 +8,7 @@ neither NLTK nor a download), for pairs some of which have no reference (MT-Benc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from torchmetrics.text.rouge import ROUGEScore
 
@@ -34,7 +34,7 @@ class RougeL(ROUGEScore):
             super().update([p for p, _ in kept], [t for _, t in kept])
 
     def compute(self) -> dict[str, Any]:  # type: ignore[override]
-        if len(self.rougeL_fmeasure) == 0:
+        if len(cast(list, self.rougeL_fmeasure)) == 0:
             return {}
         return {"rougeL": super().compute()["rougeL_fmeasure"]}
 

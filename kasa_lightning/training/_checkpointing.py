@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import random
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ from kasa_lightning.training.divergence import DivergedAdaptersError, checkpoint
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
     from lightning.pytorch.core.mixins.hparams_mixin import AttributeDict
-    from torch import nn
     from typing_extensions import Self
 
     from kasa_lightning.kasa import AdapterConfig
@@ -51,7 +50,7 @@ class CheckpointHost(Protocol):
     backbone_name: str
     backbone_config: Any  # a transformers config (or its dict) when the backbone is built from a config, else None
     max_checkpoint_abs: float
-    model: nn.Module | None
+    model: Any  # the Hugging Face model with adapters (an untyped library), None until configure_model
     _full_state: bool  # whether the checkpoint holds every weight (set from the checkpoint being loaded)
     _best: dict[str, float]  # the best validation value per metric so far (kept across a resume)
     _trainer: Trainer | None
@@ -59,8 +58,7 @@ class CheckpointHost(Protocol):
     @property
     def hparams(self) -> AttributeDict: ...
 
-    @property
-    def trainer(self) -> Trainer: ...
+    trainer: Trainer
 
     @property
     def global_step(self) -> int: ...
@@ -74,7 +72,10 @@ class CheckpointHost(Protocol):
 
 # type checkers see the mixin as an implementation of the host's contract; at run time it is a plain class, so the
 # host's own MRO (KaSAModule -> LightningModule) stays the one Lightning expects
-_Host = CheckpointHost if TYPE_CHECKING else object
+if TYPE_CHECKING:
+    _Host = CheckpointHost
+else:
+    _Host = object
 
 
 class CheckpointMixin(_Host):
@@ -129,7 +130,7 @@ class CheckpointMixin(_Host):
         token = LOADING_CHECKPOINT.set(True)
         try:
             with torch.serialization.safe_globals(checkpoint_io.SAFE_GLOBALS):
-                return super().load_from_checkpoint(
+                return super().load_from_checkpoint(  # type: ignore[misc]  # LightningModule's, next in the MRO
                     checkpoint_path, map_location, hparams_file, strict, weights_only is not False, **kwargs
                 )
         finally:
@@ -184,7 +185,9 @@ class CheckpointMixin(_Host):
         state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
         others = sorted(k for k in state_dict if not k.startswith(prefix))
         if self.model is None or others or (state and len(state) == len(self.model.state_dict())):
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+            return super().load_state_dict(  # type: ignore[safe-super]  # LightningModule's, next in the MRO
+                state_dict, strict=strict, assign=assign
+            )
         if self._full_state:
             self.model.load_state_dict(state, strict=True)
         else:
@@ -233,7 +236,7 @@ class CheckpointMixin(_Host):
 def rng_state() -> dict[str, Any]:
     """Torch, Python and NumPy RNG states as tensors and plain values (loadable with ``weights_only=True``)."""
     version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    name, keys, pos, has_gauss, cached = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     state = {
         "torch": torch.get_rng_state(),
         "python": [version, torch.tensor(mt, dtype=torch.int64), gauss],

@@ -1,7 +1,6 @@
 """Evaluation for ``KaSAModule``: metrics per stage and dataloader, generation-based scoring, best-epoch tracking
-and prediction. Kept apart from the training logic in ``module.py``; it expects the attributes that
-``KaSAModule.__init__`` sets (``model``, ``task``, ``num_labels``, ``generation``, ``backbone_name``,
-``_metrics``, ``_val_losses``, ``_best``).
+and prediction. Kept apart from the training logic in ``module.py``; what it reads from its host is
+``EvaluationHost``.
 
 What the DataModule may provide (all optional) is written as protocols in ``kasa_lightning.training.contracts``:
 ``ProvidesMetrics``, ``NamesEvalLoaders``, ``GeneratesForEval`` and ``FormatsPredictions``.
@@ -9,7 +8,7 @@ What the DataModule may provide (all optional) is written as protocols in ``kasa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -17,8 +16,40 @@ from torch import nn
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.training.contracts import FormatsPredictions, GeneratesForEval, NamesEvalLoaders, ProvidesMetrics
 
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
 
-class EvaluationMixin:
+
+class EvaluationHost(Protocol):
+    """What the evaluation steps read from the LightningModule they are mixed into (``KaSAModule``)."""
+
+    task: str
+    num_labels: int
+    generation: dict[str, Any]
+    backbone_name: str
+    model: Any  # the Hugging Face model with adapters (an untyped library), None until configure_model
+    _trainer: Trainer | None
+    _metrics: dict[str, nn.ModuleDict]  # per "<stage>:<dataloader index>", built on first use
+    _val_losses: list[torch.Tensor]  # causal LM: the losses of the epoch, for the perplexity
+    _best: dict[str, float]  # the best validation value per metric so far
+    _tokenizer: Any  # the backbone's tokenizer, loaded on first use when the DataModule has none
+
+    trainer: Trainer
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None: ...
+
+
+# type checkers see the mixin as an implementation of the host's contract; at run time it is a plain class
+if TYPE_CHECKING:
+    _Host = EvaluationHost
+else:
+    _Host = object
+
+
+class EvaluationMixin(_Host):
     """validation/test/predict steps of ``KaSAModule`` (mixed into a ``LightningModule``)."""
 
     def _datamodule(self) -> Any:
@@ -60,18 +91,20 @@ class EvaluationMixin:
     def _own_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
-        if self._tokenizer is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(self.backbone_name))
-            if self._tokenizer.pad_token is None:
-                self._tokenizer.pad_token = self._tokenizer.eos_token
-        return self._tokenizer
+        tokenizer: Any = getattr(self, "_tokenizer")  # noqa: B009  (set in the host's __init__, Any)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(self.backbone_name))
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            self._tokenizer = tokenizer
+        return tokenizer
 
     def _eval_step(self, batch: dict[str, Any], stage: str, dataloader_idx: int = 0) -> None:
         metrics = self._metric_dict(stage, dataloader_idx)
         if self._generates(batch):
             texts = self.generate_texts(batch)
             for metric in metrics.values():
-                metric.update(texts, batch["targets"])
+                cast(Any, metric).update(texts, batch["targets"])  # torchmetrics (an untyped library)
             return
         outputs = self.model(**batch)
         bs = batch["input_ids"].shape[0] if "input_ids" in batch else None
@@ -89,7 +122,7 @@ class EvaluationMixin:
             return
         preds = outputs.logits.squeeze(-1) if self.task == "regression" else outputs.logits.argmax(-1)
         for metric in metrics.values():
-            metric.update(preds, batch["labels"])
+            cast(Any, metric).update(preds, batch["labels"])
 
     def _eval_epoch_end(self, stage: str) -> None:
         if self._val_losses:
@@ -101,7 +134,8 @@ class EvaluationMixin:
             key = f"{stage}:{idx}"
             if key not in self._metrics:
                 continue
-            for name, metric in self._metrics[key].items():
+            for name, module in self._metrics[key].items():
+                metric = cast(Any, module)  # a torchmetrics Metric (an untyped library)
                 result = metric.compute()
                 flat = result if isinstance(result, dict) else {name: result}
                 for metric_name, value in flat.items():

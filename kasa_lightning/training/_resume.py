@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -145,7 +145,7 @@ def apply_optimizer_settings(trainer: L.Trainer, wanted: list[list[dict[str, Any
                 )
 
 
-def uncount_unfinished_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> None:
+def uncount_unfinished_epoch(trainer: L.Trainer | None, checkpoint: dict[str, Any]) -> None:
     """Record an epoch that ``max_steps`` (or any early stop) cut short as unfinished.
 
     Lightning's fit loop runs its end-of-epoch step even when ``max_steps`` ends the epoch early: the epoch is
@@ -162,7 +162,8 @@ def uncount_unfinished_epoch(trainer: L.Trainer, checkpoint: dict[str, Any]) -> 
     epochs = fit_loop.epoch_progress
     if batches.is_last_batch or not 0 < batches.current.completed < trainer.num_training_batches:
         return
-    if epochs.current.processed != epochs.current.started:  # still inside the epoch: nothing was counted
+    current = cast(Any, epochs.current)  # a _ProcessedTracker: typed as its base tracker
+    if current.processed != current.started:  # still inside the epoch: nothing was counted
         return
     state = checkpoint["loops"]["fit_loop"]["epoch_progress"]
     for part in ("total", "current"):

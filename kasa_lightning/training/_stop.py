@@ -68,7 +68,7 @@ def _last_savers(trainer: L.Trainer) -> list[ModelCheckpoint]:
 
 def _save_last(trainer: L.Trainer, callback: ModelCheckpoint) -> None:
     """``callback``'s ``last.ckpt`` of the current step, unless it already wrote one at this step."""
-    if trainer.fast_dev_run or trainer.global_step == 0:
+    if getattr(trainer, "fast_dev_run", False) or trainer.global_step == 0:
         return
     if callback.last_model_path and callback._last_global_step_saved == trainer.global_step:
         return  # Lightning writes last together with every top-k checkpoint, so this step's last exists

@@ -7,7 +7,7 @@ import copy
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kasa_lightning.hub import resolve_for_export, resolve_pretrained
 from kasa_lightning.kasa import export_peft, merge_and_unload, save_adapter
@@ -81,11 +81,13 @@ def export_module(module: KaSAModule, format: ExportFormat, output_dir: str | Pa
     base_name = module.backbone_name if module.backbone_config is None else None
     if format in ("peft-kasa", "peft-lora"):
         base = resolve_for_export(base_name) if base_name is not None else None
-        export_peft(module.model, output_dir, format=format[5:], base_model_name_or_path=base)
+        peft_type: Literal["kasa", "lora"] = "kasa" if format == "peft-kasa" else "lora"
+        export_peft(module.model, output_dir, format=peft_type, base_model_name_or_path=base)
     elif format == "adapter":
         save_adapter(module.model, output_dir / "adapter.safetensors")
     else:
-        merge_and_unload(copy.deepcopy(module.model)).save_pretrained(output_dir)
+        merged: Any = merge_and_unload(copy.deepcopy(module.model))  # a Hugging Face model (an untyped library)
+        merged.save_pretrained(output_dir)
         if base_name is not None:
             from transformers import AutoTokenizer
 

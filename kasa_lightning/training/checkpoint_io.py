@@ -101,7 +101,7 @@ def load_checkpoint_safely(
     if isinstance(path_or_url, (str, os.PathLike)) and is_url(str(path_or_url)):
         return _load(read_url(str(path_or_url)), source, map_location, safe_globals)
     if isinstance(path_or_url, (str, os.PathLike)):
-        fs = get_filesystem(path_or_url)
+        fs = get_filesystem(os.fspath(path_or_url))
         if not fs.exists(str(path_or_url)):
             raise FileNotFoundError(f"Checkpoint file not found: {path_or_url}")
         with fs.open(str(path_or_url), "rb") as f:

@@ -55,6 +55,7 @@ class FiniteWatch:
                 self.flag = torch.zeros((), dtype=torch.bool, device=device)
                 self.step = torch.full((), -1, dtype=torch.int64, device=device)
                 self.values = torch.zeros(4, device=device)
+            assert self.step is not None and self.values is not None  # created with the flag
             first = bad & ~self.flag
             self.step = torch.where(first, torch.full((), global_step, dtype=torch.int64, device=device), self.step)
             self.values = torch.where(first, values, self.values)
@@ -68,6 +69,8 @@ class FiniteWatch:
 
     def first(self) -> tuple[int, list[float]]:
         """(global step, [loss, task, L2, L3]) of the first non-finite loss (after ``seen()`` returned True)."""
+        if self.step is None or self.values is None:
+            raise RuntimeError("FiniteWatch.first() needs a recorded step: call it after seen() returned True")
         return int(self.step), self.values.tolist()
 
 
@@ -100,7 +103,7 @@ def blame(values: list[float], beta: float, gamma: float) -> tuple[str, str]:
             f"{gamma:g} is far too large (the paper uses 1e-4 to 1e-1)."
         )
     parts = {"task loss": abs(task), "beta * L2": abs(beta * l2), "gamma * L3": abs(gamma * l3)}
-    worst = max(parts, key=parts.get)
+    worst = max(parts, key=lambda name: parts[name])
     return worst, f"Each term is finite but their sum ({loss}) is not; the largest is {worst}. {lr_hint}"
 
 

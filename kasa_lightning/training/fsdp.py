@@ -72,7 +72,7 @@ def gathered_adapters(root: FSDP) -> Iterator[None]:
             if isinstance(module, AdaptedLayer):
                 owners[id(module)] = unit
     units = list({id(u): u for u in owners.values()}.values())  # module order: the same on every rank
-    offload = root.compute_device.type != "cpu"
+    offload = root.compute_device is not None and root.compute_device.type != "cpu"
     with contextlib.ExitStack() as stack:
         for unit in units:
             stack.enter_context(

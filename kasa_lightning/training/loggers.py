@@ -77,7 +77,7 @@ class AtomicTensorBoardLogger(TensorBoardLogger):
         self._logged_metrics = False
 
     def _get_next_version(self) -> int:
-        if rank_zero_only.rank != 0 or not _is_local_file_protocol(self.root_dir):
+        if getattr(rank_zero_only, "rank", 0) != 0 or not _is_local_file_protocol(self.root_dir):
             return super()._get_next_version()
         parent = os.path.expanduser(os.path.expandvars(self.root_dir))  # as log_dir expands it
         self._created_parent = not os.path.isdir(parent)
@@ -91,10 +91,11 @@ class AtomicTensorBoardLogger(TensorBoardLogger):
 
     def finalize(self, status: str) -> None:
         super().finalize(status)
-        unused = status == "failed" and self._claimed is not None and not self._logged_metrics
-        if unused and remove_unused_run_dir(self._claimed) and self._created_parent:
+        claimed = self._claimed
+        unused = status == "failed" and claimed is not None and not self._logged_metrics
+        if unused and claimed is not None and remove_unused_run_dir(claimed) and self._created_parent:
             with contextlib.suppress(OSError):  # only while empty: another run may have claimed a version
-                os.rmdir(os.path.dirname(self._claimed))
+                os.rmdir(os.path.dirname(claimed))
 
 
 def remove_unused_run_dir(path: str | os.PathLike) -> bool:

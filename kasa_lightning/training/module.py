@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
@@ -131,7 +131,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.generation = dict(generation or {})
         # built in configure_model, or restored from a checkpoint
-        self.model: nn.Module | None = None
+        self.model: Any = None  # the Hugging Face model with adapters (an untyped library)
         self.strict_loading = False  # checkpoints hold the adapters only; on_load_checkpoint checks them
         self._full_state = backbone_config is not None  # a checkpoint keeps every weight (random ones included)
         self._best: dict[str, float] = {}
@@ -163,7 +163,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         initialize = initialize and not LOADING_CHECKPOINT.get()
         model = self.build_backbone()
         if self.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            cast(Any, model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if hasattr(model.config, "use_cache"):
                 model.config.use_cache = False
         model.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
@@ -243,7 +243,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
     max_checkpoint_abs: float = 1e6
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._finite.unchecked >= max(1, self.trainer.log_every_n_steps):
+        if self._finite.unchecked >= max(1, getattr(self.trainer, "log_every_n_steps", 1)):
             self.check_finite()
 
     def on_train_epoch_end(self) -> None:
@@ -264,7 +264,8 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         if not mine:
             raise NonFiniteLossError("another process had a non-finite training loss; see its error message")
         step, values = self._finite.first()
-        term, hint = blame(values, self.adapter_config.beta, self.adapter_config.gamma)
+        beta, gamma = cast(float, self.adapter_config.beta), cast(float, self.adapter_config.gamma)  # resolved
+        term, hint = blame(values, beta, gamma)
         bad_layers = [
             name
             for name, layer in adapted_layers(self.model)
@@ -296,6 +297,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
             raise RuntimeError("configure_model() must run before configure_optimizers()")
         self._keep_adapters_float32()
         groups = self.parameter_groups()
+        optimizer: torch.optim.Optimizer
         if self.optimizer_factory is torch.optim.AdamW:  # the default, not a user's choice
             optimizer = torch.optim.AdamW(groups, fused=self._can_fuse(groups) or None)
         else:

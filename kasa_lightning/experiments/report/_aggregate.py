@@ -105,9 +105,10 @@ def _paper(run: dict[str, Any], method: str, metric: str) -> Any:
     if key is None:
         return None
     if run.get("ablation"):
-        method = ABLATION_PAPER.get(method)
-        if method is None:
+        paper_method = ABLATION_PAPER.get(method)
+        if paper_method is None:
             return None
+        method = paper_method
     return lookup(run.get("model") or "", run.get("paper_task"), method, key)
 
 

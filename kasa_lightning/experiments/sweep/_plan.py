@@ -111,6 +111,7 @@ def plan(
     name -> overlay file (``--method_overlay``)."""
     method_overlays = dict(method_overlays or {})
     configs_dir = Path(configs_dir) if configs_dir else default_configs_dir()
+    steps: dict[str, Path | None]
     if ablation:
         steps = {s: configs_dir / "ablation" / f"{s}.yaml" for s in ABLATION}
     else:
@@ -129,8 +130,8 @@ def plan(
             raise SweepError(
                 f"the overlay of {name!r} is not at {path}; point --configs_dir at the repository's configs/ folder"
             )
-    for path in [*configs, *overlays]:
-        if not Path(path).is_file():
+    for given in [*configs, *overlays]:
+        if not Path(given).is_file():
             raise SweepError(f"--config/--overlay {path}: no such file")
     if test not in ("auto", "yes", "no"):
         raise SweepError(f"--test {test}: choose auto, yes or no")

@@ -23,6 +23,8 @@ def family(config: dict[str, Any], where: str, metric: str | None, test: str) ->
         from kasa_lightning.datamodules.glue import TASKS
 
         task = init.get("task")
+        if task not in TASKS:
+            raise SweepError(f"{where}: data.init_args.task={task!r} is not a GLUE task; choose from {sorted(TASKS)}")
         spec = TASKS[task]
         suffixes = [f"_{n}" for n in spec.val_names] if spec.val_names and not init.get("val_from_train") else [""]
         metrics = [f"val/{m}{s}" for m in spec.metrics for s in suffixes]
@@ -51,12 +53,13 @@ def family(config: dict[str, Any], where: str, metric: str | None, test: str) ->
     elif cls == "InstructionDataModule":
         _require(init, "test_path", where, "the instruction config has no test prompts")
         split = init.get("test_split")
-        paper_task = {
+        paper_tasks: dict[Any, str] = {
             "test_summarize": "summarization",
             "test_classify": "classification",
             "test_coding": "coding",
             "test_closed_qa": "closed_qa",
-        }.get(split, "mt_bench" if init.get("source") == "alpaca" else None)
+        }
+        paper_task = paper_tasks.get(split) or ("mt_bench" if init.get("source") == "alpaca" else None)
         # the paper's number is an LLM judge's score (kasa_lightning.metrics.judge); the run logs ROUGE-L
         info.update(_test_after_last_epoch("instruct", paper_task, ["rougeL"], paper_metrics=False))
     elif cls == "SentimentDemoDataModule":
