@@ -10,10 +10,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kasa_lightning._lazy import lazy_exports
+from kasa_lightning._moved import install as _install_moved_paths
 from kasa_lightning.kasa import *  # noqa: F403  (the method: pure PyTorch)
 from kasa_lightning.kasa import __all__ as _METHOD
 
 __version__ = "0.1.0"
+
+_install_moved_paths()  # the module paths from before training/ and experiments/ (kasa_lightning.module, ...)
 
 __all__ = ["KaSAModule", "NonFiniteLossError", *_METHOD]
 

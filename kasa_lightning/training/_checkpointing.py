@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 
+from kasa_lightning._moved import moved_class_path
 from kasa_lightning.kasa import adapter_state_dict, load_adapter_state_dict
 from kasa_lightning.kasa.inject import unwrapped_name
 from kasa_lightning.training import checkpoint_io
@@ -124,7 +125,13 @@ class CheckpointMixin(_Host):
                 checkpoint_path = checkpoint_io.read_url(checkpoint_path)  # downloaded once, read twice below
             # read it safely first, so that a bad file gets our message (and never torch's advice to set
             # weights_only=False); Lightning then reads the same bytes, weights-only too
-            checkpoint_io.load_checkpoint_safely(checkpoint_path, map_location="cpu", name=name)
+            checkpoint = checkpoint_io.load_checkpoint_safely(checkpoint_path, map_location="cpu", name=name)
+            # a checkpoint of the previous layout names its class by the old module path, which Lightning (rightly)
+            # refuses to import: name the class where it lives now
+            saved_path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+            moved = moved_class_path(saved_path) if isinstance(saved_path, str) else None
+            if moved is not None:
+                kwargs.setdefault("_class_path", moved)
             if hasattr(checkpoint_path, "seek"):
                 checkpoint_path.seek(0)
         token = LOADING_CHECKPOINT.set(True)
