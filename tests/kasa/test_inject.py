@@ -1,4 +1,5 @@
-"""Bad input gets a clear error naming the setting, before any weight changes."""
+"""``apply_adapters`` and the adapter record: each method's initialisation (what is removed from the base, how
+dU, dsigma, dV start), what the record holds, and bad input refused with a clear error before any weight changes."""
 
 import copy
 
@@ -6,27 +7,23 @@ import pytest
 import torch
 from conftest import make_tiny_bert
 
-from kasa_lightning import AdapterConfig, apply_adapters
-
-
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"method": "dora"}, "AdapterConfig.method"),
-        ({"r": 0}, "AdapterConfig.r"),
-        ({"alpha": -1.0}, "AdapterConfig.alpha"),
-        ({"beta": -1e-3}, "AdapterConfig.beta"),
-        ({"gamma": -1.0}, "AdapterConfig.gamma"),
-        ({"dropout": 1.0}, "AdapterConfig.dropout"),
-        ({"target_modules": []}, "AdapterConfig.target_modules"),
-        ({"reg_form": "big"}, "AdapterConfig.reg_form"),
-        ({"truncation_mode": "x"}, "AdapterConfig.truncation_mode"),
-        ({"method": "pissa", "truncate": True}, "AdapterConfig.truncate"),
-    ],
+from kasa_lightning import (
+    AdapterConfig,
+    AdapterRecord,
+    adapted_layers,
+    adapter_record,
+    apply_adapters,
+    merge_and_unload,
+    unload_adapters,
 )
-def test_config_validation(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        AdapterConfig(**kwargs)
+from kasa_lightning.kasa.svd import extreme_triplets
+
+IDS = torch.randint(0, 120, (3, 10), generator=torch.Generator().manual_seed(0))
+
+
+def _logits(model):
+    with torch.no_grad():
+        return model(input_ids=IDS).logits
 
 
 def _unchanged(model, before):
@@ -76,3 +73,51 @@ def test_regex_targets():
         for t in ("query", "key")
         for p in ("delta_u", "delta_sigma", "delta_v")
     }
+
+
+def test_pissa_and_milora_start_from_the_original_model():
+    for method, which in (("pissa", "principal"), ("milora", "minor")):
+        model = make_tiny_bert()
+        w0 = model.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+        base = _logits(model)
+        apply_adapters(model, AdapterConfig(method=method, r=4))
+        torch.testing.assert_close(_logits(model), base, atol=1e-5, rtol=1e-5)
+        layer = model.bert.encoder.layer[0].attention.self.query
+        t = extreme_triplets(w0, 4, which)
+        # the residual base is W minus the chosen triplets' part
+        torch.testing.assert_close(layer.base_layer.weight.double(), w0.double() - t.dropped(), atol=1e-6, rtol=0)
+
+
+def test_init_variants_of_appendix_f6():
+    model = make_tiny_bert()
+    base = _logits(apply_adapters(copy.deepcopy(model), AdapterConfig(r=4)))
+    m = apply_adapters(model, AdapterConfig(r=4, init_u="normal", init_v="normal", init_sigma="zeros"))
+    layer = next(layer for _, layer in adapted_layers(m))
+    assert torch.all(layer.delta_sigma == 0) and layer.delta_u.abs().sum() > 0
+    torch.testing.assert_close(_logits(m), base, atol=1e-5, rtol=1e-5)  # sigma = 0: still a zero update
+    m2 = apply_adapters(make_tiny_bert(), AdapterConfig(r=4, init_sigma="ones"))
+    assert all(torch.all(layer.delta_sigma == 1) for _, layer in adapted_layers(m2))
+
+
+def test_adapter_state_holds_the_config_saved_modules_and_trainability():
+    model = make_tiny_bert()
+    with pytest.raises(ValueError, match=r"no adapters: call apply_adapters\(model, config\) first"):
+        adapter_record(model)
+    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # a user's own freeze, to be restored
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    config = AdapterConfig(r=4, modules_to_save=["classifier"])
+    apply_adapters(model, config)
+    state = adapter_record(model)
+    assert isinstance(state, AdapterRecord)
+    assert state.config is config
+    assert state.saved == ["classifier"]
+    assert state.requires_grad == before and before["bert.embeddings.word_embeddings.weight"] is False
+    unload_adapters(model)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    with pytest.raises(ValueError, match="no adapters"):  # the state goes with the adapters
+        adapter_record(model)
+    apply_adapters(model, AdapterConfig(r=2))
+    assert adapter_record(model).saved == []
+    merge_and_unload(model)
+    with pytest.raises(ValueError, match="no adapters"):
+        adapter_record(model)

@@ -8,17 +8,13 @@ from conftest import make_tiny_bert, randomize_adapters
 
 from kasa_lightning import (
     AdapterConfig,
-    AdapterRecord,
     adapted_layers,
-    adapter_record,
     adapter_state_dict,
     apply_adapters,
     load_adapter,
     load_adapter_state_dict,
     merge_adapters,
-    merge_and_unload,
     save_adapter,
-    unload_adapters,
 )
 
 IDS = torch.randint(0, 120, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -38,30 +34,6 @@ def test_state_holds_only_adapters_truncation_and_saved_modules():
         for k in ("delta_u", "delta_sigma", "delta_v", "dropped_u", "dropped_v")
     }
     assert keys == layer_keys | {"classifier.weight", "classifier.bias"}
-
-
-def test_adapter_state_holds_the_config_saved_modules_and_trainability():
-    model = make_tiny_bert()
-    with pytest.raises(ValueError, match=r"no adapters: call apply_adapters\(model, config\) first"):
-        adapter_record(model)
-    model.bert.embeddings.word_embeddings.weight.requires_grad_(False)  # a user's own freeze, to be restored
-    before = {n: p.requires_grad for n, p in model.named_parameters()}
-    config = AdapterConfig(r=4, modules_to_save=["classifier"])
-    apply_adapters(model, config)
-    state = adapter_record(model)
-    assert isinstance(state, AdapterRecord)
-    assert state.config is config
-    assert state.saved == ["classifier"]
-    assert state.requires_grad == before and before["bert.embeddings.word_embeddings.weight"] is False
-    unload_adapters(model)
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
-    with pytest.raises(ValueError, match="no adapters"):  # the state goes with the adapters
-        adapter_record(model)
-    apply_adapters(model, AdapterConfig(r=2))
-    assert adapter_record(model).saved == []
-    merge_and_unload(model)
-    with pytest.raises(ValueError, match="no adapters"):
-        adapter_record(model)
 
 
 @pytest.mark.parametrize("mode", ["fold", "lowrank"])
