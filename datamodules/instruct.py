@@ -40,8 +40,8 @@ for the turn), else ``None``; ``meta`` = ids (MT-Bench ``question_id``, ``catego
 ``{**meta, "output": text}``. Validation (``val_size`` rows held out of the training data with ``seed``) reports the
 loss/perplexity (``val_mode="loss"``, default) or generates and scores ROUGE-L (``val_mode="generate"``).
 
-Over 400 lines because the three row formats (LlamaDuo, Alpaca, MT-Bench with its two turns) share the
-encoding and bookkeeping here; templates, loading and answer files live in their own modules.
+The three row formats (LlamaDuo, Alpaca, MT-Bench with its two turns) share the encoding and bookkeeping here;
+templates, loading and answer files live in their own modules.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def _batched_terms(
 
 def _tensor(layer: nn.Module, name: str) -> torch.Tensor:
     """``getattr(layer, name)`` for an adapter tensor, through the parameter dict first (``Module.__getattr__`` is a
-    Python fallback that costs about a microsecond a call: 0.5 ms a step for 160 layers)."""
+    Python fallback, paid per tensor and per layer on every step)."""
     t = layer._parameters.get(name)
     return t if t is not None else getattr(layer, name)
 

@@ -12,10 +12,9 @@ A full ``torch.linalg.svd`` per layer (what PEFT does) computes all k = min(m, n
 3. Rayleigh-Ritz in float64 on that q-dimensional subspace: H = (W Q)^T (W Q), eigh(H). This gives
    W v_i = u_i s_i directly (no division by a tiny s_i) and polishes the eigenvectors.
 
-Small matrices (q >= n / 3) take a plain float64 SVD. Measured on this project's 2-core CPU machines, the
-result is far closer to a float64 SVD than PEFT's float32 full SVD and several times faster for wide layers
-(``benchmarks/truncation.py`` prints both). An earlier float32-Gram variant was 2x faster again but lost
-1-2 digits on real weights; it is not used.
+Small matrices (q >= n / 3) take a plain float64 SVD. The Gram matrix stays float64: a float32 one squares the
+spectrum in single precision and loses digits of exactly the small singular values KaSA drops. Accuracy and time
+against PEFT's float32 full SVD: ``benchmarks/truncation.py``, results in docs/benchmarks.md.
 
 Results are float64 on the weight's device. ``cache_dir`` stores them on disk keyed by a fingerprint of the
 weight bytes (xxHash3-128, which reads memory at several GB/s: hashing is most of a cache hit's cost), r and
@@ -125,8 +124,8 @@ def _eig_subspace(w64: torch.Tensor, q: int, which: Which) -> torch.Tensor:
         index = [0, q - 1] if which == "minor" else [n - q, n - 1]
         with _blas_threads().limit(limits=threads):
             # dsyrk forms the upper triangle of W^T W only: half the flops of a matmul. It takes Fortran-ordered
-            # arrays; a row-major W is W^T in Fortran order, so ask for A A^T with A = W^T (no copy; 2x faster
-            # than letting the wrapper copy W at 4096 x 4096)
+            # arrays; a row-major W is W^T in Fortran order, so ask for A A^T with A = W^T (no copy of W, which the
+            # wrapper would make otherwise)
             a = w64.numpy()
             gram = (
                 blas.dsyrk(1.0, a, trans=1, lower=0) if a.flags.f_contiguous else blas.dsyrk(1.0, a.T, trans=0, lower=0)
@@ -143,7 +142,7 @@ _CONTROLLER = None
 
 
 def _blas_threads():  # noqa: ANN202
-    """A threadpoolctl controller made once: building one scans the loaded libraries (~4 ms a call)."""
+    """A threadpoolctl controller made once: building one scans the loaded libraries, too slow to do per call."""
     global _CONTROLLER
     if _CONTROLLER is None:
         import scipy.linalg  # noqa: F401  (load scipy's BLAS before the controller looks for libraries)
