@@ -88,6 +88,13 @@ class KaSACLI(LightningCLI):
         if isinstance(backbone, str) and init.get("backbone_config") is None:
             resolve_pretrained(backbone, "model.backbone")
 
+    def after_fit(self) -> None:
+        """One summary line on global rank 0: best metric and epoch, checkpoints, exports, TensorBoard command."""
+        from kasa_lightning.run_summary import fit_summary
+
+        if self.trainer.is_global_zero:
+            print(fit_summary(self.trainer), flush=True)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's Trainer, with ``AtomicTensorBoardLogger`` where Lightning would make its default
         TensorBoard logger (``trainer.logger`` unset or true), with the same arguments."""
