@@ -4,6 +4,7 @@ weight that is really missing still gets the table and a warning naming it."""
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 
 import pytest
@@ -81,3 +82,34 @@ def test_causal_lm_missing_head_is_not_expected(tmp_path, shown):
     with pytest.warns(UserWarning, match=r"missing from the checkpoint.*lm_head\.weight"):
         build_backbone(str(tmp_path / "gpt2"), "causal_lm", 2)
     assert "LOAD REPORT" in shown()
+
+
+def test_pretraining_head_of_the_checkpoint_is_one_line(tmp_path, shown):
+    """A pretraining checkpoint (as ``bert-base-uncased``) loaded for classification: its ``cls.*`` heads are not
+    used, which is expected; the pooler is in it, so no base weight is missing."""
+    from transformers import BertConfig, BertForPreTraining
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=48)
+    BertForPreTraining(cfg).save_pretrained(tmp_path / "mlm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_backbone(str(tmp_path / "mlm"), "classification", 2)
+    out = shown()
+    assert "LOAD REPORT" not in out
+    assert re.search(r"cls\.predictions\.\S+.*: the checkpoint's head for another task, not used \(expected\)", out)
+    assert "cls.seq_relationship.weight" in out and "new classification head" in out
+
+
+def test_shape_mismatch_shows_the_table_before_the_error(tmp_path, shown):
+    from transformers import AutoModelForSequenceClassification
+
+    from kasa_lightning.load_report import from_pretrained_reported
+
+    path = _save_tiny_bert_base(tmp_path / "bert")
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        from_pretrained_reported(
+            AutoModelForSequenceClassification, str(path), "classification", "model.backbone", vocab_size=80
+        )
+    out = shown()
+    assert "LOAD REPORT" in out and "MISMATCH" in out and "word_embeddings" in out
