@@ -51,6 +51,5 @@ def write_layout(trainer: L.Trainer, model: torch.nn.Module) -> None:
     """Add the layout to every TensorBoard logger of ``trainer`` (call on global rank 0 only)."""
     layout = regularizer_layout(model)
     for logger in trainer.loggers:
-        experiment = getattr(logger, "experiment", None) if isinstance(logger, TensorBoardLogger) else None
-        if hasattr(experiment, "add_custom_scalars"):
-            experiment.add_custom_scalars(layout)
+        if isinstance(logger, TensorBoardLogger):  # torch's SummaryWriter or tensorboardX's: both take this layout
+            logger.experiment.add_custom_scalars(layout)

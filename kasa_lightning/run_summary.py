@@ -17,6 +17,7 @@ def fit_summary(trainer: L.Trainer) -> str:
     | tensorboard --logdir ...`` (the parts that apply to this run)."""
     from kasa_lightning.callbacks import AdapterExport, MetricsFile
 
+    callbacks: list[L.Callback] = getattr(trainer, "callbacks", [])  # set by Lightning's callback connector
     parts = [f"fit done at step {trainer.global_step}"]
     checkpoint = trainer.checkpoint_callback
     if isinstance(checkpoint, ModelCheckpoint):
@@ -27,10 +28,10 @@ def fit_summary(trainer: L.Trainer) -> str:
         shown = [f"{what} {path}" for what, path in paths if path]
         if shown:
             parts.append("checkpoints: " + ", ".join(shown))
-    exported = [str(path) for cb in trainer.callbacks if isinstance(cb, AdapterExport) for path in cb.written]
+    exported = [str(path) for cb in callbacks if isinstance(cb, AdapterExport) for path in cb.written]
     if exported:
         parts.append("exported: " + ", ".join(exported))
-    metrics_files = [cb.file(trainer) for cb in trainer.callbacks if isinstance(cb, MetricsFile)]
+    metrics_files = [cb.file(trainer) for cb in callbacks if isinstance(cb, MetricsFile)]
     if metrics_files:
         parts.append(f"metrics: {metrics_files[0]}")
     logdirs = [lg.log_dir for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
@@ -48,7 +49,9 @@ def _best(checkpoint: ModelCheckpoint, trainer: L.Trainer) -> str | None:
         return None
     score = float(checkpoint.best_model_score)
     where = ""
-    history: list[dict[str, Any]] = next((cb.epochs for cb in trainer.callbacks if isinstance(cb, MetricsFile)), [])
+    history: list[dict[str, Any]] = next(
+        (cb.epochs for cb in getattr(trainer, "callbacks", []) if isinstance(cb, MetricsFile)), []
+    )
     for entry in history:
         value = entry.get("metrics", {}).get(checkpoint.monitor)
         if value is not None and math.isclose(float(value), score, rel_tol=1e-6, abs_tol=1e-12):
