@@ -92,8 +92,9 @@ class KaSACLI(LightningCLI):
         """One summary line on global rank 0: best metric and epoch, checkpoints, exports, TensorBoard command."""
         from kasa_lightning.run_summary import fit_summary
 
+        summary = fit_summary(self.trainer)  # on every rank: trainer.log_dir is a broadcast under DDP/FSDP
         if self.trainer.is_global_zero:
-            print(fit_summary(self.trainer), flush=True)
+            print(summary, flush=True)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's Trainer, with ``AtomicTensorBoardLogger`` where Lightning would make its default

@@ -1,5 +1,6 @@
 """The one line that ends a successful ``fit``: the best monitored metric and its epoch, the checkpoints, the exports
-and the command that opens the run in TensorBoard. ``KaSACLI.after_fit`` prints it on global rank 0."""
+and the command that opens the run in TensorBoard. ``KaSACLI.after_fit`` prints it on global rank 0. Every rank
+calls ``fit_summary``: it reads ``trainer.log_dir``, a collective under DDP/FSDP."""
 
 from __future__ import annotations
 
