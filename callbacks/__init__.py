@@ -4,7 +4,7 @@ Import them as ``kasa_lightning.callbacks`` only, never as a bare ``callbacks`` 
 """
 
 from kasa_lightning.callbacks.adapter_export import AdapterExport
-from kasa_lightning.callbacks.heatmaps import SingularValueHeatmap, render_heatmap, sigma_matrices
+from kasa_lightning.callbacks.heatmaps import SingularValueHeatmap, heatmap_figure, render_heatmap, sigma_matrices
 from kasa_lightning.callbacks.metrics_file import MetricsFile
 from kasa_lightning.callbacks.predictions import JsonlPredictionWriter
 from kasa_lightning.callbacks.regularizers import RegularizerMonitor, regularizer_scalars
@@ -17,6 +17,7 @@ __all__ = [
     "RegularizerMonitor",
     "SingularValueHeatmap",
     "StopCheckpoint",
+    "heatmap_figure",
     "regularizer_scalars",
     "render_heatmap",
     "sigma_matrices",

@@ -3,12 +3,16 @@ paper's Figure 4, logged to TensorBoard as an image and saved as PNG (plus the m
 ``<log_dir>/heatmaps/``, at every validation end and at the end of fit (so a run stopped by ``max_steps`` has
 one). With ``spectrum=True`` it also draws the singular values of each layer's merged update
 eta dU diag(dsigma) dV^T (for every method, also those without dsigma).
+
+dsigma is signed, so its map is diverging and centred at 0 (``RdBu_r``: red above 0, blue below, white at 0); the
+spectrum is non-negative and uses ``viridis``. Both colour bars say what they measure.
 """
 
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -35,23 +39,43 @@ def sigma_matrices(model: torch.nn.Module, spectrum: bool = False) -> dict[str, 
     return out
 
 
-def render_heatmap(matrix: np.ndarray, title: str, path: Path) -> np.ndarray:
-    """Draw ``matrix`` (layers x r) with matplotlib, write the PNG to ``path``, return the image as HWC uint8."""
+def heatmap_figure(matrix: np.ndarray, title: str, signed: bool = True, label: str = "dsigma") -> Any:
+    """The matplotlib figure of ``matrix`` (layers x r) with a labelled colour bar. ``signed``: a diverging map
+    (``RdBu_r``) with limits symmetric about 0, so 0 is its neutral centre and the sign reads as red or blue (dsigma
+    moves singular values either way); otherwise the sequential ``viridis`` (non-negative values such as singular
+    values). The caller closes the figure (``matplotlib.pyplot.close``)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.colors import Normalize
 
     layers, r = matrix.shape
     fig, ax = plt.subplots(figsize=(1.5 + 0.45 * r, 1.2 + 0.35 * layers), dpi=100)
-    image = ax.imshow(matrix, aspect="auto", cmap="viridis")
+    if signed:
+        limit = float(np.nanmax(np.abs(matrix))) if matrix.size else 0.0
+        limit = limit if np.isfinite(limit) and limit > 0 else 1.0  # all zero: any symmetric range shows it as 0
+        image = ax.imshow(matrix, aspect="auto", cmap="RdBu_r", norm=Normalize(-limit, limit))
+    else:
+        image = ax.imshow(matrix, aspect="auto", cmap="viridis")
     ax.set_xlabel("singular value index")
     ax.set_ylabel("layer")
     ax.set_xticks(range(r))
     ax.set_yticks(range(layers))
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax)
+    fig.colorbar(image, ax=ax, label=label)
     fig.tight_layout()
+    return fig
+
+
+def render_heatmap(
+    matrix: np.ndarray, title: str, path: Path, signed: bool = True, label: str = "dsigma"
+) -> np.ndarray:
+    """Draw ``matrix`` (layers x r) as ``heatmap_figure`` does, write the PNG to ``path``, return the image as HWC
+    uint8."""
+    import matplotlib.pyplot as plt
+
+    fig = heatmap_figure(matrix, title, signed, label)
     fig.canvas.draw()
     rgba = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # type: ignore[attr-defined]  # Agg's canvas
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +111,10 @@ class SingularValueHeatmap(L.Callback):
             for kind, matrix in matrices.items():
                 path = directory / f"{what}_{kind}_step{step:07d}.png"
                 title = f"{'learned dsigma' if what == 'sigma' else 'update spectrum'} of {kind} (step {step})"
-                rgb = render_heatmap(matrix, title, path)
+                if what == "sigma":
+                    rgb = render_heatmap(matrix, title, path)
+                else:
+                    rgb = render_heatmap(matrix, title, path, signed=False, label="singular value of the update")
                 np.save(path.with_suffix(".npy"), matrix)
                 for logger in trainer.loggers:
                     experiment = getattr(logger, "experiment", None)

@@ -8,6 +8,9 @@ optimiser steps, next to the total training loss of that step:
     kasa/reg_loss                beta * L2 + gamma * L3 (as configured: sum or mean over layers)
     kasa/l2/<type>, kasa/l3/<type>          summed over the layers of one target type (query, value, ...)
     kasa/l2_layer/<type>/<index>, kasa/l3_layer/<type>/<index>     one adapted layer (index = depth order)
+
+At the start of fit it also writes a TensorBoard "Custom Scalars" layout (``callbacks/scalar_layout.py``): one
+multi-line chart per term and target type holding every layer, and the per-type totals.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from kasa_lightning.callbacks.scalar_layout import write_layout
 from kasa_lightning.kasa import adapter_loss, layer_groups
 
 
@@ -45,6 +49,12 @@ class RegularizerMonitor(L.Callback):
             raise ValueError(f"RegularizerMonitor.every_n_steps={every_n_steps} must be >= 1")
         self.every_n_steps = every_n_steps
         self._last_step = -1
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            model = pl_module.model
+            assert isinstance(model, torch.nn.Module)
+            write_layout(trainer, model)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -88,6 +88,14 @@ class KaSACLI(LightningCLI):
         if isinstance(backbone, str) and init.get("backbone_config") is None:
             resolve_pretrained(backbone, "model.backbone")
 
+    def after_fit(self) -> None:
+        """One summary line on global rank 0: best metric and epoch, checkpoints, exports, TensorBoard command."""
+        from kasa_lightning.training._run_summary import fit_summary
+
+        summary = fit_summary(self.trainer)  # on every rank: trainer.log_dir is a broadcast under DDP/FSDP
+        if self.trainer.is_global_zero:
+            print(summary, flush=True)
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's Trainer, with ``AtomicTensorBoardLogger`` where Lightning would make its default
         TensorBoard logger (``trainer.logger`` unset or true), with the same arguments."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from kasa_lightning.hub import resolve_pretrained
+from kasa_lightning.training._load_report import from_pretrained_reported
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -51,7 +52,7 @@ def build_backbone(
         if dtype:
             kwargs["dtype"] = DTYPES[dtype]
         try:
-            model = auto.from_pretrained(path, **kwargs)
+            model = from_pretrained_reported(auto, path, task, f"model.backbone={backbone!r}", **kwargs)
         except (OSError, ValueError) as err:
             raise type(err)(f"model.backbone={backbone!r} could not be loaded for task {task!r}: {err}") from err
     if task != "causal_lm" and getattr(model.config, "pad_token_id", None) is None:
