@@ -126,6 +126,16 @@ class PauseInValidation(L.Callback):
             time.sleep(0.02)
 
 
+class RecordStartStep(L.Callback):
+    """Writes ``trainer.global_step`` at the start of training to ``path``: the step a fit resumed from."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        Path(self.path).write_text(str(trainer.global_step))
+
+
 class CPUFSDPStrategy(FSDPStrategy):
     """Lightning's FSDP strategy on CPU processes (gloo), so the FSDP code paths run in CI without a GPU.
 
