@@ -44,6 +44,7 @@ keeps the command line.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import time
@@ -51,6 +52,7 @@ from dataclasses import asdict  # re-exported: callers write run.json with sweep
 from pathlib import Path
 
 # the private helpers stay reachable where they were (kasa_lightning.sweep._family, ...)
+from kasa_lightning import sweep_lock
 from kasa_lightning.sweep_exec import _Child, _log_tail, _on_sigterm, execute, run_state  # noqa: F401
 from kasa_lightning.sweep_plan import (  # noqa: F401
     _MISSING,
@@ -194,8 +196,16 @@ def main(argv: list[str] | None = None) -> int:
             test=args.test,
             method_overlays=extra,
         )
-        write_plan(runs, root, argv)
-    except SweepError as err:
+        with sweep_lock.plan_lock(root, argv):  # one sweep at a time writes configs into the folder
+            registration, others = sweep_lock.join_output_dir(root, argv, register=not args.dry_run)
+            if others:
+                raise SweepError(
+                    f"--output_dir {root}: another sweep is running there with other arguments "
+                    f"({others[0].describe()}: sweep {shlex.join(others[0].argv)}); its runs would use configs "
+                    "rewritten under it. Wait for it to finish, or use another --output_dir"
+                )
+            write_plan(runs, root, argv)
+    except (SweepError, TimeoutError) as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -203,28 +213,53 @@ def main(argv: list[str] | None = None) -> int:
             print(run.shell_command(root))
         return 0
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    failed = []
+    failed: list[str] = []
+    busy: list[tuple[int, Run]] = []  # runs another sweep holds: done after the others, once it lets go
     try:
         for i, (run, _) in enumerate(runs, 1):
-            t0 = time.time()
             print(f"[{i}/{len(runs)}] {run.rel_dir}: ", end="", flush=True)
-            status = execute(run, root)
-            if status.get("skipped"):
-                print("done earlier, skipped", flush=True)
-            elif status["status"] == "done":
-                print(f"done ({time.time() - t0:.0f} s)", flush=True)
-            else:
-                failed.append(run.rel_dir)
+            lock = run.directory(root) / ".lock"
+            who = sweep_lock.acquire(lock, argv)
+            if who is not None:
+                busy.append((i, run))
                 print(
-                    f"FAILED in {status['step']}: {status['error'].splitlines()[-1] if status['error'] else ''} "
-                    f"(see {run.directory(root) / 'status.json'})",
-                    flush=True,
+                    f"in use by another sweep ({who.describe()}; lock {lock}); back to it after the others", flush=True
                 )
+                continue
+            _execute_locked(run, root, lock, failed)
+        for i, run in busy:
+            lock = run.directory(root) / ".lock"
+            print(f"[{i}/{len(runs)}] {run.rel_dir}: waiting for another sweep to release {lock} ...", flush=True)
+            while sweep_lock.acquire(lock, argv) is not None:
+                time.sleep(2.0)
+            print(f"[{i}/{len(runs)}] {run.rel_dir}: ", end="", flush=True)
+            _execute_locked(run, root, lock, failed)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sweep_lock.release(registration)
     print(
         f"sweep: {len(runs) - len(failed)} of {len(runs)} runs done"
         + (f"; failed: {failed}" if failed else "")
         + f". Report: python -m kasa_lightning report {root}"
     )
     return 1 if failed else 0
+
+
+def _execute_locked(run: Run, root: Path, lock: Path, failed: list[str]) -> None:
+    """``execute`` the run whose ``lock`` this sweep holds, print its outcome, release the lock."""
+    t0 = time.time()
+    try:
+        status = execute(run, root)
+    finally:
+        sweep_lock.release(lock)
+    if status.get("skipped"):
+        print("done earlier, skipped", flush=True)
+    elif status["status"] == "done":
+        print(f"done ({time.time() - t0:.0f} s)", flush=True)
+    else:
+        failed.append(run.rel_dir)
+        print(
+            f"FAILED in {status['step']}: {status['error'].splitlines()[-1] if status['error'] else ''} "
+            f"(see {run.directory(root) / 'status.json'})",
+            flush=True,
+        )
