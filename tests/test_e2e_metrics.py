@@ -318,6 +318,24 @@ def test_real_data_scores(e2e_test_set: tuple[list[str], list[list[str]]]) -> No
 
 
 @pytest.mark.skipif(not HAS_COCO, reason="pycocoevalcap not installed")
+def test_rouge_and_cider_match_pycocoevalcap_on_short_and_empty_outputs() -> None:
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    refs = [
+        ["There is a cheap pub near the river.", "A cheap pub by the river.", "Cheap: a pub, riverside."],
+        ["Fitzbillies serves Italian food.", "Italian food at Fitzbillies."],
+        ["The Eagle is family friendly.", "The Eagle welcomes families.", "Families like The Eagle.", "Eagle."],
+    ]
+    gts = {i: [ptb_tokenize(r) for r in rs] for i, rs in enumerate(refs)}
+    for candidates in (["", "Italian", "the eagle"], [".", "", ""], ["pub", "Fitzbillies serves Italian food.", ""]):
+        res = {i: [ptb_tokenize(p)] for i, p in enumerate(candidates)}
+        got = e2e_scores(candidates, refs, metrics=("ROUGE_L", "CIDEr"))
+        assert got["ROUGE_L"] == pytest.approx(Rouge().compute_score(gts, res)[0], abs=1e-12), candidates
+        assert got["CIDEr"] == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-12), candidates
+
+
+@pytest.mark.skipif(not HAS_COCO, reason="pycocoevalcap not installed")
 def test_rouge_and_cider_match_pycocoevalcap(e2e_test_set: tuple[list[str], list[list[str]]]) -> None:
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
