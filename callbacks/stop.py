@@ -14,8 +14,8 @@
   shell see that the run did not finish. ``fit --ckpt_path .../last.ckpt`` then resumes with the next batch.
 * SIGTERM during fit's validation: the checkpoint records that validation as started and not finished, which
   Lightning resumes by running the validation again from its first batch (its "restarted mid-evaluation" case,
-  with the batch counters of that validation set back to 0). Without this, Lightning took the checkpoint for one
-  written after the epoch's last training batch and skipped that epoch's validation on resume: no metrics for it,
+  with the batch counters of that validation set back to 0). Left alone, Lightning takes the checkpoint for one
+  written after the epoch's last training batch and skips that epoch's validation on resume: no metrics for it,
   no top-k checkpoint, a possibly wrong best epoch. The metric states of a half-done validation are not saved, so
   it is redone whole rather than continued.
 """

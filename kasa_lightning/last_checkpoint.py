@@ -2,9 +2,9 @@
 
 Lightning resolves ``ckpt_path="last"`` among the ``last*.ckpt`` files of the current run's ``ModelCheckpoint``
 folders. The CLI gives every run a new ``lightning_logs/version_N/``, so those folders are empty when a run starts:
-Lightning warned "there is no last checkpoint available. No checkpoint will be loaded" (a Python warning, which a
-``PYTHONWARNINGS`` filter hides) and trained from step 0 with exit status 0, although ``version_0`` or ``version_1``
-held the ``last.ckpt`` the user meant.
+left to Lightning, it warns "there is no last checkpoint available. No checkpoint will be loaded" (a Python
+warning, which a ``PYTHONWARNINGS`` filter hides) and trains from step 0 with exit status 0, although
+``version_0`` or ``version_1`` holds the ``last.ckpt`` the user means.
 
 Here ``last`` looks at the whole root: ``<root>/last.ckpt`` (what SIGTERM writes without a ``ModelCheckpoint``),
 ``<root>/checkpoints/``, ``<root>/<logger name>/<version>/checkpoints/`` (every ``lightning_logs/version_*``), and

@@ -1,8 +1,8 @@
 """Lock files of a sweep: two sweeps into one ``--output_dir`` never train a run twice.
 
-Without them, two identical ``sweep`` commands started together both trained every run: interleaved ``fit.log``
-headers, ``last.ckpt`` beside ``last-v1.ckpt``, a ``metrics.json`` naming a checkpoint that ``validate`` did not use,
-and both printed "4 of 4 runs done".
+Without them, two identical ``sweep`` commands started together would both train every run: interleaved
+``fit.log`` headers, ``last.ckpt`` beside ``last-v1.ckpt``, a ``metrics.json`` naming a checkpoint that ``validate``
+did not use, and both reporting every run done.
 
 * **Each run**: ``<run dir>/.lock``, held while a sweep works on the run. Another sweep skips that run, does the
   others, then waits for the lock and looks again (the run is normally done by then and skipped).
