@@ -28,9 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LAST", "find_last_checkpoints", "resolve_last_checkpoint"]
+__all__ = ["find_last_checkpoints", "resolve_last_checkpoint"]
 
-LAST = "last"
 _LAST_NAME = re.compile(r"last(-v\d+)?\.ckpt")
 _PATTERNS = ("last*.ckpt", "checkpoints/last*.ckpt", "*/*/checkpoints/last*.ckpt")
 
