@@ -52,6 +52,16 @@ class KaSACLI(LightningCLI):
         checkpoint's values in config.yaml). Here the user's settings stay; ``KaSAModule.on_load_checkpoint``
         refuses a checkpoint whose structure differs and warns about other differences."""
 
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """``--ckpt_path last`` is the newest ``last.ckpt`` under ``trainer.default_root_dir`` (every earlier run
+        folder), or an error; Lightning looked in the new run's own folder only and started from step 0."""
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("ckpt_path") == "last":
+            from kasa_lightning.training._last_checkpoint import resolve_last_checkpoint
+
+            kwargs["ckpt_path"] = resolve_last_checkpoint(self.trainer, subcommand)
+        return kwargs
+
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
         from kasa_lightning.callbacks import MetricsFile
 

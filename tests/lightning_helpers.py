@@ -107,6 +107,35 @@ class PauseForSignal(L.Callback):
             time.sleep(0.02)
 
 
+class PauseInValidation(L.Callback):
+    """After validation batch ``batch`` of fit's validation in epoch ``epoch``: writes ``marker`` and waits (at most
+    ``timeout`` s) until Lightning has received SIGTERM, so that a test's signal arrives in the middle of a
+    validation run."""
+
+    def __init__(self, epoch: int, batch: int, marker: str, timeout: float = 60.0) -> None:
+        self.epoch, self.batch, self.marker, self.timeout = epoch, batch, marker, timeout
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *_) -> None:  # noqa: ANN001, ANN002
+        if trainer.sanity_checking or trainer.current_epoch != self.epoch or batch_idx != self.batch:
+            return
+        import time
+
+        Path(self.marker).write_text("waiting")
+        deadline = time.monotonic() + self.timeout
+        while not trainer.received_sigterm and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+class RecordStartStep(L.Callback):
+    """Writes ``trainer.global_step`` at the start of training to ``path``: the step a fit resumed from."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        Path(self.path).write_text(str(trainer.global_step))
+
+
 class CPUFSDPStrategy(FSDPStrategy):
     """Lightning's FSDP strategy on CPU processes (gloo), so the FSDP code paths run in CI without a GPU.
 

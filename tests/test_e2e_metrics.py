@@ -106,13 +106,49 @@ def test_nist_by_hand() -> None:
     assert scores(["a b"], [["a b c", "a c"]], "NIST")["NIST"] == pytest.approx(expected, abs=1e-12)
 
 
-def test_nist_average_reference_length_uses_padded_reference_count() -> None:
+def test_nist_average_reference_length_counts_each_segments_references() -> None:
     # references: "a b c d" | "b", "e", "f"  -> 7 words; 1-gram counts a:1 b:2 c:1 d:1 e:1 f:1
     # hyps "a", "b": info log2(7/1) and log2(7/2) over 2 words; no 2-grams
-    # mteval sees 3 reference sets (the MR with one reference padded with 2 empty ones): average length 7/3
+    # mteval-v13a-sig: (1 + 3) non-empty references over 2 segments -> 2 per segment -> average length 7 / 2
+    # (not 7 / 3, the padded number of reference sets the script writes)
     raw = (math.log2(7) + math.log2(3.5)) / 2
-    expected = raw * math.exp(-BETA * math.log(2 / (7 / 3)) ** 2)
+    expected = raw * math.exp(-BETA * math.log(2 / (7 / 2)) ** 2)
     assert scores(["a", "b"], [["a b c d"], ["b", "e", "f"]], "NIST")["NIST"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_nist_short_outputs_by_hand_from_the_scripts_formula() -> None:
+    # Three segments with 2, 1 and 2 references, one of them empty; outputs much shorter than the references.
+    refs = [["a b c d", "a b e"], ["c d e f"], ["a e", ""]]
+    hyps = ["a b", "c", "a e"]
+    # compute_ngram_info over all references: 13 words; a:3 b:2 c:2 d:2 e:3 f:1; "a b":2 "a e":1 (others unused)
+    # matched 1-grams: a, b | c | a, e  -> info log2(13/3), log2(13/2) | log2(13/2) | log2(13/3), log2(13/3)
+    # matched 2-grams: "a b" | - | "a e" -> info log2(count(a)/count(a b)) = log2(3/2), log2(3/1)
+    # test counts: 5 unigrams, 2 bigrams, no longer n-grams
+    raw = (3 * math.log2(13 / 3) + 2 * math.log2(13 / 2)) / 5 + (math.log2(1.5) + math.log2(3)) / 2
+    # score_system: nist_score(cum_ref_count / cum_seg_count, ...), cum_ref_count = 2 + 1 + 1 non-empty references,
+    # cum_seg_count = 3; length ratio = tst words / (ref words / (4 / 3)) = 5 / 9.75
+    ratio = 5 / (13 / (4 / 3))
+    expected = raw * math.exp(-BETA * math.log(ratio) ** 2)
+    got = scores(hyps, refs, "NIST")["NIST"]
+    assert got == pytest.approx(expected, abs=1e-12)
+    # dividing by the padded number of reference sets (2) would give the milder penalty of ratio 5 / 6.5
+    padded = raw * math.exp(-BETA * math.log(5 / 6.5) ** 2)
+    assert padded > 4 * got
+    # one-word outputs against long references: near zero, as the script gives
+    long_refs = [["there is a cheap family friendly pub near the river", "a pub by the river"], ["it is cheap"]]
+    short = scores(["pub", "cheap"], long_refs, "NIST")["NIST"]
+    # 10 + 5 + 3 = 18 reference words, (2 + 1) / 2 references per segment -> average length 12; 2 output words
+    info = math.log2(18 / 2) + math.log2(18 / 2)  # "pub" and "cheap" each occur twice in the references
+    assert short == pytest.approx(info / 2 * math.exp(-BETA * math.log(2 / 12) ** 2), abs=1e-12)
+    assert short < 0.1
+
+
+def test_nist_prefix_zero_uses_all_reference_words() -> None:
+    # mteval's ngram info tests the prefix string for truth; the prefix "0" is false in Perl, so the bigram
+    # "0 stars" is weighted against all 3 reference words: info log2(3/1), not log2(count("0") / 1) = 0
+    # unigrams: log2 3 each over 2 words; bigram log2 3 over 1; length ratio 2/3 -> penalty exactly 0.5
+    expected = (2 * math.log2(3) / 2 + math.log2(3)) * 0.5
+    assert scores(["0 stars"], [["0 stars x"]], "NIST")["NIST"] == pytest.approx(expected, abs=1e-12)
 
 
 # --------------------------------------------------------------------------------------------- ROUGE_L
@@ -279,6 +315,24 @@ def test_real_data_scores(e2e_test_set: tuple[list[str], list[list[str]]]) -> No
     assert 0.4 < got["BLEU"] < 0.8 and 6 < got["NIST"] < 11 and 0.5 < got["ROUGE_L"] < 0.8 and 1 < got["CIDEr"] < 3
     for name, value in got.items():
         assert value == pytest.approx(MEASURED[name], abs=1e-5), name
+
+
+@pytest.mark.skipif(not HAS_COCO, reason="pycocoevalcap not installed")
+def test_rouge_and_cider_match_pycocoevalcap_on_short_and_empty_outputs() -> None:
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    refs = [
+        ["There is a cheap pub near the river.", "A cheap pub by the river.", "Cheap: a pub, riverside."],
+        ["Fitzbillies serves Italian food.", "Italian food at Fitzbillies."],
+        ["The Eagle is family friendly.", "The Eagle welcomes families.", "Families like The Eagle.", "Eagle."],
+    ]
+    gts = {i: [ptb_tokenize(r) for r in rs] for i, rs in enumerate(refs)}
+    for candidates in (["", "Italian", "the eagle"], [".", "", ""], ["pub", "Fitzbillies serves Italian food.", ""]):
+        res = {i: [ptb_tokenize(p)] for i, p in enumerate(candidates)}
+        got = e2e_scores(candidates, refs, metrics=("ROUGE_L", "CIDEr"))
+        assert got["ROUGE_L"] == pytest.approx(Rouge().compute_score(gts, res)[0], abs=1e-12), candidates
+        assert got["CIDEr"] == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-12), candidates
 
 
 @pytest.mark.skipif(not HAS_COCO, reason="pycocoevalcap not installed")

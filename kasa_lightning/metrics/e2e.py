@@ -7,10 +7,14 @@ The official script scores a whole corpus at once: each prediction against all r
   the v13a tokenisation regexes (ASCII-only lower-casing, punctuation split, ``.``/``,`` kept between digits,
   whitespace collapsed as the SGML reader does); corpus-level sums of clipped n-gram matches; the closest
   reference length per segment, ties to the shorter one, references of length 0 skipped except the first; NIST
-  information weights ``-log2(count(w1..wn) / count(w1..wn-1))`` from all references of the corpus; the NIST
-  length penalty with the *average reference length taken as total reference words / the largest number of
-  references of any MR* -- the script pads every MR with empty references up to that number, and mteval divides
-  by the number of reference sets, padding included.
+  information weights ``-log2(count(w1..wn) / count(w1..wn-1))`` from all references of the corpus (with Perl's
+  quirk that a prefix which is the single token ``0`` is false, so such an n-gram is weighted against the total
+  number of reference words); the NIST length penalty with the *average reference length taken as total
+  reference words / the mean number of non-empty references per segment*. The script pads every MR with empty
+  references up to the largest number of references of any MR; its mteval (the ``-sig`` variant) counts, per
+  segment, only the references that are not empty after tokenisation, and ``score_system`` divides the
+  corpus's reference words by ``cum_ref_count / cum_seg_count``. (Dividing by the padded count instead gives a
+  shorter average length and so a far milder penalty for outputs much shorter than their references.)
 * **METEOR** -- METEOR 1.5 (``java -jar meteor-1.5.jar - - -stdio -l en -norm``) through pycocoevalcap's wrapper,
   corpus-level statistics aggregated by the jar; needs Java and ``pycocoevalcap``.
 * **ROUGE_L, CIDEr** -- pycocoevalcap's ``Rouge`` (sentence LCS F-measure, beta=1.2, best precision and best
@@ -97,7 +101,9 @@ def _mteval_scores(predictions: Sequence[str], references: Sequence[Sequence[str
     """Corpus-level BLEU (4-grams, smoothed) and NIST (5-grams) as ``mteval-v13a-sig.pl`` computes them."""
     hyps = [mteval_tokenize(p) for p in predictions]
     refs = [[mteval_tokenize(r) for r in rs] for rs in references]
-    n_refsets = max(len(rs) for rs in refs)  # the script pads each MR with empty references up to this number
+    # mteval-v13a-sig's reference count for the NIST length penalty: the mean number of references per segment
+    # that are not empty after tokenisation (the script's padding references are empty and not counted)
+    mean_refs = sum(sum(1 for r in rs if r) for rs in refs) / len(refs)
 
     ref_grams = [[_ngrams(r, 5) for r in rs] for rs in refs]
     ref_ngram_counts: Counter = Counter()  # NIST information weights come from all references
@@ -107,7 +113,8 @@ def _mteval_scores(predictions: Sequence[str], references: Sequence[Sequence[str
     ref_words = sum(len(r) for rs in refs for r in rs)
 
     def info(ngram: tuple[str, ...]) -> float:
-        parent = ref_ngram_counts[ngram[:-1]] if len(ngram) > 1 else ref_words
+        # mteval tests the prefix string for truth: "" (a unigram) and "0" (Perl's false string) use all words
+        parent = ref_ngram_counts[ngram[:-1]] if ngram[:-1] not in ((), ("0",)) else ref_words
         return -math.log(ref_ngram_counts[ngram] / parent) / math.log(2)
 
     match, tst_cnt, tst_info = [0] * 6, [0] * 6, [0.0] * 6  # index n = n-gram order
@@ -144,7 +151,7 @@ def _mteval_scores(predictions: Sequence[str], references: Sequence[Sequence[str
 
     # NIST: sum over orders of information per test n-gram, times the length penalty
     nist = sum(tst_info[n] / max(tst_cnt[n], 1) for n in range(1, 6))
-    nist = nist * _nist_length_penalty(tst_cnt[1] / (ref_words / n_refsets)) if ref_words else 0.0
+    nist = nist * _nist_length_penalty(tst_cnt[1] / (ref_words / mean_refs)) if ref_words else 0.0
     return {"BLEU": bleu, "NIST": nist}
 
 

@@ -12,15 +12,23 @@
   ``last.ckpt`` of that step (each ``ModelCheckpoint`` with ``save_last``; without one,
   ``<default_root_dir>/last.ckpt``) and sets the exit status to 143 (128 + SIGTERM), so that a scheduler and a
   shell see that the run did not finish. ``fit --ckpt_path .../last.ckpt`` then resumes with the next batch.
+* SIGTERM during fit's validation: the checkpoint records that validation as started and not finished, which
+  Lightning resumes by running the validation again from its first batch (its "restarted mid-evaluation" case,
+  with the batch counters of that validation set back to 0). Left alone, Lightning takes the checkpoint for one
+  written after the epoch's last training batch and skips that epoch's validation on resume: no metrics for it,
+  no top-k checkpoint, a possibly wrong best epoch. The metric states of a half-done validation are not saved, so
+  it is redone whole rather than continued.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loops.progress import _StartedTracker
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 SIGTERM_EXIT_STATUS = 143  # 128 + signal 15, what a shell reports for a process ended by SIGTERM
@@ -28,6 +36,27 @@ SIGTERM_EXIT_STATUS = 143  # 128 + signal 15, what a shell reports for a process
 
 class StopCheckpoint(L.Callback):
     """Writes ``last.ckpt`` of the final step at the end of fit and on SIGTERM (then exits with status 143)."""
+
+    def __init__(self) -> None:
+        self._in_validation = False  # SIGTERM arrived during fit's validation (set while saving)
+        self._validation_restarted = False  # this run resumes a checkpoint saved during a validation
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"validation_interrupted": self._in_validation}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._validation_restarted = bool(state_dict.get("validation_interrupted", False))
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self._in_validation:
+            _mark_validation_unfinished(checkpoint["loops"]["fit_loop"]["epoch_loop.val_loop.batch_progress"])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._validation_restarted:  # Lightning has read the restart stage: undo the marker's extra batch
+            total = trainer.fit_loop.epoch_loop.val_loop.batch_progress.total
+            assert isinstance(total, _StartedTracker)  # Lightning's batch progress counts started batches
+            total.ready, total.started = total.completed, total.completed
+            self._validation_restarted = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for callback in _last_savers(trainer):
@@ -44,6 +73,7 @@ class StopCheckpoint(L.Callback):
                 flush=True,
             )
             return
+        self._in_validation = trainer.validating and not trainer.sanity_checking
         paths = []
         savers = _last_savers(trainer)
         for callback in savers:
@@ -54,9 +84,15 @@ class StopCheckpoint(L.Callback):
             trainer.save_checkpoint(path)
             paths.append(path)
         if trainer.is_global_zero:
+            during = (
+                f" during validation (epoch {trainer.current_epoch}; the resumed run validates it again from its "
+                "first batch)"
+                if self._in_validation
+                else ""
+            )
             print(
-                f"SIGTERM at global step {trainer.global_step}: saved {', '.join(paths)}; exiting with status "
-                f"{SIGTERM_EXIT_STATUS}. Resume with: fit ... --ckpt_path {paths[0]}",
+                f"SIGTERM at global step {trainer.global_step}{during}: saved {', '.join(paths)}; exiting with "
+                f"status {SIGTERM_EXIT_STATUS}. Resume with: fit ... --ckpt_path {paths[0]}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -73,3 +109,17 @@ def _save_last(trainer: L.Trainer, callback: ModelCheckpoint) -> None:
     if callback.last_model_path and callback._last_global_step_saved == trainer.global_step:
         return  # Lightning writes last together with every top-k checkpoint, so this step's last exists
     callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+def _mark_validation_unfinished(progress: dict[str, Any]) -> None:
+    """Rewrite a saved validation batch progress (Lightning's ``_BatchProgress`` state) as "this validation started
+    one batch and finished none": Lightning's restart then finds it mid-evaluation, sets the current counters back
+    to the completed ones (0) and runs the whole validation again."""
+    current, total = progress["current"], progress["total"]
+    for key in ("ready", "started", "processed", "completed"):
+        total[key] -= current[key]  # the counts before this validation run
+        current[key] = 0
+    for counts in (current, total):
+        counts["ready"] += 1
+        counts["started"] += 1
+    progress["is_last_batch"] = False

@@ -44,12 +44,14 @@ SIGTERM). This file keeps the command line.
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 import time
 from dataclasses import asdict  # re-exported: callers write run.json with sweep.asdict(run)
 from pathlib import Path
 
+from kasa_lightning.experiments.sweep import _lock as sweep_lock
 from kasa_lightning.experiments.sweep._exec import execute, on_sigterm, run_state
 from kasa_lightning.experiments.sweep._plan import plan, resolve, write_plan
 from kasa_lightning.experiments.sweep._spec import (
@@ -184,8 +186,16 @@ def main(argv: list[str] | None = None) -> int:
             test=args.test,
             method_overlays=extra,
         )
-        write_plan(runs, root, argv)
-    except SweepError as err:
+        with sweep_lock.plan_lock(root, argv):  # one sweep at a time writes configs into the folder
+            registration, others = sweep_lock.join_output_dir(root, argv, register=not args.dry_run)
+            if others:
+                raise SweepError(
+                    f"--output_dir {root}: another sweep is running there with other arguments "
+                    f"({others[0].describe()}: sweep {shlex.join(others[0].argv)}); its runs would use configs "
+                    "rewritten under it. Wait for it to finish, or use another --output_dir"
+                )
+            write_plan(runs, root, argv)
+    except (SweepError, TimeoutError) as err:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
@@ -193,28 +203,53 @@ def main(argv: list[str] | None = None) -> int:
             print(run.shell_command(root))
         return 0
     previous = signal.signal(signal.SIGTERM, on_sigterm)
-    failed = []
+    failed: list[str] = []
+    busy: list[tuple[int, Run]] = []  # runs another sweep holds: done after the others, once it lets go
     try:
         for i, (run, _) in enumerate(runs, 1):
-            t0 = time.time()
             print(f"[{i}/{len(runs)}] {run.rel_dir}: ", end="", flush=True)
-            status = execute(run, root)
-            if status.get("skipped"):
-                print("done earlier, skipped", flush=True)
-            elif status["status"] == "done":
-                print(f"done ({time.time() - t0:.0f} s)", flush=True)
-            else:
-                failed.append(run.rel_dir)
+            lock = run.directory(root) / ".lock"
+            who = sweep_lock.acquire(lock, argv)
+            if who is not None:
+                busy.append((i, run))
                 print(
-                    f"FAILED in {status['step']}: {status['error'].splitlines()[-1] if status['error'] else ''} "
-                    f"(see {run.directory(root) / 'status.json'})",
-                    flush=True,
+                    f"in use by another sweep ({who.describe()}; lock {lock}); back to it after the others", flush=True
                 )
+                continue
+            _execute_locked(run, root, lock, failed)
+        for i, run in busy:
+            lock = run.directory(root) / ".lock"
+            print(f"[{i}/{len(runs)}] {run.rel_dir}: waiting for another sweep to release {lock} ...", flush=True)
+            while sweep_lock.acquire(lock, argv) is not None:
+                time.sleep(2.0)
+            print(f"[{i}/{len(runs)}] {run.rel_dir}: ", end="", flush=True)
+            _execute_locked(run, root, lock, failed)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sweep_lock.release(registration)
     print(
         f"sweep: {len(runs) - len(failed)} of {len(runs)} runs done"
         + (f"; failed: {failed}" if failed else "")
         + f". Report: python -m kasa_lightning report {root}"
     )
     return 1 if failed else 0
+
+
+def _execute_locked(run: Run, root: Path, lock: Path, failed: list[str]) -> None:
+    """``execute`` the run whose ``lock`` this sweep holds, print its outcome, release the lock."""
+    t0 = time.time()
+    try:
+        status = execute(run, root)
+    finally:
+        sweep_lock.release(lock)
+    if status.get("skipped"):
+        print("done earlier, skipped", flush=True)
+    elif status["status"] == "done":
+        print(f"done ({time.time() - t0:.0f} s)", flush=True)
+    else:
+        failed.append(run.rel_dir)
+        print(
+            f"FAILED in {status['step']}: {status['error'].splitlines()[-1] if status['error'] else ''} "
+            f"(see {run.directory(root) / 'status.json'})",
+            flush=True,
+        )
