@@ -37,6 +37,7 @@ from kasa_lightning.divergence import (
 )
 from kasa_lightning.evaluation import EvaluationMixin
 from kasa_lightning.fsdp import shards_parameters
+from kasa_lightning.fused import unfused_if_clipping
 from kasa_lightning.kasa import (
     AdapterConfig,
     AdapterLossTerms,
@@ -69,6 +70,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         optimizer: optimiser factory over the trainable parameter groups. Default: ``torch.optim.AdamW`` (lr 1e-3),
             with ``fused=True`` (one kernel for all tensors; 6x faster steps on CPU for a 20-layer adapter set)
             unless gradient clipping is on (Lightning refuses to clip with fused optimisers under mixed precision).
+            A fused optimiser given here is rebuilt unfused, with a notice, in that case (``kasa_lightning.fused``).
         lr_scheduler: scheduler factory; ``None`` gives the built-in schedule: linear warmup over
             ``warmup_steps`` (or ``warmup_ratio`` of the steps), then ``schedule`` decay to 0, stepped every
             optimiser step (the paper: linear, warmup ratio 0.06).
@@ -312,7 +314,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         if self.optimizer_factory is torch.optim.AdamW:  # the default, not a user's choice
             optimizer = torch.optim.AdamW(groups, fused=self._can_fuse(groups) or None)
         else:
-            optimizer = self.optimizer_factory(groups)
+            optimizer = unfused_if_clipping(self._trainer, self.optimizer_factory(groups), groups)
         self._optimizer_settings = [optimizer_settings(optimizer)]  # the user's, before a restore replaces them
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)
