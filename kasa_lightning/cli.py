@@ -36,6 +36,7 @@ from kasa_lightning.datamodules.base import BaseDataModule
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.loggers import AtomicTensorBoardLogger
 from kasa_lightning.module import KaSAModule
+from kasa_lightning.short_names import import_shipped_classes
 
 
 class KaSACLI(LightningCLI):
@@ -48,6 +49,7 @@ class KaSACLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        import_shipped_classes()  # short names (--data.help GLUEDataModule) resolve only for imported classes
         super().__init__(*args, **kwargs)
 
     def _parse_ckpt_path(self) -> None:
