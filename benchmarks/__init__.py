@@ -1,4 +1,4 @@
-"""The benchmark scripts and their shared measurement helpers (DESIGN.md section 6, "Measuring on these machines").
+"""The benchmark scripts and their shared measurement helpers (how they measure: ``benchmarks/README.md``).
 
 The 2-core project machines are shared and their speed drifts, so every script
 

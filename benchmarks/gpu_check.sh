@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared GPU check (issue 16): tests/test_gpu.py, then both train-step presets (roberta-base fp32 and
+# One prepared GPU check: tests/test_gpu.py, then both train-step presets (roberta-base fp32 and
 # bf16-mixed, llama3-8b-layers bf16; our KaSA and LoRA eager and compiled, PEFT LoRA and KaSA, KaSA through
 # Lightning), written as ONE JSON. Sized to finish in under 5 minutes on one H200 (each part has its own timeout).
 #

@@ -24,7 +24,7 @@
   (``previous_adapter_loss``, the implementation this replaced): a walk of every module on every call, one group per
   (dU shape, dV shape), a stack per tensor kind and group, and per-layer unbinds on every call. Same value (checked).
 
-Timing as the other scripts (DESIGN.md section 6): interleaved blocks, rotating order, warm-up excluded, medians;
+Timing as the other scripts (``benchmarks/README.md``): interleaved blocks, rotating order, warm-up excluded, medians;
 each speed-up is the median over repeats of (before / now).
 
     python -m benchmarks.hot_paths [--quick] [--json PATH] [--repeats N] [--threads N] [--paths adapter_add,...]
@@ -120,7 +120,7 @@ def llama7b_tree(smoke: bool) -> torch.nn.Module:
 
 
 def previous_adapter_loss(model: torch.nn.Module) -> torch.Tensor:
-    """The implementation ``adapter_loss`` replaced (issue 16), kept here for the comparison: it walked every module
+    """The implementation ``adapter_loss`` replaced, kept here for the comparison: it walked every module
     on every call, grouped layers by (dU shape, dV shape), stacked dU, dV and dsigma per group, and split the
     per-layer terms out with unbinds on every call."""
     config = adapter_config(model)

@@ -13,7 +13,7 @@ given random non-zero values (dU starts at 0, which would make some of the work 
 * ``peft_lora``          PEFT LoRA, unmerged;
 * ``peft_kasa``          PEFT KaSA (``LoraConfig(kasa_config=KasaConfig())``), unmerged.
 
-Timing as in DESIGN.md section 6: one repeat runs a block of forwards of every variant, the order rotating; the
+Timing as in ``benchmarks/README.md``: one repeat runs a block of forwards of every variant, the order rotating; the
 ratios are medians over repeats of the per-repeat ratio. ``merged_vs_base_latency`` should be 1 within noise.
 
     python -m benchmarks.inference [--quick] [--json PATH] [--repeats N] [--threads N] [--device cpu|cuda]

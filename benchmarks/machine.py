@@ -52,7 +52,7 @@ def quiet() -> None:
 @contextlib.contextmanager
 def silent_stderr() -> Iterator[None]:
     """Send file descriptor 2 to /dev/null for the block: torch.profiler's C++ side prints a start/stop line per
-    session and an allocator warning there, which Python cannot filter. Python exceptions still propagate."""
+    profiling run and an allocator warning there, which Python cannot filter. Python exceptions still propagate."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:

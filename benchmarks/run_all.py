@@ -1,4 +1,4 @@
-"""Run every benchmark (truncation, train_step, inference, quality) and merge their ``ratios`` into one JSON file.
+"""Run every benchmark (truncation, train_step, inference, quality, hot_paths); merge their ``ratios`` into one file.
 
 Each script runs in its own Python process (clean memory and allocator state, its own thread settings), one after
 the other, with ``--quick`` when given; its output streams through, its JSON is written next to the merged file
@@ -11,7 +11,7 @@ with its exit code, the others still run, and the exit status is non-zero.
 
 ``--threads N`` sets ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` for the scripts and passes
 ``--threads N`` to those
-that take it (on a shared 2-core machine, 1 thread is often as fast as 2 and far steadier: DESIGN.md section 6).
+that take it (on a shared 2-core machine, 1 thread is often as fast as 2 and far steadier).
 """
 
 from __future__ import annotations

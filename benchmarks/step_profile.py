@@ -18,7 +18,7 @@ from benchmarks.train_cases import (
 
 def profile_steps(steps: dict[str, Callable[[], None]], rounds: int = 3) -> dict[str, dict[str, dict[str, float]]]:
     """Per variant and operator: self CPU time (us per step) and calls per step. The variants' steps are profiled
-    in turn (A B A B ...), one profiler session per step, so that a drift of the machine hits both alike."""
+    in turn (A B A B ...), one profiler run per step, so that a drift of the machine hits both alike."""
     from torch.profiler import ProfilerActivity, profile
 
     out: dict[str, dict[str, dict[str, float]]] = {name: {} for name in steps}

@@ -17,7 +17,7 @@ on two models: (a) the packaged pretrained all-MiniLM-L6-v2, ``AutoModelForSeque
 LLaMA-shaped causal LM built in code (hidden 256, 4 layers, intermediate 688, vocab 1000, targets
 q_proj,k_proj,v_proj,up_proj,down_proj), batch 8 x seq 256 (quick: 8 x 128).
 
-Timing (DESIGN.md section 6): warm-up steps are excluded; one repeat runs a block of steps of every variant, the
+Timing (``benchmarks/README.md``): warm-up steps are excluded; one repeat runs a block of steps of every variant, the
 order rotating between repeats; the table gives medians, each ratio is the median over repeats of the per-repeat
 ratio. The Lightning block is one ``Trainer.fit`` of (warm-up + timed) steps on the same module (a fresh AdamW each
 fit, its first step excluded).

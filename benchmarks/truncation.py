@@ -172,7 +172,7 @@ def main() -> None:
         f"\noverall speedup (total time): cold {ratios['truncation_speedup_cold']:.1f}x, "
         f"warm {ratios['truncation_speedup_warm']:.1f}x"
     )
-    noisy = drift > 0.2  # DESIGN.md section 6: the probe moved, so did the machine
+    noisy = drift > 0.2  # the probe moved, so did the machine (benchmarks/README.md)
     print(
         f"matmul probe: {probe_before:.1f} -> {probe_after:.1f} GFLOP/s ({100 * drift:.0f}% change)"
         + ("  NOISY RUN: the machine's speed moved, treat the timings with care" if noisy else "")

@@ -20,6 +20,7 @@ _WHERE = {
     "E2EDataModule": ".e2e",
     "GLUEDataModule": ".glue",
     "InstructionDataModule": ".instruct",
+    "TextClassificationDataModule": ".text",
 }
 __all__ = [  # the keys of _WHERE, written out for tools that read __all__ statically
     "BaseDataModule",
@@ -31,6 +32,7 @@ __all__ = [  # the keys of _WHERE, written out for tools that read __all__ stati
     "InstructionDataModule",
     "ResumableSampler",
     "SentimentDemoDataModule",
+    "TextClassificationDataModule",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 
@@ -43,3 +45,4 @@ if TYPE_CHECKING:
     from kasa_lightning.datamodules.errors import DataFileError
     from kasa_lightning.datamodules.glue import GLUEDataModule
     from kasa_lightning.datamodules.instruct import InstructionDataModule
+    from kasa_lightning.datamodules.text import TextClassificationDataModule

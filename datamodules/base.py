@@ -50,9 +50,10 @@ class ResumableSampler(DistributedSampler):
 
 
 class BaseDataModule(L.LightningDataModule):
-    """Tokenizer, loaders and resume state; subclasses build ``self.train_set`` / ``self.val_set`` /
-    ``self.test_set`` (lists or ``datasets.Dataset`` of tokenised rows) in ``setup`` and set ``task`` and
-    ``num_labels`` (which the CLI links to the model).
+    """The DataModule (--data.help CLASS for a subclass's options): tokenizer, loaders, batches and resume state.
+
+    Subclasses build ``self.train_set`` / ``self.val_set`` / ``self.test_set`` (lists or ``datasets.Dataset`` of
+    tokenised rows) in ``setup`` and set ``task`` and ``num_labels`` (which the CLI links to the model).
 
     ``batch_size`` is the micro-batch of one process. ``global_batch_size`` (optional) is the effective batch
     (``batch_size x processes x trainer.accumulate_grad_batches``) to keep on any number of devices: ``KaSAModule``

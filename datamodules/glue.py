@@ -328,17 +328,9 @@ class GLUEDataModule(BaseDataModule):
         return list(self.spec.val_names) if self.spec.val_names and not self.val_from_train else None
 
     def build_metrics(self, stage: str) -> dict[str, Any]:
-        import torchmetrics.classification as C
-        from torchmetrics import PearsonCorrCoef, SpearmanCorrCoef
+        from kasa_lightning.metrics.standard import standard_metrics
 
-        make = {
-            "accuracy": lambda: C.MulticlassAccuracy(num_classes=self.num_labels, average="micro"),
-            "f1": lambda: C.BinaryF1Score(),
-            "mcc": lambda: C.BinaryMatthewsCorrCoef(),
-            "pearson": PearsonCorrCoef,
-            "spearman": SpearmanCorrCoef,
-        }
-        return {name: make[name]() for name in self.spec.metrics}
+        return standard_metrics(self.spec.metrics, self.num_labels)
 
 
 def _generate(path: str, task: str, stamp: str) -> Any:

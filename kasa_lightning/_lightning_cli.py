@@ -22,6 +22,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from kasa_lightning._short_names import import_shipped_classes
 from kasa_lightning.datamodules.base import BaseDataModule
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.training.loggers import AtomicTensorBoardLogger
@@ -44,6 +45,7 @@ class KaSACLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        import_shipped_classes()  # short names (--data.help GLUEDataModule) resolve only for imported classes
         super().__init__(*args, **kwargs)
 
     def _parse_ckpt_path(self) -> None:

@@ -1,4 +1,4 @@
-"""``data.global_batch_size``: the effective batch stays the same on any number of processes (issue 15 item 5).
+"""``data.global_batch_size``: the effective batch stays the same on any number of processes.
 
 Without it, adding devices multiplies the effective batch silently (the failure the issue names); with it,
 ``trainer.accumulate_grad_batches`` is derived before the fit loop starts, and a number of processes that does not
@@ -107,7 +107,7 @@ def test_ddp_two_processes_keep_the_effective_batch(tmp_path):
     """Two CPU processes through the CLI: the global batch of 8 with micro-batches of 2 needs 2 accumulation steps
     per process; 32 rows make 8 micro-batches per process, i.e. 4 optimiser steps (the checkpoint's step), as in
     the single-process fit above (without the setting, two processes would step 8 times with an effective batch
-    of 4: the silent growth of issue 15)."""
+    of 4: the silent growth this prevents)."""
     data = {"train_size": 32, "val_size": 4, "batch_size": 2, "max_length": 32, "global_batch_size": 8}
     config = {
         "seed_everything": 0,

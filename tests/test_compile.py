@@ -1,4 +1,4 @@
-"""torch.compile and the per-step cost of KaSA (issue 16).
+"""torch.compile and the per-step cost of KaSA.
 
 * Graph breaks: ``torch._dynamo.explain`` of the training loss (task loss + ``adapter_loss``) of adapted LLaMA, BERT
   and GPT-2 (``Conv1D``) models finds as many breaks as for the same model without adapters (none), for every

@@ -40,7 +40,7 @@ def _tiny(backbone: str) -> dict:
 TASK_CONFIGS = sorted(
     p.relative_to(CONFIGS).as_posix()
     for p in CONFIGS.rglob("*.yaml")
-    if p.relative_to(CONFIGS).parts[0] not in OVERLAYS
+    if p.relative_to(CONFIGS).parts[0] not in (*OVERLAYS, "own-data")  # own-data: run on files in test_text_datamodule
 )
 OVERLAY_CONFIGS = sorted(
     p.relative_to(CONFIGS).as_posix()
@@ -105,3 +105,15 @@ def test_method_and_ablation_overlays_compose_with_a_task_config(name):
     if name.startswith("ablation/4"):
         assert cfg.beta == 0.01 and cfg.gamma == 0  # RTE's beta from the task config
     assert cfg.r == 8 and cfg.reg_form == "reference"  # the task config's settings are kept
+
+
+@pytest.mark.parametrize(
+    "name", [*TASK_CONFIGS, *(p.relative_to(CONFIGS).as_posix() for p in sorted(CONFIGS.glob("own-data/*.yaml")))]
+)
+def test_every_task_config_states_its_effective_batch(name):
+    """With ``data.global_batch_size`` set, more devices change the accumulation, not the effective batch."""
+    import yaml
+
+    init = yaml.safe_load((CONFIGS / name).read_text())["data"]["init_args"]
+    assert init.get("global_batch_size"), f"{name}: set data.global_batch_size"
+    assert init["global_batch_size"] % init["batch_size"] == 0

@@ -1,4 +1,4 @@
-"""The paper configs say what the paper says (issue 15).
+"""The paper configs say what the paper says.
 
 * Every setting that the hyperparameter Tables 6-10 state (the package table
   ``kasa_lightning/experiments/paper/paper_hyperparameters.json``) is compared with the value the shipped config
@@ -51,7 +51,7 @@ def _cli(*configs: str, extra: tuple[str, ...] = ()) -> KaSACLI:
 
 @functools.cache
 def _resolved(name: str) -> KaSACLI:
-    """The CLI of one config as shipped (instantiated once per test session; the tests only read it)."""
+    """The CLI of one config as shipped (instantiated once per test run; the tests only read it)."""
     return _cli(name)
 
 
@@ -387,7 +387,7 @@ def test_glue_config_trains_the_tables_parameter_count(name):
 
 
 def test_deberta_pooler_was_trained_by_the_old_config_count():
-    """The failure of issue 15 item 3, reproduced: training the pooler adds 590,592 parameters to the count."""
+    """The earlier failure, reproduced: training the pooler adds 590,592 parameters to the count."""
     model = _meta_model(
         "glue/deberta-v3-base/rte.yaml", extra=("--model.init_args.adapter.modules_to_save", '["classifier", "pooler"]')
     )

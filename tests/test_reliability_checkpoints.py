@@ -1,4 +1,4 @@
-"""Issue 12 items 7 and 9, issue 16 item 4: atomic checkpoint writes whatever TMPDIR is, diverged checkpoints
+"""Atomic checkpoint writes whatever TMPDIR is, diverged checkpoints
 refused, and no per-step host-device sync for the non-finite-loss check."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def _payload(mib: float) -> dict:
 
 
 def test_full_disk_keeps_previous_checkpoint_whatever_tmpdir_is(tiny_tmpfs, tmp_path, monkeypatch):
-    """Issue 12 item 7: with TMPDIR on another filesystem, Lightning's write moves a complete temporary file onto
+    """With TMPDIR on another filesystem, Lightning's write moves a complete temporary file onto
     the real name by copying it, so a full disk leaves a truncated checkpoint there; ours writes the temporary next
     to the target and keeps the previous file."""
     elsewhere = tmp_path / "tmpdir_on_another_fs"
@@ -167,7 +167,7 @@ def _lr_jump(at_step: int, factor: float):
 
 
 def test_exploded_adapters_are_not_checkpointed_and_the_error_names_the_last_good_one(tmp_path):
-    """Issue 12 item 9: `lr 1e30` makes the adapters finite junk (|p| ~ 1e29) one step before the loss turns NaN;
+    """`lr 1e30` makes the adapters finite junk (|p| ~ 1e29) one step before the loss turns NaN;
     that checkpoint used to be written as last.ckpt and the resume failed at once. Now it is refused, and the error
     names the last good checkpoint, which resumes."""
     L.seed_everything(0)
@@ -188,7 +188,7 @@ def test_exploded_adapters_are_not_checkpointed_and_the_error_names_the_last_goo
 
 
 def test_blown_up_regulariser_is_named(tmp_path):
-    """Issue 12 item 9: beta 1e38 overflows beta * L2; the error names that term and beta, not only the lr."""
+    """beta 1e38 overflows beta * L2; the error names that term and beta, not only the lr."""
     L.seed_everything(0)
     module = tiny_module(adapter=AdapterConfig(target_modules=["query", "value"], beta=1e38))
     t = trainer(
@@ -206,7 +206,7 @@ def test_blown_up_regulariser_is_named(tmp_path):
     assert not (tmp_path / "last.ckpt").exists()
 
 
-# ---------------------------------------------------------------- issue 16 item 4: no per-step sync
+# ---------------------------------------------------------------- no per-step sync
 
 
 class _SyncCounter:
@@ -233,7 +233,7 @@ class _SyncCounter:
 
 
 def test_training_steps_do_not_sync_with_the_device(tmp_path, monkeypatch):
-    """Issue 16 item 4: the old `if not torch.isfinite(loss)` was a `Tensor.__bool__` in every training_step.
+    """The old `if not torch.isfinite(loss)` was a `Tensor.__bool__` in every training_step.
     Now an ordinary step (training_step, backward, optimiser, module hooks) converts no tensor to Python in
     kasa_lightning or Lightning code; the check runs once per log_every_n_steps batches."""
     counter = _SyncCounter(monkeypatch)

@@ -1,4 +1,4 @@
-"""Issue 12, command line and run folders: atomic run-folder claims (item 3), the top-level help (item 12), clear
+"""Reliability, command line and run folders: atomic run-folder claims, the top-level help, clear
 Hub errors offline and without network (item 13), and no empty run folder after a failed start (item 17)."""
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Issue 12, data side: nothing skipped without a count, data errors on the last traceback line, evaluation without
+"""Reliability, data side: nothing skipped without a count, data errors on the last traceback line, evaluation without
 the training file, NIST's brevity penalty on short outputs, finite AdapterConfig floats (items 5, 6, 14, 15, 18),
 and the same two classes of data bug in the commonsense and instruction loaders.
 
-Over 400 lines because it holds one test per data item of issue 12 (5, 6, 14, 15, 18) with their hand-computed
+Over 400 lines because it holds one test per data guarantee with their hand-computed
 values; split by theme it would repeat the file fixtures.
 """
 

@@ -1,4 +1,4 @@
-"""Issue 12, export: a non-empty output folder is refused unless --overwrite, which then clears it safely
+"""Reliability, export: a non-empty output folder is refused unless --overwrite, which then clears it safely
 (item 4); exported PEFT adapters name a base that transformers and peft resolve, so AutoPeftModel* loads them
 (item 16)."""
 

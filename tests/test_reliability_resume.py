@@ -1,4 +1,4 @@
-"""Issue 12, items 1, 2 and 11: continuing a stopped run trains every batch once, ``fit --ckpt_path`` keeps the
+"""Continuing a stopped run trains every batch once, ``fit --ckpt_path`` keeps the
 user's settings (refusing structural differences), and loading our adapter-only checkpoints is quiet but still
 refuses a broken one."""
 

@@ -1,4 +1,4 @@
-"""Issue 12 item 10: every checkpoint this project reads is read with weights_only=True (fit --ckpt_path local or
+"""Safe loading: every checkpoint this project reads is read with weights_only=True (fit --ckpt_path local or
 URL, load_from_checkpoint, export), and exported safetensors files get the usual mode (0644 under umask 022)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 12, item 8: SIGTERM (what a cluster scheduler sends before it kills a job) saves a resumable checkpoint of
+"""SIGTERM (what a cluster scheduler sends before it kills a job) saves a resumable checkpoint of
 the current step and exits non-zero; resuming from it ends with the adapters of an uninterrupted run."""
 
 import os

@@ -1,4 +1,4 @@
-"""The truncation's progress bar (issue 16, item 6): a tqdm bar over the target weights with their count and the
+"""The truncation's progress bar: a tqdm bar over the target weights with their count and the
 disk-cache hits; quiet when stderr is not a terminal (tests, CI, redirected runs) unless forced."""
 
 import io

@@ -44,6 +44,8 @@ class AdapterConfig:
         dropout: dropout probability on the input of the adapter branch.
         target_modules: which layers to adapt. Each entry matches a module whose qualified name equals it or ends
             with ``"." + entry`` (as in PEFT), or, failing that, whose qualified name ``re.fullmatch``-es it.
+            ``"auto"``: the paper's targets for the model's architecture (``model.config.model_type``; the table is
+            ``kasa_lightning.kasa.targets.AUTO_TARGETS``), resolved by ``apply_adapters``.
         modules_to_save: modules outside the adapters that stay trainable and are saved with the adapter
             (e.g. ``["classifier"]`` for a sequence-classification head); matched like ``target_modules``.
         beta: weight of L2 = sum(dsigma^2). ``None`` means 1e-4 for KaSA and 0 for the other methods.
@@ -72,7 +74,7 @@ class AdapterConfig:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    target_modules: list[str] | Literal["auto"] = field(default_factory=lambda: ["query", "value"])
     modules_to_save: list[str] = field(default_factory=list)
     beta: float | None = None
     gamma: float | None = None
@@ -113,6 +115,8 @@ class AdapterConfig:
         self.modules_to_save = list(self.modules_to_save)
         if not self.target_modules:
             raise bad("target_modules", self.target_modules, "name at least one layer, e.g. ['query', 'value']")
+        if "auto" in self.target_modules and len(self.target_modules) > 1:
+            raise bad("target_modules", self.target_modules, "give 'auto' alone, or name the layers")
         default_beta, default_gamma = _DEFAULT_BETA_GAMMA[self.method]
         self.beta = default_beta if self.beta is None else float(self.beta)
         self.gamma = default_gamma if self.gamma is None else float(self.gamma)

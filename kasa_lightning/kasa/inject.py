@@ -7,7 +7,7 @@ setting never leaves a half-adapted model behind.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -17,6 +17,7 @@ from torch import nn
 from .config import AdapterConfig
 from .layer import AdaptedLayer, is_conv1d, linear_shape
 from .svd import extreme_triplets
+from .targets import resolve_target_modules
 
 if TYPE_CHECKING:
     from .plan import StackingPlan
@@ -50,7 +51,7 @@ def adapter_record(model: nn.Module) -> AdapterRecord:
     return record
 
 
-def _matches(name: str, patterns: list[str]) -> bool:
+def _matches(name: str, patterns: Sequence[str]) -> bool:
     for p in patterns:
         if name == p or name.endswith("." + p):
             return True
@@ -125,6 +126,7 @@ def adapter_config(model: nn.Module) -> AdapterConfig:
 
 def find_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
     """Qualified names of the modules ``config.target_modules`` selects; raises if one is unusable."""
+    config = resolve_target_modules(model, config)  # "auto": the architecture's targets
     names, bad = [], []
     for name, module in _unwrapped_modules(model):
         if name and _matches(name, config.target_modules):
@@ -199,6 +201,7 @@ def apply_adapters(
         raise RuntimeError(
             "this model already has adapters; call unload_adapters(model) first, or apply to a fresh model"
         )
+    config = resolve_target_modules(model, config)  # "auto": the architecture's targets, recorded in the state
     targets = find_targets(model, config)
     for name in targets:
         _validate(model, name, config, initialize)

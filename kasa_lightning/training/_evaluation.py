@@ -3,7 +3,7 @@ and prediction. Kept apart from the training logic in ``module.py``; what it rea
 ``EvaluationHost``.
 
 What the DataModule may provide (all optional) is written as protocols in ``kasa_lightning.training.contracts``:
-``ProvidesMetrics``, ``NamesEvalLoaders``, ``GeneratesForEval`` and ``FormatsPredictions``.
+``ProvidesMetrics``, ``NamesEvalLoaders``, ``GeneratesForEval``, ``FormatsPredictions`` and ``NamesLabels``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ import torch
 from torch import nn
 
 from kasa_lightning.hub import resolve_pretrained
-from kasa_lightning.training.contracts import FormatsPredictions, GeneratesForEval, NamesEvalLoaders, ProvidesMetrics
+from kasa_lightning.training.contracts import (
+    FormatsPredictions,
+    GeneratesForEval,
+    NamesEvalLoaders,
+    NamesLabels,
+    ProvidesMetrics,
+)
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer
@@ -168,7 +174,8 @@ class EvaluationMixin(_Host):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> Any:
         """Causal LM: ``[{**meta, "output": text}]`` (via the DataModule's ``format_prediction``);
-        classification: predicted label ids; regression: predicted scores."""
+        classification: predicted label ids, or ``[{"prediction": <label>, "label_id": <id>}]`` when the
+        DataModule names its labels (``NamesLabels``); regression: predicted scores."""
         if self.task == "causal_lm":
             texts = self.generate_texts(batch)
             dm = self._datamodule()
@@ -181,7 +188,14 @@ class EvaluationMixin(_Host):
             return [fmt(meta, text) for meta, text in zip(metas, texts)]
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = self.model(**inputs).logits
-        return logits.squeeze(-1) if self.task == "regression" else logits.argmax(-1)
+        if self.task == "regression":
+            return logits.squeeze(-1)
+        ids = logits.argmax(-1)
+        dm = self._datamodule()
+        names = dm.label_names if isinstance(dm, NamesLabels) else None
+        if names:  # the DataModule's class names (the mapping saved in the checkpoint)
+            return [{"prediction": names[i], "label_id": i} for i in ids.tolist()]
+        return ids
 
 
 def default_metrics(task: str, num_labels: int) -> dict[str, Any]:

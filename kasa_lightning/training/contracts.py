@@ -53,3 +53,12 @@ class FormatsPredictions(Protocol):
     def format_prediction(self, meta: dict[str, Any], text: str) -> dict[str, Any]:
         """One prediction record from the batch's ``meta`` for an example and the generated ``text``."""
         ...
+
+
+@runtime_checkable
+class NamesLabels(Protocol):
+    """Class names for ``predict`` [class ids: ``{"prediction": <id>}``]."""
+
+    label_names: list[str] | None
+    """The class labels in id order; classification predictions are then written as
+    ``{"prediction": <label>, "label_id": <id>}``. ``None``: ids only."""

@@ -39,6 +39,7 @@ from kasa_lightning.training._backbone import build_backbone
 from kasa_lightning.training._batching import apply_global_batch_size
 from kasa_lightning.training._checkpointing import LOADING_CHECKPOINT, CheckpointMixin
 from kasa_lightning.training._evaluation import EvaluationMixin
+from kasa_lightning.training._fused import unfused_if_clipping
 from kasa_lightning.training._resume import (
     apply_optimizer_settings,
     optimizer_settings,
@@ -70,6 +71,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         optimizer: optimiser factory over the trainable parameter groups. Default: ``torch.optim.AdamW`` (lr 1e-3),
             with ``fused=True`` (one kernel for all tensors instead of a loop over them) unless gradient clipping is
             on (Lightning refuses to clip with fused optimisers under mixed precision).
+            A fused optimiser given here is rebuilt unfused, with a notice, in that case.
         lr_scheduler: scheduler factory; ``None`` gives the built-in schedule: linear warmup over
             ``warmup_steps`` (or ``warmup_ratio`` of the steps), then ``schedule`` decay to 0, stepped every
             optimiser step (the paper: linear, warmup ratio 0.06).
@@ -301,7 +303,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         if self.optimizer_factory is torch.optim.AdamW:  # the default, not a user's choice
             optimizer = torch.optim.AdamW(groups, fused=self._can_fuse(groups) or None)
         else:
-            optimizer = self.optimizer_factory(groups)
+            optimizer = unfused_if_clipping(self._trainer, self.optimizer_factory(groups), groups)
         self._optimizer_settings = [optimizer_settings(optimizer)]  # the user's, before a restore replaces them
         if self.scheduler_factory is not None:
             scheduler = self.scheduler_factory(optimizer)

@@ -133,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metric",
         default=None,
-        help="the metric to report for a DataModule the report does not "
-        "know (e.g. val/accuracy); it is reported first otherwise",
+        help="the metric to report (e.g. val/accuracy). Required for a DataModule the report does not know "
+        "(without it such a config is refused); for a known one it is reported first, before the task's own",
     )
     parser.add_argument(
         "--method_overlay",
