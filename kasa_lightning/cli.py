@@ -17,6 +17,8 @@
   ``--metrics_file.path`` sets the file, default ``<log_dir>/metrics.json``).
 * ``sweep`` (seeds x methods x configs, resumable) and ``report`` (the paper's protocol, statistics, plots) are
   ``kasa_lightning.sweep`` and ``kasa_lightning.report``.
+* ``eval`` (lm-evaluation-harness on the adapted model in memory) is ``kasa_lightning.harness``, imported only by
+  that command (lm-eval is the optional extra ``[eval]``).
 """
 
 from __future__ import annotations
@@ -193,6 +195,11 @@ COMMANDS: dict[str, Command] = {
         _run_module("sweep"),
         "Run configs x seeds x methods (or the ablation) as resumable fit runs, "
         "one directory each; --dry-run prints their commands.",
+    ),
+    "eval": Command(
+        _run_module("harness"),
+        "Score the adapted model (and --ckpt_path) on lm-evaluation-harness tasks, adapters applied in memory: "
+        "--tasks arc_easy,hellaswag [--include_path DIR] [--output FILE.json].",
     ),
     "report": Command(
         _run_module("report"),
