@@ -410,3 +410,28 @@ def test_lm_eval_is_imported_only_by_the_eval_command() -> None:
         "assert 'eval' in kasa_lightning.cli.COMMANDS"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_example_task_runs_offline_from_its_generated_data(setup, tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_capitals", ROOT / "examples/lm_eval_task/make_capitals.py")
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    make.write(tmp_path / "capitals.jsonl")
+    shipped = ROOT / "examples/lm_eval_task/capitals.jsonl"
+    assert (tmp_path / "capitals.jsonl").read_bytes() == shipped.read_bytes()  # the script makes the shipped file
+    monkeypatch.chdir(ROOT)  # the YAML's data_files path is relative to the repository root
+    args = ["--seed_everything", "0", "--model.backbone", str(setup["model"]), *MODEL_ARGS]
+    args += ["--tasks", "kasa_capitals", "--include_path", "examples/lm_eval_task", "--limit", "3"]
+    written = _eval(args + ["--output", str(tmp_path / "e.json")])
+    assert written["n-samples"]["kasa_capitals"] == {"original": len(make.CAPITALS), "effective": 3}
+    assert 0.0 <= written["results"]["kasa_capitals"]["acc,none"] <= 1.0
+    monkeypatch.chdir(tmp_path)  # elsewhere, the relative data path is missing: said so
+    from kasa_lightning.harness import EvalSetupError, prepare_tasks
+
+    with pytest.raises(EvalSetupError, match="relative data_files paths are read from the working directory"):
+        prepare_tasks("kasa_capitals", str(ROOT / "examples/lm_eval_task"))

@@ -180,7 +180,14 @@ def load_tasks(manager: Any, names: list[str]) -> list[Any]:
                 raise
             if reason is not None and hub[name]:
                 raise TaskDataUnavailableError(_unavailable(name, hub[name], reason, err)) from err
-            raise EvalSetupError(f"--tasks {name}: its data could not be loaded: {type(err).__name__}: {err}") from err
+            hint = (
+                f" (relative data_files paths are read from the working directory, {os.getcwd()})"
+                if isinstance(err, FileNotFoundError)
+                else ""
+            )
+            raise EvalSetupError(
+                f"--tasks {name}: its data could not be loaded{hint}: {type(err).__name__}: {err}"
+            ) from err
         if name in loaded["groups"]:
             built.append(loaded["groups"][name])
         elif name in loaded["tasks"]:
