@@ -11,6 +11,9 @@ Public names:
 * ``prepare_tasks(tasks, include_path)``: the task names, include path and data checked and loaded, before a model.
 * ``main(argv)``: the ``eval`` command (exit status 2 with the message for bad input); ``run(argv)`` returns what
   it writes.
+* ``eval_settings(...)``, ``eval_command(...)``: ``sweep --eval_tasks``: the checked options, and a run's command.
+* ``harness_runs(...)``, ``PAPER_SETS``, ``HARNESS_NOTE``: the report's lm-eval family (its runs, the paper's
+  commonsense sets by lm-eval task name, the note on the protocols).
 * ``EvalSetupError``, ``TaskDataUnavailableError``: bad input, and a task whose data cannot be had offline.
 * ``LM_EVAL_MIN_VERSION``, ``require_lm_eval()``: the lm-eval this needs, and its import with a message naming
   the extra.
@@ -26,13 +29,21 @@ from kasa_lightning.harness._errors import (
     TaskDataUnavailableError,
     require_lm_eval,
 )
+from kasa_lightning.harness._report import NOTE as HARNESS_NOTE
+from kasa_lightning.harness._report import PAPER_SETS, harness_runs
 from kasa_lightning.harness._scoring import evaluate_module, prepare_tasks
+from kasa_lightning.harness._sweep import eval_command, eval_settings
 
 __all__ = [
+    "HARNESS_NOTE",
     "LM_EVAL_MIN_VERSION",
+    "PAPER_SETS",
     "EvalSetupError",
     "TaskDataUnavailableError",
+    "eval_command",
+    "eval_settings",
     "evaluate_module",
+    "harness_runs",
     "main",
     "prepare_tasks",
     "require_lm_eval",

@@ -38,9 +38,7 @@ class EvalCLI(KaSACLI):
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
         from jsonargparse import ActionYesNo
 
-        from kasa_lightning.callbacks import MetricsFile
-
-        parser.add_lightning_class_args(MetricsFile, "metrics_file")
+        super().add_arguments_to_parser(parser)  # the metrics file and fit's links (the data gives model.task)
         parser.add_argument("--ckpt_path", type=str | None, default=None, help="a checkpoint written by fit")
         parser.add_argument("--tasks", type=str, required=True, help="lm-eval tasks, e.g. arc_easy,hellaswag")
         parser.add_argument("--num_fewshot", type=int | None, default=None, help="few-shot examples per prompt")
@@ -65,7 +63,6 @@ class EvalCLI(KaSACLI):
         backbone = init.get("backbone") if hasattr(init, "get") else None
         if isinstance(backbone, str) and init.get("backbone_config") is None:
             resolve_pretrained(backbone, "model.backbone")
-        self.config["data"] = None  # not needed; never built
 
     def instantiate_classes(self) -> None:
         self.config_init = self.parser.instantiate_classes(self.config)
@@ -139,7 +136,8 @@ def task_metrics(results: dict[str, Any]) -> dict[str, dict[str, float | None]]:
 
 def update_metrics_file(path: Path, payload: dict[str, Any], output: Path) -> None:
     """Add (or replace) the scored tasks in the ``eval`` section of a run's ``metrics.json``
-    (``kasa_lightning.callbacks.MetricsFile``); other tasks scored earlier stay."""
+    (``kasa_lightning.callbacks.MetricsFile``); other tasks scored earlier stay. ``requested`` lists the names given
+    to ``--tasks`` (a group or tag stands for several tasks), which ``sweep`` reads to resume."""
     content: dict[str, Any] = {}
     if path.is_file():
         try:
@@ -157,7 +155,10 @@ def update_metrics_file(path: Path, payload: dict[str, Any], output: Path) -> No
             "ckpt_path": payload["ckpt_path"],
             "output": str(output),
         }
-    content["eval"] = {"tasks": tasks}
+    requested = list(section.get("requested") or []) + [
+        t for t in payload["tasks"] if t not in (section.get("requested") or [])
+    ]
+    content["eval"] = {"tasks": tasks, "requested": requested}
     content.setdefault("format", 1)
     _write_json(path, content)
 
@@ -166,6 +167,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     """Parse ``argv`` (the arguments after ``eval``), score, write; returns what ``--output`` holds."""
     lm_eval = require_lm_eval()
     from lm_eval.utils import make_table
+
+    from kasa_lightning import checkpoint_io
 
     saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when it sees both argv and args
     try:
@@ -182,6 +185,8 @@ def run(argv: list[str]) -> dict[str, Any]:
             "an untrained random model; pass --ckpt_path of a fit run of this config (its checkpoints keep every "
             "weight), or set model.backbone to a pretrained model without model.backbone_config"
         )
+    if ckpt_path is not None and not checkpoint_io.is_url(ckpt_path) and not Path(ckpt_path).is_file():
+        raise EvalSetupError(f"--ckpt_path {ckpt_path}: no such file; give a checkpoint written by fit")
     prepared = prepare_tasks(names, config.include_path)  # names, paths and data before the model is built
     if ckpt_path is not None:
         load_checkpoint(module, ckpt_path)
