@@ -140,9 +140,10 @@ def load_tokenizer(model_dir: Path):
 
 
 def run_eval(args: list[str]) -> dict:
+    """The eval command in this process, on the CPU (the checks here compute on the CPU)."""
     from kasa_lightning.harness import run
 
-    return run(args)
+    return run([*args, "--device", "cpu"])
 
 
 def train_briefly(model_dir: Path, docs: list[dict], ckpt: Path, num_labels: int = 2) -> None:

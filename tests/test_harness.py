@@ -74,7 +74,13 @@ def test_scores_are_those_of_the_adapted_layers_in_memory(setup) -> None:
     module = adapted_module(setup["model"])
     tokenizer = load_tokenizer(setup["model"])
     results = evaluate_module(
-        module, "tiny_colors", include_path=str(setup["tasks"]), batch_size=4, log_samples=True, bootstrap_iters=0
+        module,
+        "tiny_colors",
+        include_path=str(setup["tasks"]),
+        batch_size=4,
+        log_samples=True,
+        bootstrap_iters=0,
+        device="cpu",
     )
     ours = loglikelihoods(module.model, tokenizer, setup["docs"])
     samples = sorted(results["samples"]["tiny_colors"], key=lambda s: s["doc_id"])
@@ -141,7 +147,7 @@ def test_generation_goes_through_generate_with_the_adapters(setup, trained: Path
 
     module.model.generate = counting_generate
     results = evaluate_module(
-        module, ["tiny_gen"], include_path=str(setup["tasks"]), log_samples=True, bootstrap_iters=0
+        module, ["tiny_gen"], include_path=str(setup["tasks"]), log_samples=True, bootstrap_iters=0, device="cpu"
     )
     del module.model.generate
     assert generated and calls  # generate ran, through the adapted layers

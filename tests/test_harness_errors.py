@@ -112,7 +112,7 @@ def test_example_task_runs_offline_from_its_generated_data(setup, tmp_path: Path
 
     spec = importlib.util.spec_from_file_location("make_capitals", ROOT / "examples/lm_eval_task/make_capitals.py")
     make = importlib.util.module_from_spec(spec)
-    spec.loader.execadapted_module(make)
+    spec.loader.exec_module(make)
     make.write(tmp_path / "capitals.jsonl")
     shipped = ROOT / "examples/lm_eval_task/capitals.jsonl"
     assert (tmp_path / "capitals.jsonl").read_bytes() == shipped.read_bytes()  # the script makes the shipped file

@@ -19,7 +19,13 @@ import torch
 
 from kasa_lightning.cli import KaSACLI
 from kasa_lightning.harness._errors import EvalSetupError, require_lm_eval
-from kasa_lightning.harness._scoring import evaluate_module, parse_tasks, prepare_tasks
+from kasa_lightning.harness._scoring import (
+    check_scorable,
+    evaluate_module,
+    parse_tasks,
+    prepare_tasks,
+    single_process,
+)
 
 #: the version of the file ``eval`` writes (``--output``)
 FORMAT = 1
@@ -178,6 +184,8 @@ def run(argv: list[str]) -> dict[str, Any]:
     config = cli.config
     module = cli.model
     names = parse_tasks(config.tasks)
+    single_process()
+    check_scorable(module)
     ckpt_path = config.ckpt_path
     if ckpt_path is None and getattr(module, "backbone_config", None) is not None:
         raise EvalSetupError(

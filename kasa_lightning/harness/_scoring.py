@@ -122,7 +122,12 @@ def evaluate_module(
         )
     module.configure_model()
     model = module.model
-    model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    elsewhere = [
+        p for p in model.parameters() if p.device.type != target.type or target.index not in (None, p.device.index)
+    ]
+    if elsewhere:  # a model already on the device (a quantised one is placed at load) is not moved
+        model.to(target)
     was_training = model.training
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)  # puts the model in eval mode
     try:
