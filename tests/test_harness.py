@@ -20,7 +20,7 @@ import torch
 
 pytest.importorskip("lm_eval")
 
-from harness_helpers import (  # noqa: E402
+from harness_support import (  # noqa: E402
     MODEL_ARGS,
     TARGETS,
     accuracy,

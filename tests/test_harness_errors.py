@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from harness_helpers import MODEL_ARGS, ROOT, build, run_eval  # noqa: E402
+from harness_support import MODEL_ARGS, ROOT, build, run_eval  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_bad_input_is_refused_naming_the_setting(setup, tmp_path: Path, capsys, 
     assert 'pip install "kasa-lightning[eval]"' in err
 
 
-@pytest.mark.slow  # lm-eval builds its index of ~15k task files (20-30 s) to know a name is not there
+@pytest.mark.slow  # lm-eval indexes its ~14,700 tasks (about 20 s) to know a name is not there
 def test_unknown_task_is_refused_with_suggestions(setup, capsys) -> None:
     model = ["--model.backbone", str(setup["model"]), *MODEL_ARGS]
     err = _fails(model + ["--tasks", "tiny_colors,arc_easyy", "--include_path", str(setup["tasks"])], capsys)

@@ -14,7 +14,7 @@ import yaml
 
 pytest.importorskip("lm_eval")
 
-from harness_helpers import TARGETS, accuracy, build, load_tokenizer, loglikelihoods, train_briefly  # noqa: E402
+from harness_support import TARGETS, accuracy, build, load_tokenizer, loglikelihoods, train_briefly  # noqa: E402
 
 from kasa_lightning import report, sweep  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Write ``capitals.jsonl``, the data of the example lm-evaluation-harness task ``kasa_capitals`` (``capitals.yaml``):
 one multiple-choice question per country, "What is the capital of <country>?", with the right capital and three
-others drawn with a fixed seed, so the file is the same on every run.
+others chosen with a fixed seed, so the file is the same on every run.
 
     python examples/lm_eval_task/make_capitals.py
 """

@@ -1,11 +1,11 @@
 """Finding and loading lm-evaluation-harness tasks: the names checked before anything slow runs, the task index
-built over ``--include_path`` alone when it defines every task asked for (lm-eval's own index of its ~15k task
-files takes 20 s or more to build), and each task's data loaded without the Hub's retries when the Hub cannot be
+built over ``--include_path`` alone when it defines every task asked for (lm-eval's own index reads every task file
+it ships, which takes many seconds), and each task's data loaded without the Hub's retries when the Hub cannot be
 reached.
 
 lm-eval loads a task's data with ``datasets.load_dataset(dataset_path, dataset_name, **dataset_kwargs)`` when it
-builds the task. A Hub dataset that is not in the local cache then either fails (offline mode) or retries for half a
-minute before failing (no network; 26 s measured here). Here, when a task needs a Hub dataset and offline mode is
+builds the task. A Hub dataset that is not in the local cache then either fails (offline mode) or retries with back-off
+before failing (no network; docs/evaluation.md has the time). Here, when a task needs a Hub dataset and offline mode is
 on or one request to the Hub gets no answer (``kasa_lightning.hub``), the tasks are built with the Hub libraries in
 offline mode: a cached dataset loads from the cache, any other fails at once with ``TaskDataUnavailableError``,
 which names the task, the dataset and the two ways out.
