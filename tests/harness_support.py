@@ -8,6 +8,7 @@ import random
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COLORS = ["red", "green", "blue", "yellow", "black", "white", "pink", "brown"]
@@ -179,3 +180,35 @@ def train_briefly(model_dir: Path, docs: list[dict], ckpt: Path, num_labels: int
     )
     trainer.fit(module, train_dataloaders=DataLoader(rows, batch_size=len(rows)))
     trainer.save_checkpoint(ckpt)
+
+
+def commonsense_config(tmp: Path, model_dir: Path, **trainer) -> Path:
+    """A commonsense config for the tiny LLaMA (KaSA r=24 on q_proj, v_proj); ``trainer``: more Trainer settings."""
+    row = {"instruction": "what color is the cat ?", "input": "", "output": "red", "answer": "red"}
+    (tmp / "train.json").write_text(json.dumps([row] * 6))
+    (tmp / "test" / "boolq").mkdir(parents=True)
+    (tmp / "test" / "boolq" / "test.json").write_text(json.dumps([row]))
+    config = {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "logger": False, **trainer},
+        "model": {
+            "class_path": "kasa_lightning.KaSAModule",
+            "init_args": {
+                "backbone": str(model_dir),
+                "adapter": {"method": "kasa", "r": 24, "target_modules": TARGETS},
+            },
+        },
+        "data": {
+            "class_path": "kasa_lightning.datamodules.CommonsenseDataModule",
+            "init_args": {
+                "train_path": str(tmp / "train.json"),
+                "test_dir": str(tmp / "test"),
+                "test_sets": ["boolq"],
+                "val_size": 2,
+                "batch_size": 2,
+            },
+        },
+    }
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

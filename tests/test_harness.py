@@ -177,3 +177,29 @@ def test_limit_is_honoured_on_a_lowrank_model(setup, tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------- bad input
+
+
+def test_a_fit_runs_own_config_and_checkpoint(setup, tmp_path: Path) -> None:
+    """``eval --config <run>/config.yaml --ckpt_path <run>/checkpoints/<its checkpoint>``: the config a fit saved parses
+    as it is (its data section, trainer, ckpt_path and weights_only keys), and the run's metrics.json gains the
+    eval section beside the fit."""
+    from harness_support import commonsense_config
+
+    from kasa_lightning import KaSAModule
+    from kasa_lightning.cli import main
+
+    root = tmp_path / "runs"
+    config = commonsense_config(tmp_path, setup["model"], max_steps=2, logger=True, enable_progress_bar=False)
+    main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root)])
+    (run_dir,) = (root / "lightning_logs").iterdir()
+    (last,) = (run_dir / "checkpoints").glob("*.ckpt")
+    written = run_eval(
+        ["--config", str(run_dir / "config.yaml"), "--ckpt_path", str(last), "--tasks", "tiny_colors"]
+        + ["--include_path", str(setup["tasks"])]
+    )
+    loaded = KaSAModule.load_from_checkpoint(str(last)).eval()
+    lls = loglikelihoods(loaded.model, load_tokenizer(setup["model"]), setup["docs"])
+    assert written["results"]["tiny_colors"]["acc,none"] == pytest.approx(accuracy(lls, setup["docs"]))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["fit"]["finished"] and metrics["eval"]["requested"] == ["tiny_colors"]
+    assert (run_dir / "eval.json").is_file()

@@ -10,39 +10,19 @@ import statistics
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("lm_eval")
 
-from harness_support import TARGETS, accuracy, build, load_tokenizer, loglikelihoods, train_briefly  # noqa: E402
+from harness_support import (  # noqa: E402
+    accuracy,
+    build,
+    commonsense_config,
+    load_tokenizer,
+    loglikelihoods,
+    train_briefly,
+)
 
 from kasa_lightning import report, sweep  # noqa: E402
-
-
-def _config(tmp: Path, model_dir: Path) -> Path:
-    """A commonsense config for the tiny LLaMA (only planned here: the fit is the briefly trained checkpoint)."""
-    row = {"instruction": "what color is the cat ?", "input": "", "output": "red", "answer": "red"}
-    (tmp / "train.json").write_text(json.dumps([row] * 4))
-    (tmp / "test" / "boolq").mkdir(parents=True)
-    (tmp / "test" / "boolq" / "test.json").write_text(json.dumps([row]))
-    config = {
-        "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_epochs": 1, "logger": False},
-        "model": {
-            "class_path": "kasa_lightning.KaSAModule",
-            "init_args": {
-                "backbone": str(model_dir),
-                "adapter": {"method": "kasa", "r": 24, "target_modules": TARGETS},
-            },
-        },
-        "data": {
-            "class_path": "kasa_lightning.datamodules.CommonsenseDataModule",
-            "init_args": {"train_path": str(tmp / "train.json"), "test_dir": str(tmp / "test"), "test_sets": ["boolq"]},
-        },
-    }
-    path = tmp / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.mark.slow  # two eval processes (one fails at once)
@@ -51,7 +31,7 @@ def test_sweep_runs_eval_after_fit_resumably_and_records_failures(tmp_path: Path
     ckpt = tmp_path / "trained.ckpt"
     train_briefly(setup["model"], setup["docs"], ckpt, num_labels=0)  # a causal DataModule links num_labels=0
     out = tmp_path / "sweep"
-    args = ["--config", str(_config(tmp_path, setup["model"])), "--seeds", "0-1", "--output_dir", str(out)]
+    args = ["--config", str(commonsense_config(tmp_path, setup["model"])), "--seeds", "0-1", "--output_dir", str(out)]
     args += ["--eval_tasks", "tiny_colors", "--eval_include_path", str(setup["tasks"]), "--eval_limit", "4"]
     assert sweep.main([*args, "--dry-run"]) == 0
     printed = capsys.readouterr().out

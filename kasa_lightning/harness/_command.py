@@ -60,6 +60,10 @@ class EvalCLI(KaSACLI):
             "--apply_chat_template", action=ActionYesNo, default=False, help="format prompts with the chat template"
         )
         parser.add_argument("--device", type=str | None, default=None, help="cpu, cuda, cuda:1 (default: auto)")
+        # keys of the config.yaml that fit/validate/test save beside their logs, accepted so that it parses as it is
+        # (the checkpoint is always read weights-only; nothing is printed per step)
+        parser.add_argument("--weights_only", type=bool | None, default=None, help="ignored (always weights-only)")
+        parser.add_argument("--verbose", type=bool, default=True, help="ignored")
 
     def before_instantiate_classes(self) -> None:
         from kasa_lightning.hub import resolve_pretrained
