@@ -17,13 +17,16 @@ The CLI installs it in every ``fit``/``validate``/``test`` run (``--metrics_file
         "last_model_path": ".../last.ckpt"
       },
       "validate": {"metrics": {"val/accuracy": 0.98}, "ckpt_path": "..."},   # after `validate`
-      "test": {"metrics": {"test/BLEU": 0.68, ...}, "ckpt_path": ".../last.ckpt"}   # after `test`
-    }
+      "test": {"metrics": {"test/BLEU": 0.68, ...}, "ckpt_path": ".../last.ckpt"},  # after `test`
+      "eval": {"tasks": {"arc_easy": {"metrics": {"acc,none": 0.71, "acc_stderr,none": 0.01, ...},
+               "version": 1.0, "n_shot": 0, "limit": null, "ckpt_path": "...", "output": ".../eval.json"}}}
+    }                                           # `eval` (lm-evaluation-harness, kasa_lightning.harness) adds tasks
 
 Values are floats; keys are the logged names. The history of validation epochs is also kept in the checkpoints
 (the callback's state), so a run resumed with ``--ckpt_path`` writes the whole history. A later ``fit`` into the
-same file replaces its ``fit`` part and drops the ``test``/``validate`` parts of the earlier model; ``test`` and
-``validate`` replace only their own part. Only global rank 0 writes; the file is replaced atomically.
+same file replaces its ``fit`` part and drops the ``test``/``validate``/``eval`` parts of the earlier model; ``test``
+and ``validate`` replace only their own part, ``eval`` the tasks it scored. Only global rank 0 writes; the file is
+replaced atomically.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class MetricsFile(L.Callback):
         if "fit" in parts:  # a new model: results of the earlier one's validate/test no longer apply
             content.pop("test", None)
             content.pop("validate", None)
+            content.pop("eval", None)
         content.update(parts)
         content["format"] = FORMAT
         path.parent.mkdir(parents=True, exist_ok=True)

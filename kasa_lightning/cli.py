@@ -9,6 +9,8 @@
   ``--metrics_file.path`` sets the file, default ``<log_dir>/metrics.json``).
 * ``sweep`` (seeds x methods x configs, resumable) and ``report`` (the paper's protocol, statistics, plots) are
   ``kasa_lightning.experiments.sweep`` and ``kasa_lightning.experiments.report``.
+* ``eval`` (lm-evaluation-harness on the adapted model in memory) is ``kasa_lightning.harness``, imported only by
+  that command (lm-eval is the optional extra ``[eval]``).
 """
 
 from __future__ import annotations
@@ -96,12 +98,12 @@ def _run_export(args: list[str]) -> Any:
 
 
 def _run_module(name: str) -> Callable[[list[str]], None]:
-    """A command whose parser and work live in ``kasa_lightning.experiments.<name>.main(args) -> exit code``."""
+    """A command whose parser and work live in the module ``name`` (``main(args) -> exit code``)."""
 
     def run(args: list[str]) -> None:
         import importlib
 
-        code = importlib.import_module(f"kasa_lightning.experiments.{name}").main(args)
+        code = importlib.import_module(name).main(args)
         if code:
             raise SystemExit(code)
 
@@ -112,12 +114,17 @@ def _run_module(name: str) -> Callable[[list[str]], None]:
 COMMANDS: dict[str, Command] = {
     "export": Command(_run_export, "Turn a fit checkpoint into a PEFT adapter, a merged model or an adapter file."),
     "sweep": Command(
-        _run_module("sweep"),
+        _run_module("kasa_lightning.experiments.sweep"),
         "Run configs x seeds x methods (or the ablation) as resumable fit runs, "
         "one directory each; --dry-run prints their commands.",
     ),
+    "eval": Command(
+        _run_module("kasa_lightning.harness"),
+        "Score the adapted model (and --ckpt_path) on lm-evaluation-harness tasks, adapters applied in memory: "
+        "--tasks arc_easy,hellaswag [--include_path DIR] [--output FILE.json].",
+    ),
     "report": Command(
-        _run_module("report"),
+        _run_module("kasa_lightning.experiments.report"),
         "Aggregate a sweep by the paper's protocol beside the paper's numbers: "
         "results.md, results.json, plots, Welch and TOST tests.",
     ),

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kasa_lightning.backbone import build_backbone
+from kasa_lightning.training._backbone import build_backbone
 
 QUERY = "encoder.layer.0.attention.self.query.weight"
 

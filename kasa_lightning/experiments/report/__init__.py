@@ -14,6 +14,7 @@ value (the test of ``last.ckpt``), as the run's protocol says; over the seeds th
 | E2E (``E2EDataModule``) | test set, last epoch (``test/BLEU`` ...) | mean | Table 12: mean of 3 seeds, last epoch |
 | commonsense | the 8 test sets, last epoch (``test/accuracy_<set>``) | mean | Table 3 (3 epochs, last) |
 | instruction following | test ROUGE-L, last epoch (``test/rougeL``) | mean | Table 2: LLM-judge scores (a note) |
+| lm-eval (``--eval_tasks``) | ``eval`` of ``last.ckpt`` (``eval/<task>/acc,none``) | mean | Table 3's sets (a note) |
 
 Every entry also has the mean, the sample standard deviation, n, the per-seed values and, for each method against
 ``--reference`` (default ``kasa``), Welch's t-test and a TOST equivalence test within ``--margin`` (in the

@@ -69,7 +69,7 @@ def collect(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         run = Run(**{k: v for k, v in spec.items() if k in fields})
         state = run_state(run, run_dir)
         entry = {**spec, "run": rel, "values": {}, "state": "complete", "error": None}
-        if not state["complete"]:
+        if not state.get("trained", state["complete"]):  # lm-eval (--eval_tasks) is reported apart, below
             failed = state["status"] == "failed"
             entry["state"] = "failed" if failed else "missing"
             entry["error"] = (
@@ -88,6 +88,10 @@ def collect(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                 if value is not None and math.isfinite(value):
                     entry["values"][metric] = float(value)
         runs.append(entry)
+        if spec.get("harness"):
+            from kasa_lightning.harness import harness_runs
+
+            runs.extend(harness_runs(entry, read_json(run_dir / "metrics.json") or {}, state))
     return runs, problems
 
 

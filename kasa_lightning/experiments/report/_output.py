@@ -76,6 +76,10 @@ def markdown(
                     "score the answers with `python -m kasa_lightning.metrics.judge` to compare."
                 ),
             ]
+        if first["family"] == "harness":
+            from kasa_lightning.harness import HARNESS_NOTE
+
+            lines += ["", HARNESS_NOTE]
         gaps = [(e["method"], e["metric"], m["seed"], m["reason"], "missing") for e in rows for m in e["missing"]]
         gaps += [(e["method"], e["metric"], f["seed"], f["error"], "failed") for e in rows for f in e["failed"]]
         seen = set()

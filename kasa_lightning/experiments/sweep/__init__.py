@@ -4,6 +4,7 @@
         [--overlay configs/strategies/bf16-mixed.yaml ...] --seeds 0-4 --methods kasa,lora,pissa,milora
         --output_dir sweeps/rte [--ablation] [--test auto|yes|no] [--dry-run]
         [--trainer.max_steps 6 --data.init_args.data_dir ../glue ...]   # any fit override, for every run
+        [--eval_tasks arc_easy,piqa [--eval_include_path DIR] [--eval_limit N]]   # lm-eval after each fit
 
 Each run gets ``<output_dir>/<task>/<method>/seed<k>/`` with
 
@@ -19,7 +20,9 @@ Each run gets ``<output_dir>/<task>/<method>/seed<k>/`` with
 stem for a config elsewhere. Every run is ``python -m kasa_lightning fit --config <run>/resolved.yaml`` in its own
 process, then ``validate`` of ``last.ckpt`` when the training stopped after its last validation (``max_steps``
 mid-epoch), then ``test`` of ``last.ckpt`` where the config has a test set (E2E, commonsense and instruction
-configs: the paper scores their last epoch; GLUE's "test" would be its validation split again).
+configs: the paper scores their last epoch; GLUE's "test" would be its validation split again), then, with
+``--eval_tasks``, ``eval`` of ``last.ckpt`` on those lm-evaluation-harness tasks (``eval.json`` and the ``eval``
+section of ``metrics.json``; ``kasa_lightning.harness``).
 
 Resumable: a run whose ``status.json`` says done is skipped; any other run with a ``checkpoints/last.ckpt``
 continues from it (``fit --ckpt_path``), and a finished fit is not repeated when only its test failed. A failed
@@ -148,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the folder with methods/ and ablation/ (default: the repository's configs/)",
     )
+    harness = parser.add_argument_group("lm-evaluation-harness after each fit (python -m kasa_lightning eval)")
+    harness.add_argument("--eval_tasks", default=None, help="lm-eval tasks to score last.ckpt on, e.g. arc_easy,piqa")
+    harness.add_argument("--eval_include_path", default=None, help="a folder of task YAML files")
+    harness.add_argument("--eval_limit", type=float, default=None, help="documents per task (for checks)")
+    harness.add_argument("--eval_num_fewshot", type=int, default=None, help="few-shot examples per prompt")
+    harness.add_argument("--eval_batch_size", type=int, default=1, help="requests per forward pass")
     return parser
 
 
@@ -172,6 +181,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise SweepError(f"--method_overlay {item}: write NAME=FILE with a new name (not one of {METHODS})")
             extra[name] = path
         methods = None if args.ablation else parse_methods(args.methods or "kasa", tuple(extra))
+        from kasa_lightning.harness import EvalSetupError, eval_settings
+
+        try:
+            harness = eval_settings(
+                args.eval_tasks, args.eval_include_path, args.eval_limit, args.eval_num_fewshot, args.eval_batch_size
+            )
+        except EvalSetupError as err:
+            raise SweepError(str(err)) from None
         root = Path(args.output_dir)
         runs = plan(
             args.config,
@@ -185,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             metric=args.metric,
             test=args.test,
             method_overlays=extra,
+            harness=harness,
         )
         with sweep_lock.plan_lock(root, argv):  # one sweep at a time writes configs into the folder
             registration, others = sweep_lock.join_output_dir(root, argv, register=not args.dry_run)

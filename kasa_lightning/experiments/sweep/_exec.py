@@ -17,7 +17,8 @@ from kasa_lightning.experiments.sweep._spec import Run, read_json, write_json
 
 
 def run_state(run: Run, run_dir: Path) -> dict[str, Any]:
-    """What the files of a run say: ``fit_done``, ``validated``, ``tested``, ``complete``, ``status``."""
+    """What the files of a run say: ``fit_done``, ``validated``, ``tested``, ``trained`` (all three), ``evaluated``
+    (the lm-eval tasks of ``sweep --eval_tasks`` scored), ``complete``, ``status``."""
     metrics = read_json(run_dir / "metrics.json") or {}
     fit = metrics.get("fit") or {}
     epochs = fit.get("epochs") or []
@@ -28,12 +29,15 @@ def run_state(run: Run, run_dir: Path) -> dict[str, Any]:
     )
     validated = not need_validate or "validate" in metrics
     tested = not run.test or "test" in metrics
+    evaluated = not run.harness or set(run.harness["tasks"]) <= set((metrics.get("eval") or {}).get("requested") or [])
     status = read_json(run_dir / "status.json") or {}
     return {
         "fit_done": fit_done,
         "validated": validated,
         "tested": tested,
-        "complete": fit_done and validated and tested,
+        "trained": fit_done and validated and tested,
+        "evaluated": evaluated,
+        "complete": fit_done and validated and tested and evaluated,
         "status": status.get("status"),
         "error": status.get("error"),
     }
@@ -90,6 +94,8 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
     for step, cmd in steps:
         if step == "validate" and run_state(run, run_dir)["validated"]:
             continue  # the fit validated its final weights itself
+        if step in ("test", "eval") and run_state(run, run_dir)["tested" if step == "test" else "evaluated"]:
+            continue  # done by an earlier invocation (a later step failed)
         write_json(
             run_dir / "status.json", {"status": "running", "step": step, "started": started, "command": shlex.join(cmd)}
         )
@@ -124,7 +130,13 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
             "started": started,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "error": f"the run exited 0 but {run_dir / 'metrics.json'} lacks "
-            + ("the finished fit" if not state["fit_done"] else "the test/validate results"),
+            + (
+                "the finished fit"
+                if not state["fit_done"]
+                else "the test/validate results"
+                if not state["trained"]
+                else "the eval results"
+            ),
         }
         write_json(run_dir / "status.json", status)
         return status

@@ -106,9 +106,11 @@ def plan(
     metric: str | None = None,
     test: str = "auto",
     method_overlays: dict[str, str] | None = None,
+    harness: dict[str, Any] | None = None,
 ) -> list[tuple[Run, dict[str, Any]]]:
     """Every run of the sweep with its resolved config (nothing is written). ``method_overlays``: more methods,
-    name -> overlay file (``--method_overlay``)."""
+    name -> overlay file (``--method_overlay``); ``harness``: lm-eval after each fit
+    (``kasa_lightning.harness.eval_settings``)."""
     method_overlays = dict(method_overlays or {})
     configs_dir = Path(configs_dir) if configs_dir else default_configs_dir()
     steps: dict[str, Path | None]
@@ -168,6 +170,7 @@ def plan(
                     overlays=list(overlays),
                     model=str(init.get("backbone")),
                     ablation=ablation,
+                    harness=harness,
                     **info,
                 )
                 runs.append((run, _finish_config(resolved, run.directory(output_dir).resolve(), seed)))

@@ -105,6 +105,7 @@ class Run:
     validate_last: bool = False  # validate last.ckpt when training stopped after its last validation
     test: bool = False  # test last.ckpt after fit
     ablation: bool = False
+    harness: dict[str, Any] | None = None  # lm-eval after fit (sweep --eval_tasks): tasks and eval options
 
     @property
     def rel_dir(self) -> str:
@@ -114,7 +115,8 @@ class Run:
         return Path(root) / self.rel_dir
 
     def commands(self, root: Path, python: str = sys.executable) -> list[list[str]]:
-        """The process(es) of this run, fresh (no resume): fit, [validate last.ckpt], [test last.ckpt]."""
+        """The process(es) of this run, fresh (no resume): fit, [validate last.ckpt], [test last.ckpt],
+        [eval last.ckpt]."""
         run = self.directory(root).resolve()
         config, last = str(run / RESOLVED), str(run / "checkpoints" / "last.ckpt")
         base = [python, "-m", "kasa_lightning"]
@@ -123,6 +125,10 @@ class Run:
             cmds.append(base + ["validate", "--config", config, "--ckpt_path", last])
         if self.test:
             cmds.append(base + ["test", "--config", config, "--ckpt_path", last])
+        if self.harness:
+            from kasa_lightning.harness import eval_command
+
+            cmds.append(eval_command(base, config, last, str(run / "eval.json"), self.harness))
         return cmds
 
     def shell_command(self, root: Path, python: str = sys.executable, cwd: str | None = None) -> str:
