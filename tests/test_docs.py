@@ -137,11 +137,9 @@ def test_named_repository_paths_exist():
         text = path.read_text(encoding="utf-8")
         code = [n.split(":")[0] for n in re.findall(r"`([^`\s]+)`", text) if n.startswith(PATH_ROOTS)]
         links = [n for n in re.findall(r"\]\(([^)#\s]+)", text) if not n.startswith("http")]
-        for name in code + links:
-            if any(c in name for c in "<>*{}$"):
-                continue
-            candidates = [ROOT / name] if name in code else [path.parent / name]  # a link is relative to its page
-            if not any(c.exists() for c in candidates):
+        named = [(name, ROOT / name) for name in code] + [(name, path.parent / name) for name in links]
+        for name, target in named:  # a link is relative to its page, a path in code to the repository
+            if not any(c in name for c in "<>*{}$") and not target.exists():
                 missing.append(f"{path.name}: {name}")
     assert not missing, "paths named in the docs that do not exist:\n" + "\n".join(missing)
 
