@@ -32,6 +32,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from kasa_lightning.artifacts import ExportFormat
+from kasa_lightning.cli_errors import CLIError, check_ckpt_path, setting_error
 from kasa_lightning.datamodules.base import BaseDataModule
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.loggers import AtomicTensorBoardLogger
@@ -48,7 +49,21 @@ class KaSACLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        given = sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
+        self._given_args = [str(a) for a in given] if isinstance(given, list) else []  # to name settings as written
         super().__init__(*args, **kwargs)
+
+    def instantiate_classes(self) -> None:
+        """LightningCLI's, with a value that a class refuses at construction reported as a `CLIError` naming the
+        setting as written (``model.adapter.r=0 is invalid: ...``) instead of jsonargparse's union error."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            config = self.config.get(self.subcommand) if self.subcommand else self.config
+            error = setting_error(err, config.as_dict() if config is not None else {}, self._given_args)
+            if error is None:
+                raise
+            raise error from err
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI overwrites the parsed model settings with the checkpoint's hyperparameters when
@@ -80,6 +95,7 @@ class KaSACLI(LightningCLI):
             raise ValueError(f"{self.subcommand!r} is not a Trainer command; run it with kasa_lightning.cli.main")
         if self.subcommand is None:  # run=False: objects only, nothing is loaded or written
             return
+        check_ckpt_path(self.config.get(self.subcommand).get("ckpt_path"))
         # a backbone that the run will load by name and cannot be loaded is refused now, before any run folder
         # exists (with backbone_config the name only gives the tokenizer, which the DataModule checks when used)
         model = self.config.get(self.subcommand).get("model")
@@ -129,6 +145,7 @@ def export(
 
     if ckpt_path is None or output_dir is None:
         raise ValueError("export needs --ckpt_path <fit checkpoint> and --output_dir <directory>")
+    check_ckpt_path(ckpt_path)
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist")
     prepare_output_dir(output_dir, overwrite, keep=[ckpt_path])  # before the (slow) load: refuse or clear now
@@ -205,11 +222,16 @@ COMMANDS: dict[str, Command] = {
 def main(argv: list[str] | None = None) -> KaSACLI | None:
     """Entry point; ``argv`` defaults to ``sys.argv[1:]``. Returns the CLI object (None for ``COMMANDS``)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in COMMANDS:
-        COMMANDS[args[0]].run(args[1:])
-        return None
     try:
+        if args and args[0] in COMMANDS:
+            COMMANDS[args[0]].run(args[1:])
+            return None
         return KaSACLI(args=argv)
+    except CLIError as err:  # a bad value on the command line: the message, not a traceback
+        for line in err.details:
+            print(line, file=sys.stderr)
+        print(f"error: {err.message}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         _close_process_group()
 

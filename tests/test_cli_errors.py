@@ -1,0 +1,159 @@
+"""Bad command-line values end in a short error whose last line names the setting as the user wrote it: values that
+a class refuses when LightningCLI builds it (``--model.adapter.r 0``), and a ``--ckpt_path`` that is a folder or an
+adapter ``.safetensors`` file. Old code: 70-110 lines of jsonargparse traceback ending in a ``Namespace(...)`` dump, a
+raw ``IsADirectoryError``, "does not exist" for a folder, and "a pickle that could run code" for a safetensors file."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kasa_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+SMALL = ["--data.init_args.train_size", "16", "--data.init_args.val_size", "8", "--trainer.max_steps", "1"]
+
+
+def _start(*args: str, cwd: Path) -> subprocess.Popen:
+    """``python -m kasa_lightning *args`` as its own process (started together: each spends most of its time on
+    imports)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "kasa_lightning", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named", "rule"),
+    [
+        ("--model.adapter.alpha", "-1", "model.adapter.alpha=-1.0", "alpha must be >= 0"),
+        ("--model.adapter.dropout", "1.5", "model.adapter.dropout=1.5", "[0, 1)"),
+        ("--data.init_args.batch_size", "0", "data.init_args.batch_size=0", ">= 1"),
+        ("--data.batch_size", "0", "data.batch_size=0", ">= 1"),
+        ("--model.init_args.adapter.r", "-3", "model.init_args.adapter.r=-3", "positive integer"),
+    ],
+)
+def test_values_refused_at_construction_name_the_setting_as_written(tmp_path, capsys, option, value, named, rule):
+    root = tmp_path / "root"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(QUICKSTART), "--trainer.default_root_dir", str(root), option, value])
+    assert exit_info.value.code == 2
+    err = _lines(capsys.readouterr().err)
+    assert len(err) <= 20, err
+    assert named in err[-1] and rule in err[-1], err[-1]
+    assert not root.exists()
+
+
+def test_other_invalid_input_keeps_its_own_error(tmp_path, capsys):
+    """A parse error (a value outside a Literal) is jsonargparse's, naming the option, as before."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(QUICKSTART), "--model.adapter.reg_form", "nonsense"])
+    assert exit_info.value.code != 0
+    assert "reg_form" in capsys.readouterr().err
+
+
+def _checkpoint_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("last.ckpt", "best-epoch=0-step=2.ckpt"):
+        torch.save({"state_dict": {}, "global_step": 2}, folder / name)
+    return folder
+
+
+def test_fit_from_the_shell_rank_zero_and_a_folder_as_ckpt_path(tmp_path):
+    """The two outside checks, as real processes: ``--model.adapter.r 0`` prints at most 20 non-empty lines, the
+    last naming ``model.adapter.r``, its value and the rule; a folder as ``--ckpt_path`` ends with a line naming
+    ``--ckpt_path`` that says it is a folder, after the list of its .ckpt files. Neither creates a run folder."""
+    folder = _checkpoint_folder(tmp_path)
+    common = ["fit", "--config", str(QUICKSTART), *SMALL]
+    rank = _start(*common, "--trainer.default_root_dir", str(tmp_path / "r0"), "--model.adapter.r", "0", cwd=tmp_path)
+    ckpt = _start(*common, "--trainer.default_root_dir", str(tmp_path / "f"), "--ckpt_path", str(folder), cwd=tmp_path)
+    (rank_rc, rank_out, rank_err), (ckpt_rc, _, ckpt_err) = _finish(rank), _finish(ckpt)
+
+    assert rank_rc == 2, rank_err[-3000:]
+    lines = _lines(rank_out + rank_err)
+    assert len(lines) <= 20, lines
+    last = _lines(rank_err)[-1]
+    assert "model.adapter.r=0" in last and "positive integer" in last, last
+    assert "Namespace(" not in rank_err and "Traceback" not in rank_err
+
+    assert ckpt_rc == 2, ckpt_err[-3000:]
+    last = _lines(ckpt_err)[-1]
+    assert "--ckpt_path" in last and "is a folder" in last, last
+    assert str(folder / "last.ckpt") in ckpt_err and str(folder / "best-epoch=0-step=2.ckpt") in ckpt_err
+    assert "IsADirectoryError" not in ckpt_err
+    assert not (tmp_path / "r0").exists() and not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict", "export"])
+def test_every_command_refuses_a_folder_as_ckpt_path(tmp_path, capsys, command):
+    folder = _checkpoint_folder(tmp_path)
+    if command == "export":
+        args = ["export", "--ckpt_path", str(folder), "--output_dir", str(tmp_path / "out")]
+    else:
+        args = [
+            command,
+            "--config",
+            str(QUICKSTART),
+            "--trainer.default_root_dir",
+            str(tmp_path / "root"),
+            "--ckpt_path",
+            str(folder),
+        ]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = _lines(capsys.readouterr().err)
+    assert "--ckpt_path" in err[-1] and "is a folder" in err[-1] and "last.ckpt" in err[-1], err[-1]
+    assert not (tmp_path / "out").exists() and not (tmp_path / "root").exists()
+
+
+@pytest.fixture
+def adapter_file(tmp_path, tiny_bert) -> Path:
+    from kasa_lightning import AdapterConfig, apply_adapters, save_adapter
+
+    apply_adapters(tiny_bert, AdapterConfig(r=2, target_modules=["query", "value"]))
+    return save_adapter(tiny_bert, tmp_path / "adapter.safetensors")
+
+
+@pytest.mark.parametrize("command", ["validate", "export"])
+def test_an_adapter_file_as_ckpt_path_is_named_with_its_use(tmp_path, capsys, adapter_file, command):
+    if command == "export":
+        args = ["export", "--ckpt_path", str(adapter_file), "--output_dir", str(tmp_path / "out")]
+    else:
+        args = [command, "--config", str(QUICKSTART), "--ckpt_path", str(adapter_file)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    last = _lines(capsys.readouterr().err)[-1]
+    assert "--ckpt_path" in last and "adapter file" in last and "load_adapter" in last, last
+    assert "pickle" not in last and "run code" not in last
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_from_checkpoint_of_an_adapter_file_says_what_it_is(adapter_file):
+    from kasa_lightning import KaSAModule
+
+    with pytest.raises(Exception, match="adapter file .*load_adapter") as info:
+        KaSAModule.load_from_checkpoint(adapter_file)
+    assert "pickle" not in str(info.value)
