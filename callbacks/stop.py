@@ -12,34 +12,75 @@
   ``last.ckpt`` of that step (each ``ModelCheckpoint`` with ``save_last``; without one,
   ``<default_root_dir>/last.ckpt``) and sets the exit status to 143 (128 + SIGTERM), so that a scheduler and a
   shell see that the run did not finish. ``fit --ckpt_path .../last.ckpt`` then resumes with the next batch.
+* Ctrl-C (SIGINT) during training is handled like SIGTERM (Lightning's own handling raised ``KeyboardInterrupt``
+  wherever the step was, kept the last epoch-end checkpoint and exited with status 1): the first Ctrl-C asks the
+  loop to stop after the current batch, ``last.ckpt`` of that step is written and the exit status is 130
+  (128 + SIGINT). A second Ctrl-C interrupts at once, as before. Installed from ``on_train_start`` to the end of
+  fit, in the main thread, and only where Python's default SIGINT handler is in place.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
+from types import FrameType
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 SIGTERM_EXIT_STATUS = 143  # 128 + signal 15, what a shell reports for a process ended by SIGTERM
+SIGINT_EXIT_STATUS = 130  # 128 + signal 2, what a shell reports for a process ended by Ctrl-C
 
 
 class StopCheckpoint(L.Callback):
-    """Writes ``last.ckpt`` of the final step at the end of fit and on SIGTERM (then exits with status 143)."""
+    """Writes ``last.ckpt`` of the final step at the end of fit and on SIGTERM (then exits with status 143) or
+    Ctrl-C (status 130)."""
+
+    def __init__(self) -> None:
+        self.interrupted = False  # a Ctrl-C asked the run to stop
+        self._previous: object = None  # the SIGINT handler to put back
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after Lightning registered its own handlers (it restores what it found there when it tears down)
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.interrupted = False
+            self._previous = signal.signal(signal.SIGINT, lambda signum, frame: self._on_sigint(trainer, frame))
+
+    def _on_sigint(self, trainer: L.Trainer, frame: FrameType | None) -> None:
+        if self.interrupted:  # the second Ctrl-C: stop now, the way Python does
+            self._restore()
+            raise KeyboardInterrupt
+        self.interrupted = True
+        trainer._signal_connector.received_sigterm = True  # the loops stop after the current batch
+        if trainer.is_global_zero:
+            print("\nCtrl-C: stopping after the current batch to save it (Ctrl-C again to abort)", file=sys.stderr)
+
+    def _restore(self) -> None:
+        if self._previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+        self._previous = None
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
         for callback in _last_savers(trainer):
             _save_last(trainer, callback)
 
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
         if not isinstance(exception, SIGTERMException):
             return
-        exception.code = SIGTERM_EXIT_STATUS
+        what, status = ("Ctrl-C (SIGINT)", SIGINT_EXIT_STATUS) if self.interrupted else ("SIGTERM", SIGTERM_EXIT_STATUS)
+        exception.code = status
         if trainer.global_step == 0 or trainer.sanity_checking:
             print(
-                f"SIGTERM before the first optimiser step: nothing to save; exiting with status {SIGTERM_EXIT_STATUS}",
+                f"{what} before the first optimiser step: nothing to save; exiting with status {status}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -55,8 +96,8 @@ class StopCheckpoint(L.Callback):
             paths.append(path)
         if trainer.is_global_zero:
             print(
-                f"SIGTERM at global step {trainer.global_step}: saved {', '.join(paths)}; exiting with status "
-                f"{SIGTERM_EXIT_STATUS}. Resume with: fit ... --ckpt_path {paths[0]}",
+                f"{what} at global step {trainer.global_step}: saved {', '.join(paths)}; exiting with status "
+                f"{status}. Resume with: fit ... --ckpt_path {paths[0]}",
                 file=sys.stderr,
                 flush=True,
             )
