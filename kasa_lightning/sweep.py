@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(run.shell_command(root))
         return 0
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_int = signal.signal(signal.SIGINT, _on_sigterm)  # Ctrl-C: the same stop, no KeyboardInterrupt
     failed = []
     try:
         for i, (run, _) in enumerate(runs, 1):
@@ -220,8 +221,18 @@ def main(argv: list[str] | None = None) -> int:
                     f"(see {run.directory(root) / 'status.json'})",
                     flush=True,
                 )
+    except SystemExit as stop:
+        if stop.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            print(
+                "\nsweep: interrupted; the current run is marked interrupted and keeps its last.ckpt. Rerun the "
+                "same sweep command to resume it.",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     print(
         f"sweep: {len(runs) - len(failed)} of {len(runs)} runs done"
         + (f"; failed: {failed}" if failed else "")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -58,11 +59,13 @@ class _Child:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM or Ctrl-C (SIGINT) to the sweep: the training process gets SIGTERM (a Ctrl-C to the terminal's process
+    group reached it already; a second SIGINT would abort it without saving), stops after its batch and saves."""
     _Child.stop = signum
     proc = _Child.proc
     if proc is not None and proc.returncode is None:
         try:
-            proc.send_signal(signum)  # the main thread's wait() returns when it has exited
+            proc.send_signal(signal.SIGTERM)  # the main thread's wait() returns when it has exited
         except ProcessLookupError:
             pass
     else:
@@ -94,12 +97,16 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
             run_dir / "status.json", {"status": "running", "step": step, "started": started, "command": shlex.join(cmd)}
         )
         log = run_dir / f"{step}.log"
-        with open(log, "a") as out:
-            out.write(f"\n$ {shlex.join(cmd)}\n")
-            out.flush()
-            _Child.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
-            code = _Child.proc.wait()
-            _Child.proc = None
+        try:
+            with open(log, "a") as out:
+                out.write(f"\n$ {shlex.join(cmd)}\n")
+                out.flush()
+                _Child.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
+                code = _Child.proc.wait()
+                _Child.proc = None
+        except (KeyboardInterrupt, SystemExit):  # stopped before the process ran or without our handler
+            write_json(run_dir / "status.json", {"status": "interrupted", "step": step, "started": started})
+            raise
         if _Child.stop is not None:  # stopped from outside: the next sweep resumes it from last.ckpt
             write_json(run_dir / "status.json", {"status": "interrupted", "step": step, "started": started})
             raise SystemExit(128 + _Child.stop)
