@@ -6,6 +6,10 @@
   a top-k checkpoint was written as well. With ``monitor`` set, a run stopped by ``max_steps`` mid-epoch, or whose
   last epochs did not improve the metric, kept a ``last.ckpt`` of an earlier step. This callback writes
   ``last.ckpt`` of the final step (through the ``ModelCheckpoint`` itself, so its bookkeeping stays right).
+* End of every training epoch: ``last.ckpt`` of that step too (after the epoch's validation and its top-k
+  checkpoint), so a crash (kill -9) after an epoch that did not improve the monitored metric resumes after that
+  epoch instead of training it again. Callbacks are called before ``Checkpoint`` callbacks; a ``ModelCheckpoint``
+  that saves at the end of the training epoch (no validation loop) may then write ``last.ckpt`` a second time.
 * SIGTERM (what a cluster scheduler sends before it kills a job): Lightning's signal handler only sets
   ``trainer.received_sigterm``; the loop stops after the current batch with ``SIGTERMException``, a ``SystemExit``
   whose status is 0, and nothing after the last regular checkpoint was saved. Here ``on_exception`` writes
@@ -36,8 +40,8 @@ SIGINT_EXIT_STATUS = 130  # 128 + signal 2, what a shell reports for a process e
 
 
 class StopCheckpoint(L.Callback):
-    """Writes ``last.ckpt`` of the final step at the end of fit and on SIGTERM (then exits with status 143) or
-    Ctrl-C (status 130)."""
+    """Writes ``last.ckpt`` at the end of every training epoch, of the final step at the end of fit, and on SIGTERM
+    (then exits with status 143) or Ctrl-C (status 130)."""
 
     def __init__(self) -> None:
         self.interrupted = False  # a Ctrl-C asked the run to stop
@@ -63,6 +67,12 @@ class StopCheckpoint(L.Callback):
         if self._previous is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
         self._previous = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.received_sigterm:
+            return  # on_exception saves this step
+        for callback in _last_savers(trainer):
+            _save_last(trainer, callback)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
