@@ -32,7 +32,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from kasa_lightning.artifacts import ExportFormat
-from kasa_lightning.cli_errors import CLIError, check_ckpt_path, setting_error
+from kasa_lightning.cli_errors import CLIError, check_ckpt_path, check_root_dir, setting_error
 from kasa_lightning.datamodules.base import BaseDataModule
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.loggers import AtomicTensorBoardLogger
@@ -96,6 +96,7 @@ class KaSACLI(LightningCLI):
         if self.subcommand is None:  # run=False: objects only, nothing is loaded or written
             return
         check_ckpt_path(self.config.get(self.subcommand).get("ckpt_path"))
+        check_root_dir(self.config.get(self.subcommand).get("trainer", {}).get("default_root_dir"))
         # a backbone that the run will load by name and cannot be loaded is refused now, before any run folder
         # exists (with backbone_config the name only gives the tokenizer, which the DataModule checks when used)
         model = self.config.get(self.subcommand).get("model")

@@ -7,6 +7,8 @@
   surfaces as jsonargparse's "Does not validate against any of the Union subtypes" with a ``Namespace(...)`` dump,
   75-113 lines, and names ``AdapterConfig.r``. This finds the class's own message in that chain and the setting's
   path in the parsed config, and says ``model.adapter.r=0 is invalid: <the rule>``.
+* `check_root_dir`: a ``trainer.default_root_dir`` inside a regular file (``NotADirectoryError`` once a folder is
+  made there) is refused, naming the setting.
 * `check_ckpt_path`: ``--ckpt_path`` that is a folder (list its ``.ckpt`` files) or an adapter ``.safetensors``
   file (say what it is and how to use it), refused before anything is built or written.
 """
@@ -151,3 +153,16 @@ def check_ckpt_path(value: Any, flag: str = "--ckpt_path") -> None:
         message = foreign_file_message(path, flag)
         if message is not None:
             raise CLIError(message)
+
+
+def check_root_dir(value: Any, setting: str = "trainer.default_root_dir") -> None:
+    """Refuse (`CLIError`) a local folder setting whose path runs through a regular file."""
+    if value is None or "://" in str(value):
+        return
+    path = Path(str(value)).expanduser()
+    for parent in [path, *path.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == path else f"lies under {parent}, which is a file"
+                raise CLIError(f"{setting}={str(value)!r} is invalid: it {where}, not a folder; give a folder path")
+            return

@@ -157,3 +157,13 @@ def test_load_from_checkpoint_of_an_adapter_file_says_what_it_is(adapter_file):
     with pytest.raises(Exception, match="adapter file .*load_adapter") as info:
         KaSAModule.load_from_checkpoint(adapter_file)
     assert "pickle" not in str(info.value)
+
+
+def test_default_root_dir_under_a_file_names_the_setting(tmp_path, capsys):
+    """Old code: a raw NotADirectoryError from os.makedirs."""
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(QUICKSTART), "--trainer.default_root_dir", str(tmp_path / "afile/run")])
+    assert exit_info.value.code == 2
+    last = _lines(capsys.readouterr().err)[-1]
+    assert "trainer.default_root_dir" in last and "is a file" in last and str(tmp_path / "afile") in last, last
