@@ -149,11 +149,17 @@ def export(
     check_ckpt_path(ckpt_path)
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist")
+    created = not Path(output_dir).exists()
     prepare_output_dir(output_dir, overwrite, keep=[ckpt_path])  # before the (slow) load: refuse or clear now
-    module_name, _, cls_name = model_class.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    module = cls.load_from_checkpoint(str(ckpt_path), map_location="cpu")
-    export_module(module, format, output_dir)
+    try:
+        module_name, _, cls_name = model_class.rpartition(".")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        module = cls.load_from_checkpoint(str(ckpt_path), map_location="cpu")
+        export_module(module, format, output_dir)
+    except BaseException:
+        if created and Path(output_dir).is_dir() and not any(Path(output_dir).iterdir()):
+            Path(output_dir).rmdir()  # a failed export leaves no empty folder it made
+        raise
     print(f"wrote {format} to {output_dir}")
     return output_dir
 

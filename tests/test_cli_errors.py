@@ -167,3 +167,31 @@ def test_default_root_dir_under_a_file_names_the_setting(tmp_path, capsys):
     assert exit_info.value.code == 2
     last = _lines(capsys.readouterr().err)[-1]
     assert "trainer.default_root_dir" in last and "is a file" in last and str(tmp_path / "afile") in last, last
+
+
+def test_a_failed_start_and_a_failed_export_leave_no_empty_folders(tmp_path):
+    """Old code: ``<root>`` (and the folders above it that the run made) stayed behind empty after a fit that failed
+    while loading its checkpoint; ``--output_dir`` stayed behind empty after an export that failed the same way."""
+    from kasa_lightning.checkpoint_io import UnsafeCheckpointError
+
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"PK\x03\x04 not really a zip archive")
+    root = tmp_path / "new" / "root"
+    with pytest.raises(UnsafeCheckpointError):
+        main(
+            [
+                "fit",
+                "--config",
+                str(QUICKSTART),
+                *SMALL,
+                "--trainer.default_root_dir",
+                str(root),
+                "--ckpt_path",
+                str(broken),
+            ]
+        )
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "export"
+    with pytest.raises(UnsafeCheckpointError):
+        main(["export", "--ckpt_path", str(broken), "--output_dir", str(out)])
+    assert not out.exists()
