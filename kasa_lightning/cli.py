@@ -107,8 +107,16 @@ class KaSACLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's Trainer, with ``AtomicTensorBoardLogger`` where Lightning would make its default
-        TensorBoard logger (``trainer.logger`` unset or true), with the same arguments."""
+        TensorBoard logger (``trainer.logger`` unset or true), with the same arguments; for ``predict`` without a
+        prediction writer, ``DefaultPredictionWriter`` (a JSON lines file under ``default_root_dir``)."""
         trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "predict":  # predictions land in a file unless a writer was configured
+            from lightning.pytorch.callbacks import BasePredictionWriter
+
+            from kasa_lightning.callbacks.predictions import DefaultPredictionWriter
+
+            if not any(isinstance(cb, BasePredictionWriter) for cb in trainer.callbacks):
+                trainer.callbacks.append(DefaultPredictionWriter.under(trainer.default_root_dir))
         configured = self._get(self.config_init, "trainer", default={}).get("logger")
         default = type(trainer.logger) is TensorBoardLogger and configured in (None, True) and "logger" not in kwargs
         if default and not isinstance(trainer.logger, AtomicTensorBoardLogger):

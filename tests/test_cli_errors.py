@@ -195,3 +195,26 @@ def test_a_failed_start_and_a_failed_export_leave_no_empty_folders(tmp_path):
     with pytest.raises(UnsafeCheckpointError):
         main(["export", "--ckpt_path", str(broken), "--output_dir", str(out)])
     assert not out.exists()
+
+
+def test_predict_without_a_writer_writes_the_predictions_to_a_file(tmp_path, capsys):
+    """Old code: exit 0, nothing printed, nothing written (Lightning kept the predictions in memory)."""
+    import json
+
+    root = tmp_path / "root"
+    main(
+        [
+            "predict",
+            "--config",
+            str(QUICKSTART),
+            *SMALL,
+            "--trainer.default_root_dir",
+            str(root),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
+    (written,) = (root / "predictions").glob("predictions-*.jsonl")
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert len(rows) == 8 and all(row["prediction"] in (0, 1) for row in rows)  # the 8 validation sentences
+    assert f"predict: 8 predictions written to {written}" in capsys.readouterr().out
