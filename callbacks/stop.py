@@ -6,10 +6,12 @@
   a top-k checkpoint was written as well. With ``monitor`` set, a run stopped by ``max_steps`` mid-epoch, or whose
   last epochs did not improve the metric, kept a ``last.ckpt`` of an earlier step. This callback writes
   ``last.ckpt`` of the final step (through the ``ModelCheckpoint`` itself, so its bookkeeping stays right).
-* End of every training epoch: ``last.ckpt`` of that step too (after the epoch's validation and its top-k
-  checkpoint), so a crash (kill -9) after an epoch that did not improve the monitored metric resumes after that
-  epoch instead of training it again. Callbacks are called before ``Checkpoint`` callbacks; a ``ModelCheckpoint``
-  that saves at the end of the training epoch (no validation loop) may then write ``last.ckpt`` a second time.
+* End of every training epoch: ``last.ckpt`` of that step too, so a crash (kill -9) after an epoch that did not
+  improve the monitored metric resumes after that epoch instead of training it again. It has to come after the
+  ``ModelCheckpoint``'s own epoch-end work (which runs after every other callback and after the module's
+  ``on_train_epoch_end``, and skips its top-k save at a step where a checkpoint was already written), so each
+  ``ModelCheckpoint`` with ``save_last`` gets its ``on_train_epoch_end`` followed by that save for the length of
+  the fit (an instance attribute, removed at the end of training).
 * SIGTERM (what a cluster scheduler sends before it kills a job): Lightning's signal handler only sets
   ``trainer.received_sigterm``; the loop stops after the current batch with ``SIGTERMException``, a ``SystemExit``
   whose status is 0, and nothing after the last regular checkpoint was saved. Here ``on_exception`` writes
@@ -28,6 +30,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -46,8 +49,13 @@ class StopCheckpoint(L.Callback):
     def __init__(self) -> None:
         self.interrupted = False  # a Ctrl-C asked the run to stop
         self._previous: object = None  # the SIGINT handler to put back
+        self._wrapped: list[ModelCheckpoint] = []  # callbacks whose on_train_epoch_end is followed by a last save
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for callback in _last_savers(trainer):
+            if "on_train_epoch_end" not in vars(callback):
+                callback.on_train_epoch_end = _then_save_last(callback)  # type: ignore[method-assign]
+                self._wrapped.append(callback)
         # after Lightning registered its own handlers (it restores what it found there when it tears down)
         in_main = threading.current_thread() is threading.main_thread()
         if in_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -64,15 +72,12 @@ class StopCheckpoint(L.Callback):
             print("\nCtrl-C: stopping after the current batch to save it (Ctrl-C again to abort)", file=sys.stderr)
 
     def _restore(self) -> None:
+        for callback in self._wrapped:
+            vars(callback).pop("on_train_epoch_end", None)
+        self._wrapped = []
         if self._previous is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
         self._previous = None
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.received_sigterm:
-            return  # on_exception saves this step
-        for callback in _last_savers(trainer):
-            _save_last(trainer, callback)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
@@ -111,6 +116,19 @@ class StopCheckpoint(L.Callback):
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def _then_save_last(callback: ModelCheckpoint) -> Callable[[L.Trainer, L.LightningModule], None]:
+    """``callback.on_train_epoch_end``, then its ``last.ckpt`` of this step (unless a stop signal is pending: the
+    stop then saves this step itself)."""
+    original = callback.on_train_epoch_end
+
+    def on_train_epoch_end(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        original(trainer, pl_module)
+        if not trainer.received_sigterm:
+            _save_last(trainer, callback)
+
+    return on_train_epoch_end
 
 
 def _last_savers(trainer: L.Trainer) -> list[ModelCheckpoint]:

@@ -32,7 +32,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from kasa_lightning.artifacts import ExportFormat
-from kasa_lightning.cli_errors import CLIError, check_ckpt_path, check_root_dir, setting_error
+from kasa_lightning.cli_errors import CLIError, check_ckpt_path, check_root_dir, resolve_best, setting_error
 from kasa_lightning.datamodules.base import BaseDataModule
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.loggers import AtomicTensorBoardLogger
@@ -95,6 +95,9 @@ class KaSACLI(LightningCLI):
             raise ValueError(f"{self.subcommand!r} is not a Trainer command; run it with kasa_lightning.cli.main")
         if self.subcommand is None:  # run=False: objects only, nothing is loaded or written
             return
+        config = self.config.get(self.subcommand)
+        if config.get("ckpt_path") == "best" and self.subcommand in ("validate", "test", "predict"):
+            config.ckpt_path = resolve_best(config.get("trainer", {}).get("default_root_dir"), self.subcommand)
         check_ckpt_path(self.config.get(self.subcommand).get("ckpt_path"))
         check_root_dir(self.config.get(self.subcommand).get("trainer", {}).get("default_root_dir"))
         # a backbone that the run will load by name and cannot be loaded is refused now, before any run folder

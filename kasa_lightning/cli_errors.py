@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import struct
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,30 @@ def check_root_dir(value: Any, setting: str = "trainer.default_root_dir") -> Non
                 where = "is a file" if parent == path else f"lies under {parent}, which is a file"
                 raise CLIError(f"{setting}={str(value)!r} is invalid: it {where}, not a folder; give a folder path")
             return
+
+
+def resolve_best(root: Any, command: str) -> str:
+    """``--ckpt_path best`` for ``validate``/``test``/``predict`` in a new process: Lightning resolves ``best`` only
+    from the ``ModelCheckpoint`` of the fit that ran in the same Trainer, so here it is the ``best_model_path`` that
+    the newest run under ``root`` recorded in its ``metrics.json``. Refuses (`CLIError`) when no run did."""
+    import json
+
+    base = Path(str(root or ".")).expanduser()
+    found = []
+    for metrics in [base / "metrics.json", *base.glob("*/metrics.json"), *base.glob("lightning_logs/*/metrics.json")]:
+        try:
+            fit = json.loads(metrics.read_text()).get("fit") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        best = fit.get("best_model_path")
+        if best and Path(best).is_file():
+            found.append((metrics.stat().st_mtime, best, fit.get("best_model_score")))
+    if not found:
+        raise CLIError(
+            f"--ckpt_path best: no run under trainer.default_root_dir={str(base)!r} recorded a best checkpoint (a "
+            "fit with a ModelCheckpoint that monitors a metric writes it to its metrics.json); give the run's "
+            f"default_root_dir, or the file itself: {command} ... --ckpt_path <run>/checkpoints/best-*.ckpt"
+        )
+    _, best, score = max(found)
+    print(f"--ckpt_path best: {best} (the newest run's best checkpoint, score {score})", file=sys.stderr, flush=True)
+    return str(best)

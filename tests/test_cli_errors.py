@@ -218,3 +218,23 @@ def test_predict_without_a_writer_writes_the_predictions_to_a_file(tmp_path, cap
     rows = [json.loads(line) for line in written.read_text().splitlines()]
     assert len(rows) == 8 and all(row["prediction"] in (0, 1) for row in rows)  # the 8 validation sentences
     assert f"predict: 8 predictions written to {written}" in capsys.readouterr().out
+
+
+def test_validate_ckpt_path_best_uses_the_newest_runs_best_checkpoint(tmp_path, capsys):
+    """Old code: "`.validate(ckpt_path="best")` is set but `ModelCheckpoint` is not configured to save the best
+    model" in a new process, although the config monitors a metric."""
+    import json
+
+    root = tmp_path / "root"
+    small = ["--data.init_args.train_size", "16", "--data.init_args.val_size", "8", "--trainer.max_epochs", "1"]
+    common = ["--config", str(QUICKSTART), *small, "--trainer.default_root_dir", str(root)]
+    with pytest.raises(SystemExit) as exit_info:  # no run yet: refused, saying why and what to pass
+        main(["validate", *common, "--ckpt_path", "best"])
+    assert exit_info.value.code == 2
+    assert "no run under trainer.default_root_dir" in _lines(capsys.readouterr().err)[-1]
+
+    main(["fit", *common, "--trainer.enable_progress_bar", "false"])
+    fit = json.loads((root / "lightning_logs/version_0/metrics.json").read_text())["fit"]
+    cli = main(["validate", *common, "--ckpt_path", "best", "--trainer.enable_progress_bar", "false"])
+    assert f"--ckpt_path best: {fit['best_model_path']}" in capsys.readouterr().err
+    assert cli.trainer.callback_metrics["val/accuracy"].item() == pytest.approx(fit["best_model_score"])
