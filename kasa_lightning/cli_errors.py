@@ -194,3 +194,38 @@ def resolve_best(root: Any, command: str) -> str:
     _, best, score = max(found)
     print(f"--ckpt_path best: {best} (the newest run's best checkpoint, score {score})", file=sys.stderr, flush=True)
     return str(best)
+
+
+def damaged_checkpoint(path: Path) -> str | None:
+    """Why the checkpoint ``path`` cannot be read (a torch checkpoint is a zip archive: a truncated one has no
+    central directory at its end), or None when it looks whole. Reads the archive's index only."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.infolist()
+    except (OSError, zipfile.BadZipFile) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def damaged_last_message(last: Path) -> str | None:
+    """For a run folder's damaged ``last.ckpt``: what is wrong, the run's other checkpoints that are whole, and how
+    to restart from one (None when ``last`` is readable)."""
+    problem = damaged_checkpoint(last)
+    if problem is None:
+        return None
+    others = sorted(
+        (p for p in last.parent.glob("*.ckpt") if p != last and damaged_checkpoint(p) is None),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    if others:
+        use = (
+            f"whole checkpoints of this run, newest first: {', '.join(p.name for p in others)}. To go on from one: "
+            f"mv {last} {last}.damaged && cp {others[0]} {last}, then rerun the sweep command (or delete the run "
+            "folder to train the run anew)"
+        )
+    else:
+        use = f"no other checkpoint of this run is whole: delete {last.parent.parent} and rerun the sweep command"
+    return f"{last} is damaged ({problem}), so every rerun would fail on it; {use}"

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from kasa_lightning.cli_errors import damaged_last_message
 from kasa_lightning.sweep_spec import Run, read_json, write_json
 
 
@@ -82,6 +83,12 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
             status = {"status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             write_json(run_dir / "status.json", status)
         return {**status, "skipped": True}
+    last = run_dir / "checkpoints" / "last.ckpt"
+    damaged = damaged_last_message(last) if not state["fit_done"] and last.is_file() else None
+    if damaged is not None:  # resuming from it fails the same way every time: say which files could be used
+        status = {"status": "failed", "step": "fit", "error": damaged, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(run_dir / "status.json", status)
+        return status
     fit, *rest = run.commands(root)
     steps: list[tuple[str, list[str]]] = []
     if not state["fit_done"]:
