@@ -53,7 +53,7 @@ def _fit(root, *callbacks, ckpt_path=None, **kwargs):  # noqa: ANN001, ANN002, A
     t = trainer(root, callbacks=[ConstantMetric(), *callbacks, count, ckpt], **kwargs)
     module = tiny_module(adapter=AdapterConfig(r=4), lr_scheduler=_constant)
     t.fit(module, tiny_data(), ckpt_path=ckpt_path)
-    if ckpt_path is None and "max_steps" not in kwargs:  # the top-k checkpoint of the one improving epoch is still written
+    if ckpt_path is None and "max_steps" not in kwargs:  # the one improving epoch still gets its top-k save
         assert ckpt.best_model_path.endswith("epoch=0-step=5.ckpt"), ckpt.best_model_path
     return {k: v.detach().clone() for k, v in adapter_state_dict(module.model).items()}, count.count
 
