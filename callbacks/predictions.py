@@ -134,3 +134,25 @@ class JsonlPredictionWriter(BasePredictionWriter):
         if remove and self._tmp is not None and self._tmp.exists():
             self._tmp.unlink()
         self._tmp = None
+
+
+class DefaultPredictionWriter(JsonlPredictionWriter):
+    """The writer ``predict`` uses when ``trainer.callbacks`` names none (without one, Lightning keeps predictions
+    in memory and the command printed nothing): ``<default_root_dir>/predictions/predictions-<time>.jsonl``, and a
+    line saying where they went."""
+
+    @classmethod
+    def under(cls, root: str | os.PathLike) -> DefaultPredictionWriter:
+        import time
+
+        return cls(Path(root) / "predictions" / f"predictions-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_predict_end(trainer, pl_module)
+        if trainer.is_global_zero and self.written is not None:
+            print(
+                f"predict: {self.lines} predictions written to {self.written} (the default writer; name a "
+                "prediction writer, e.g. kasa_lightning.callbacks.predictions.JsonlPredictionWriter, in "
+                "trainer.callbacks to choose the file)",
+                flush=True,
+            )

@@ -135,6 +135,7 @@ class BaseDataModule(L.LightningDataModule):
             if self._resume is not None:
                 sampler.skip(self._resume["epoch"], self._samples_done(self._resume, sampler, world))
                 self._resume = None
+                _silence_not_resumable_warning()
         return DataLoader(
             data,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -157,6 +158,7 @@ class BaseDataModule(L.LightningDataModule):
         return self._loader(self.predict_set if self.predict_set is not None else self.test_set, "predict", False)
 
     # ------------------------------------------------------------------ exact resume
+    # (the sampler's position travels in this DataModule's state; Lightning only sees a DataLoader without one)
     def state_dict(self) -> dict[str, int]:
         if self.trainer is None:
             return {}
@@ -195,3 +197,20 @@ class BaseDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state:
             self._resume = dict(state)
+
+
+def _silence_not_resumable_warning() -> None:
+    """Lightning warns on every mid-epoch resume that the DataLoader "is not resumable" because the loader has no
+    ``state_dict``; here the DataModule's state restores `ResumableSampler`'s position, so the resume is exact and
+    the warning untrue. Ignore that one message (it is only ever issued on a resume, and this runs only when a
+    resume restored our sampler)."""
+    import warnings
+
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    warnings.filterwarnings(
+        "ignore",
+        message=r"You're resuming from a checkpoint that ended before the epoch ended and your dataloader is not "
+        r"resumable",
+        category=PossibleUserWarning,
+    )

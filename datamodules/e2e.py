@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from kasa_lightning.datamodules.causal import CausalLMDataModule
-from kasa_lightning.datamodules.errors import DataFileError
+from kasa_lightning.datamodules.errors import DataFileError, utf8_lines
 from kasa_lightning.hub import is_local_path
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def read_e2e_csv(path: str | os.PathLike) -> tuple[list[str], list[tuple[int, di
     as ``mr, ref``, lets an unclosed quote swallow the following rows, and buries its other parse errors under a
     ``DatasetGenerationError``; here each raises ``DataFileError`` with the file and line. Blank lines are skipped.
     """
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+    with utf8_lines(path), open(path, encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle, strict=True)
         header: list[str] | None = None
         rows: list[tuple[int, dict[str, str]]] = []

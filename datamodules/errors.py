@@ -13,9 +13,50 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+#: files that ``data_errors`` checks for UTF-8 before they are read
+_TEXT_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".txt")
+
 
 class DataFileError(ValueError):
     """A data file is empty, malformed or unreadable; the message names the file (and line) and the fix."""
+
+
+def utf8_error(path: str | os.PathLike) -> DataFileError | None:
+    """The `DataFileError` naming the first line of ``path`` that is not valid UTF-8 (Python's own error gives a
+    byte offset into the file), or None when the whole file decodes (checked in large chunks first)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                decoder.decode(chunk)
+        decoder.decode(b"", final=True)
+        return None
+    except UnicodeDecodeError:
+        pass
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return DataFileError(
+                    f"{path}:{number}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1}); "
+                    "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+                )
+    return None
+
+
+@contextmanager
+def utf8_lines(path: str | os.PathLike) -> Iterator[None]:
+    """Around a text read of ``path``: a ``UnicodeDecodeError`` becomes `utf8_error`'s message with the line."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        named = utf8_error(path)
+        if named is None:
+            raise
+        raise named from err
 
 
 @contextmanager
@@ -24,6 +65,7 @@ def data_errors(what: str, files: Sequence[str | os.PathLike] = ()) -> Iterator[
     turn ``DatasetGenerationError`` and a bare ``StopIteration`` (``datasets``' JSON reader on a 0-byte file) into
     the error that caused it.
 
+    * a text file that is not valid UTF-8 is refused first, naming its line (`utf8_error`);
     * a :class:`DataFileError` raised by our own readers (its message names the file and line) is raised as is;
     * an empty file becomes a :class:`DataFileError` saying so;
     * anything else (a JSON or CSV parse error) becomes a :class:`DataFileError` naming ``what``, the files, the
@@ -31,13 +73,21 @@ def data_errors(what: str, files: Sequence[str | os.PathLike] = ()) -> Iterator[
     """
     from datasets.exceptions import DatasetGenerationError
 
+    for name in map(str, files):  # pyarrow's JSON reader keeps invalid UTF-8, which then fails later, by byte offset
+        bad = utf8_error(name) if name.lower().endswith(_TEXT_SUFFIXES) and os.path.isfile(name) else None
+        if bad is not None:
+            raise DataFileError(f"{what}: {bad}")
     try:
         yield
-    except (DatasetGenerationError, StopIteration) as err:
+    except (DatasetGenerationError, StopIteration, UnicodeDecodeError) as err:
         cause = (err.__cause__ or err.__context__) if isinstance(err, DatasetGenerationError) else err
         if isinstance(cause, DataFileError):
             raise cause from None
         names = [str(f) for f in files]
+        for name in names:  # a byte offset is no help: name the line
+            bad = utf8_error(name) if os.path.isfile(name) else None
+            if bad is not None:
+                raise DataFileError(f"{what}: {bad}") from cause
         empty = [f for f in names if os.path.isfile(f) and not _has_content(f)]
         if empty:
             raise DataFileError(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kasa_lightning.datamodules.base import BaseDataModule
-from kasa_lightning.datamodules.errors import DataFileError, data_errors
+from kasa_lightning.datamodules.errors import DataFileError, data_errors, utf8_lines
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def read_glue_tsv(path: str | os.PathLike, task: str) -> list[dict[str, Any]]:
     """Rows ``{"text_a", "text_b", "label"}`` of a GLUE TSV file (quoting off, BOM removed); raises on a missing
     column or an unknown label value, and on an empty file, naming the file and line (``DataFileError``)."""
     spec = TASKS[task]
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with utf8_lines(path), open(path, encoding="utf-8-sig", newline="") as f:
         lines = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     if not any(fields and fields != [""] for fields in lines):
         raise DataFileError(

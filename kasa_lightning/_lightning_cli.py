@@ -16,6 +16,7 @@ commands); the sweep uses it to resolve configs without running them.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, ClassVar
 
 from lightning.pytorch import Trainer
@@ -23,6 +24,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from kasa_lightning._short_names import import_shipped_classes
+from kasa_lightning.cli_errors import check_ckpt_path, check_root_dir, resolve_best, setting_error
 from kasa_lightning.datamodules.base import BaseDataModule
 from kasa_lightning.hub import resolve_pretrained
 from kasa_lightning.training.loggers import AtomicTensorBoardLogger
@@ -46,7 +48,21 @@ class KaSACLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         import_shipped_classes()  # short names (--data.help GLUEDataModule) resolve only for imported classes
+        given = sys.argv[1:] if kwargs.get("args") is None else kwargs["args"]
+        self._given_args = [str(a) for a in given] if isinstance(given, list) else []  # to name settings as written
         super().__init__(*args, **kwargs)
+
+    def instantiate_classes(self) -> None:
+        """LightningCLI's, with a value that a class refuses at construction reported as a `CLIError` naming the
+        setting as written (``model.adapter.r=0 is invalid: ...``) instead of jsonargparse's union error."""
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            config = self.config.get(self.subcommand) if self.subcommand else self.config
+            error = setting_error(err, config.as_dict() if config is not None else {}, self._given_args)
+            if error is None:
+                raise
+            raise error from err
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI overwrites the parsed model settings with the checkpoint's hyperparameters when
@@ -90,6 +106,11 @@ class KaSACLI(LightningCLI):
             raise ValueError(f"{self.subcommand!r} is not a Trainer command; run it with kasa_lightning.cli.main")
         if self.subcommand is None:  # run=False: objects only, nothing is loaded or written
             return
+        config = self.config.get(self.subcommand)
+        if config.get("ckpt_path") == "best" and self.subcommand in ("validate", "test", "predict"):
+            config.ckpt_path = resolve_best(config.get("trainer", {}).get("default_root_dir"), self.subcommand)
+        check_ckpt_path(config.get("ckpt_path"))
+        check_root_dir(config.get("trainer", {}).get("default_root_dir"))
         # a backbone that the run will load by name and cannot be loaded is refused now, before any run folder
         # exists (with backbone_config the name only gives the tokenizer, which the DataModule checks when used)
         model = self.config.get(self.subcommand).get("model")
@@ -110,8 +131,17 @@ class KaSACLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's Trainer, with ``AtomicTensorBoardLogger`` where Lightning would make its default
-        TensorBoard logger (``trainer.logger`` unset or true), with the same arguments."""
+        TensorBoard logger (``trainer.logger`` unset or true), with the same arguments; for ``predict`` without a
+        prediction writer, ``DefaultPredictionWriter`` (a JSON lines file under ``default_root_dir``)."""
         trainer = super().instantiate_trainer(**kwargs)
+        if self.subcommand == "predict":  # predictions land in a file unless a writer was configured
+            from lightning.pytorch.callbacks import BasePredictionWriter
+
+            from kasa_lightning.callbacks.predictions import DefaultPredictionWriter
+
+            callbacks: list[Any] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning at run time
+            if not any(isinstance(cb, BasePredictionWriter) for cb in callbacks):
+                callbacks.append(DefaultPredictionWriter.under(trainer.default_root_dir))
         configured = self._get(self.config_init, "trainer", default={}).get("logger")
         default = type(trainer.logger) is TensorBoardLogger and configured in (None, True) and "logger" not in kwargs
         if default and not isinstance(trainer.logger, AtomicTensorBoardLogger):

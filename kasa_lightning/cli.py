@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kasa_lightning._lightning_cli import KaSACLI
+from kasa_lightning.cli_errors import CLIError, check_ckpt_path
 from kasa_lightning.training.artifacts import ExportFormat
 
 __all__ = ["COMMANDS", "Command", "KaSACLI", "export", "main"]
@@ -53,13 +54,20 @@ def export(
 
     if ckpt_path is None or output_dir is None:
         raise ValueError("export needs --ckpt_path <fit checkpoint> and --output_dir <directory>")
+    check_ckpt_path(ckpt_path)
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"--ckpt_path {ckpt_path} does not exist")
+    created = not Path(output_dir).exists()
     prepare_output_dir(output_dir, overwrite, keep=[ckpt_path])  # before the (slow) load: refuse or clear now
-    module_name, _, cls_name = model_class.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    module = cls.load_from_checkpoint(str(ckpt_path), map_location="cpu")
-    export_module(module, format, output_dir)
+    try:
+        module_name, _, cls_name = model_class.rpartition(".")
+        cls = getattr(importlib.import_module(module_name), cls_name)
+        module = cls.load_from_checkpoint(str(ckpt_path), map_location="cpu")
+        export_module(module, format, output_dir)
+    except BaseException:
+        if created and Path(output_dir).is_dir() and not any(Path(output_dir).iterdir()):
+            Path(output_dir).rmdir()  # a failed export leaves no empty folder it made
+        raise
     print(f"wrote {format} to {output_dir}")
     return output_dir
 
@@ -136,11 +144,16 @@ KaSACLI.extra_commands = {name: command.help for name, command in COMMANDS.items
 def main(argv: list[str] | None = None) -> KaSACLI | None:
     """Entry point; ``argv`` defaults to ``sys.argv[1:]``. Returns the CLI object (None for ``COMMANDS``)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    if args and args[0] in COMMANDS:
-        COMMANDS[args[0]].run(args[1:])
-        return None
     try:
+        if args and args[0] in COMMANDS:
+            COMMANDS[args[0]].run(args[1:])
+            return None
         return KaSACLI(args=argv)
+    except CLIError as err:  # a bad value on the command line: the message, not a traceback
+        for line in err.details:
+            print(line, file=sys.stderr)
+        print(f"error: {err.message}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         _close_process_group()
 

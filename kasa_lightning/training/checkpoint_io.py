@@ -114,6 +114,11 @@ def _load(f: IO[bytes], source: str, map_location: Any, safe_globals: list[Any] 
         with torch.serialization.safe_globals(SAFE_GLOBALS + list(safe_globals or [])):
             return torch.load(f, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 (a non-checkpoint file fails in many ways: zip, pickle, index errors)
+        from kasa_lightning.cli_errors import foreign_file_message
+
+        foreign = foreign_file_message(source, flag="")  # an adapter .safetensors: say what it is, not "pickle"
+        if foreign is not None:
+            raise UnsafeCheckpointError(foreign) from None
         raise explain(source, err) from None  # not torch's text: it advises turning the protection off
 
 

@@ -67,20 +67,20 @@ class AtomicTensorBoardLogger(TensorBoardLogger):
     * if the run fails (``finalize("failed")``) before this logger logged any metric and the folder it created
       holds nothing but ``config.yaml``, ``hparams.yaml`` and TensorBoard event files, the folder is removed, so a
       bad setting does not leave an empty ``version_N`` behind. Only that folder is touched, file by file (and
-      ``<save_dir>/<name>`` when this logger created it and it is empty then).
+      ``<save_dir>/<name>`` and ``<save_dir>`` and the folders above it that this logger created, while empty).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._claimed: str | None = None  # the folder this logger created, if it did
-        self._created_parent = False  # whether it also created <save_dir>/<name>
+        self._created_parents: list[str] = []  # the folders above it that it created, deepest first
         self._logged_metrics = False
 
     def _get_next_version(self) -> int:
         if getattr(rank_zero_only, "rank", 0) != 0 or not _is_local_file_protocol(self.root_dir):
             return super()._get_next_version()
         parent = os.path.expanduser(os.path.expandvars(self.root_dir))  # as log_dir expands it
-        self._created_parent = not os.path.isdir(parent)
+        self._created_parents = _missing_folders(parent)
         version, self._claimed = claim_next_version(parent)
         return version
 
@@ -93,9 +93,19 @@ class AtomicTensorBoardLogger(TensorBoardLogger):
         super().finalize(status)
         claimed = self._claimed
         unused = status == "failed" and claimed is not None and not self._logged_metrics
-        if unused and claimed is not None and remove_unused_run_dir(claimed) and self._created_parent:
-            with contextlib.suppress(OSError):  # only while empty: another run may have claimed a version
-                os.rmdir(os.path.dirname(claimed))
+        if unused and claimed is not None and remove_unused_run_dir(claimed):
+            for folder in self._created_parents:  # <save_dir>/<name>, then <save_dir> and up, as far as created
+                with contextlib.suppress(OSError):  # only while empty: another run may have claimed a version
+                    os.rmdir(folder)
+
+
+def _missing_folders(path: str) -> list[str]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while path and not os.path.isdir(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def remove_unused_run_dir(path: str | os.PathLike) -> bool:

@@ -13,7 +13,15 @@ from typing import Any
 
 from kasa_lightning.experiments.paper.results import lookup
 from kasa_lightning.experiments.stats import compare_means, summarize
-from kasa_lightning.experiments.sweep import ABLATION, MANIFEST, Run, SweepError, read_json, run_state
+from kasa_lightning.experiments.sweep import (
+    ABLATION,
+    MANIFEST,
+    Run,
+    SweepError,
+    read_json,
+    run_state,
+    unreadable_json,
+)
 
 ABLATION_PAPER = {"1-lora": "lora", "5-kasa": "kasa"}  # the steps the paper's tables have a number for
 
@@ -69,7 +77,15 @@ def collect(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         run = Run(**{k: v for k, v in spec.items() if k in fields})
         state = run_state(run, run_dir)
         entry = {**spec, "run": rel, "values": {}, "state": "complete", "error": None}
-        if not state.get("trained", state["complete"]):  # lm-eval (--eval_tasks) is reported apart, below
+        damaged = unreadable_json(run_dir / "metrics.json")
+        if damaged is not None:  # not "interrupted or still running": say what is wrong and the way out
+            entry["state"] = "failed"
+            entry["error"] = (
+                f"{run_dir / 'metrics.json'} is unreadable ({damaged}): the file is damaged. Move it away and rerun "
+                "the sweep command, which runs this run again from its checkpoints/last.ckpt, or delete the run's "
+                "folder to train it anew"
+            )
+        elif not state.get("trained", state["complete"]):  # lm-eval (--eval_tasks) is reported apart, below
             failed = state["status"] == "failed"
             entry["state"] = "failed" if failed else "missing"
             entry["error"] = (

@@ -71,6 +71,7 @@ from kasa_lightning.experiments.sweep._spec import (
     parse_seeds,
     read_json,
     task_name,
+    unreadable_json,
     write_json,
 )
 
@@ -92,6 +93,7 @@ __all__ = [
     "parse_seeds",
     "plan",
     "read_json",
+    "unreadable_json",
     "resolve",
     "run_state",
     "task_name",
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             print(run.shell_command(root))
         return 0
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous_int = signal.signal(signal.SIGINT, on_sigterm)  # Ctrl-C: the same stop, no KeyboardInterrupt
     failed: list[str] = []
     busy: list[tuple[int, Run]] = []  # runs another sweep holds: done after the others, once it lets go
     try:
@@ -242,8 +245,18 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(2.0)
             print(f"[{i}/{len(runs)}] {run.rel_dir}: ", end="", flush=True)
             _execute_locked(run, root, lock, failed)
+    except SystemExit as stop:
+        if stop.code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            print(
+                "\nsweep: interrupted; the current run is marked interrupted and keeps its last.ckpt. Rerun the "
+                "same sweep command to resume it.",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         sweep_lock.release(registration)
     print(
         f"sweep: {len(runs) - len(failed)} of {len(runs)} runs done"

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from kasa_lightning.cli_errors import damaged_last_message
 from kasa_lightning.experiments.sweep._spec import Run, read_json, write_json
 
 
@@ -62,11 +64,13 @@ class _Child:
 
 
 def on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM or Ctrl-C (SIGINT) to the sweep: the training process gets SIGTERM (a Ctrl-C to the terminal's process
+    group reached it already; a second SIGINT would abort it without saving), stops after its batch and saves."""
     _Child.stop = signum
     proc = _Child.proc
     if proc is not None and proc.returncode is None:
         try:
-            proc.send_signal(signum)  # the main thread's wait() returns when it has exited
+            proc.send_signal(signal.SIGTERM)  # the main thread's wait() returns when it has exited
         except ProcessLookupError:
             pass
     else:
@@ -83,6 +87,12 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
             status = {"status": "done", "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             write_json(run_dir / "status.json", status)
         return {**status, "skipped": True}
+    last = run_dir / "checkpoints" / "last.ckpt"
+    damaged = damaged_last_message(last) if not state["fit_done"] and last.is_file() else None
+    if damaged is not None:  # resuming from it fails the same way every time: say which files could be used
+        status = {"status": "failed", "step": "fit", "error": damaged, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(run_dir / "status.json", status)
+        return status
     fit, *rest = run.commands(root)
     steps: list[tuple[str, list[str]]] = []
     if not state["fit_done"]:
@@ -100,12 +110,16 @@ def execute(run: Run, root: Path) -> dict[str, Any]:
             run_dir / "status.json", {"status": "running", "step": step, "started": started, "command": shlex.join(cmd)}
         )
         log = run_dir / f"{step}.log"
-        with open(log, "a") as out:
-            out.write(f"\n$ {shlex.join(cmd)}\n")
-            out.flush()
-            _Child.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
-            code = _Child.proc.wait()
-            _Child.proc = None
+        try:
+            with open(log, "a") as out:
+                out.write(f"\n$ {shlex.join(cmd)}\n")
+                out.flush()
+                _Child.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=os.getcwd())
+                code = _Child.proc.wait()
+                _Child.proc = None
+        except (KeyboardInterrupt, SystemExit):  # stopped before the process ran or without our handler
+            write_json(run_dir / "status.json", {"status": "interrupted", "step": step, "started": started})
+            raise
         if _Child.stop is not None:  # stopped from outside: the next sweep resumes it from last.ckpt
             write_json(run_dir / "status.json", {"status": "interrupted", "step": step, "started": started})
             raise SystemExit(128 + _Child.stop)

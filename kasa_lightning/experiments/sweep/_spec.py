@@ -145,6 +145,17 @@ def read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def unreadable_json(path: Path) -> str | None:
+    """Why the existing file ``path`` cannot be read as a JSON object (None when it can, or does not exist)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None if isinstance(data, dict) else f"it holds a {type(data).__name__}, not a JSON object"
+
+
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
