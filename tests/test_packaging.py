@@ -58,6 +58,7 @@ def test_editable_install_imports_under_package_names():
     import kasa_lightning.callbacks
     import kasa_lightning.datamodules
 
+    # the files of the top-level folders (reached directly or through the links kasa_lightning/callbacks, ...)
     assert Path(kasa_lightning.callbacks.__file__).resolve().parent == ROOT / "callbacks"
     assert Path(kasa_lightning.datamodules.__file__).resolve().parent == ROOT / "datamodules"
     assert importlib.util.find_spec("kasa_lightning.kasa") is not None
