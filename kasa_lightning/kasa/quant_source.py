@@ -116,7 +116,10 @@ def _local_folder(location: str) -> Path | None:
     except ImportError:
         return None
     for name in ("model.safetensors.index.json", "model.safetensors"):
-        found = try_to_load_from_cache(location, name)
+        try:
+            found = try_to_load_from_cache(location, name)
+        except ValueError:  # not a Hub name either (e.g. a local folder that was deleted)
+            return None
         if isinstance(found, str):
             return Path(found).parent
     return None
