@@ -100,8 +100,9 @@ class AdaptedLayer(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if config.removes_triplets:
-            self.register_buffer("dropped_u", torch.zeros(out_features, config.r, device=device))
-            self.register_buffer("dropped_v", torch.zeros(in_features, config.r, device=device))
+            d_dtype = torch.float32 if quantized is not None else None  # None: the default dtype, as before
+            self.register_buffer("dropped_u", torch.zeros(out_features, config.r, device=device, dtype=d_dtype))
+            self.register_buffer("dropped_v", torch.zeros(in_features, config.r, device=device, dtype=d_dtype))
         else:
             self.dropped_u = None
             self.dropped_v = None
@@ -112,6 +113,19 @@ class AdaptedLayer(nn.Module):
         # FSDP: D (old factors) still folded into a base weight that loads after this layer's buffers
         self._pending_refold: tuple[torch.Tensor, torch.Tensor] | None = None
         base_layer.register_load_state_dict_post_hook(self._refold_after_base_load)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202
+        # On a quantised base D stays float32 through dtype casts (``module.to(torch.bfloat16)``, Lightning's
+        # bf16-true): the base holds Q(W - D) quantised from the float32 D, and reloading re-quantises from the
+        # saved D, so a rounded D would no longer describe the base. Device moves apply as usual.
+        kept = self.dropped_factors() if self.quantized is not None else None
+        super()._apply(fn, recurse)
+        if kept is not None:
+            for name, old in zip(("dropped_u", "dropped_v"), kept):
+                new = self._buffers[name]
+                if new is not None and new.dtype != torch.float32:
+                    self._buffers[name] = old.to(new.device)
+        return self
 
     @property
     def merged(self) -> bool:
@@ -296,7 +310,7 @@ class AdaptedLayer(nn.Module):
             else:
                 w = self.quantized.source_weight(self.base_layer)  # (out, in) float32, one layer at a time
                 u, v = self._required_dropped_factors()
-                w.addmm_(u.to(w.device), v.to(w.device).T, alpha=-1.0)
+                w.addmm_(u.to(w), v.to(w).T, alpha=-1.0)
                 self.quantized.write(self.base_layer, w)
                 del w
         self.state = target
