@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .inject import adapted_layers, adapter_record
+from .layer import AdaptedLayer
 from .quant_source import checkpoint_files
 
 
@@ -33,7 +34,7 @@ def write_merged_from_checkpoint(model: nn.Module, path: str | os.PathLike) -> P
 
     files = checkpoint_files(model)  # tensor name -> file; refuses a model without safetensors files
     source = next(iter(files.values())).parent
-    merged: dict[str, nn.Module] = {f"{name}.weight": layer for name, layer in adapted_layers(model)}
+    merged: dict[str, AdaptedLayer] = {f"{name}.weight": layer for name, layer in adapted_layers(model)}
     missing = sorted(set(merged) - set(files))
     if missing:
         raise KeyError(f"the checkpoint at {source} has no tensor {missing[0]!r}: was the model loaded from it?")
