@@ -9,8 +9,8 @@ medians; ratios are medians of per-repeat ratios) and peak memory of one step (`
 the target-free base linear weights against their bf16 bytes (codes plus every quantisation constant: absmax, the
 nested absmax and code book of double quantisation, int8 row scales), and KaSA's set-up peak: the process's RSS
 high-water mark (``/proc/self/clear_refs`` reset after loading, glibc's mmap threshold at 64 KiB so that freed
-blocks return to the system) during ``apply_adapters`` above the loaded model, in bf16 copies of the largest
-target weight.
+blocks return to the system; scipy's LAPACK loaded before) during ``apply_adapters`` above the loaded model, in
+bf16 copies of the largest target weight.
 """
 
 from __future__ import annotations
@@ -118,8 +118,9 @@ def _rss_tools() -> tuple[Any, Any]:
 
 def build(folder: Path, quant: str, variant: str, device: str, r: int) -> tuple[nn.Module, Any, int | None]:
     """(model, regulariser or None, set-up peak in bytes above the loaded model, or None)."""
-    from kasa_lightning import AdapterConfig, adapted_layers, adapter_loss, apply_adapters
+    from kasa_lightning import AdapterConfig, adapted_layers, adapter_loss, apply_adapters, extreme_triplets
 
+    extreme_triplets(torch.randn(96, 64), 4)  # loads scipy's LAPACK and the thread controller before measuring
     model = load(folder, quant, device)
     gc.collect()
     reset, hwm = _rss_tools()

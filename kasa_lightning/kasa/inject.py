@@ -225,8 +225,8 @@ def apply_adapters(
         if initialize:
             triplets = None
             if config.removes_triplets:
-                if source is not None:  # (out, in) float32: the original weight or the dequantised one
-                    w = source.source_weight(base)
+                if source is not None:  # (out, in): the original weight as stored, or the dequantised one
+                    w = source.source_weight(base, dtype=None)
                 else:
                     w = base.weight.detach()
                     w = w.T if is_conv1d(base) else w  # (out, in)

@@ -49,15 +49,16 @@ class QuantizedBase:
         self.file, self.key = file, key
         self.codes: bnb.QuantCodes | None = None
 
-    def source_weight(self, module: nn.Module) -> torch.Tensor:
-        """W_src (out, in), float32, on the module's device: the weight that is decomposed."""
+    def source_weight(self, module: nn.Module, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """W_src (out, in) on the module's device, in ``dtype`` (None: the checkpoint's own dtype, which the
+        truncation reads block by block, so a bf16 checkpoint costs one bf16 copy): the weight that is decomposed."""
         if self.source == "original":
             assert self.file is not None and self.key is not None
             from safetensors import safe_open
 
             with safe_open(str(self.file), framework="pt", device="cpu") as f:
                 w = f.get_tensor(self.key)
-            return w.to(device=module.weight.device, dtype=torch.float32)
+            return w.to(device=module.weight.device, dtype=dtype or w.dtype)
         if self.codes is not None:  # the base was rewritten: decompose what it held at load
             return bnb.dequantize_codes(module, self.codes)
         return bnb.dequantize(module)
