@@ -205,8 +205,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="with --preset: torch.compile backend of the compiled variants (default inductor; "
         "aot_eager for a quick CPU check)",
     )
+    parser.add_argument(
+        "--quant",
+        default=None,
+        help="with --preset llama3-8b-layers: comma-separated bases nf4, int8, none (benchmarks/train_quant.py)",
+    )
+    parser.add_argument("--quant-size", default="cpu", choices=["cpu", "full"], help="with --quant: layer sizes")
     args = parser.parse_args(argv)
     quiet()
+    if args.preset and args.quant:
+        from benchmarks.train_quant import run_quant
+
+        result = run_quant(args, pick_device(args.device))
+        if args.json:
+            write_json(args.json, result, result["device"])
+        return result
     if args.preset:
         return run_presets(args, pick_device(args.device))
     mode = MODES["smoke" if args.smoke else "quick" if args.quick else "full"]

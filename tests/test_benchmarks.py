@@ -116,6 +116,25 @@ def test_train_step_presets_smoke(bench, tmp_path, variants):
         train_step.main(["--preset", "gpt5", "--smoke", "--device", "cpu"])
 
 
+def test_train_step_quant_smoke(bench, tmp_path):
+    """``--preset llama3-8b-layers --quant nf4,int8,none`` at tiny sizes: a saved base loaded through bitsandbytes,
+    our KaSA and LoRA and PEFT's QLoRA on each."""
+    pytest.importorskip("bitsandbytes")
+    train_step = bench("train_step")
+    path = tmp_path / "quant.json"
+    args = ["--preset", "llama3-8b-layers", "--quant", "nf4,int8,none", "--smoke", "--device", "cpu"]
+    result = train_step.main([*args, "--json", str(path)])
+    required = [f"{k}_{q}" for k in ("kasa_vs_lora_step", "kasa_vs_lora_peak_memory", "base_vs_bf16_bytes")
+                for q in ("nf4", "int8", "none")]  # fmt: skip
+    written = _check(result, path, required)
+    assert set(written["bases"]) == {"nf4", "int8", "none"}
+    assert written["ratios"]["base_vs_bf16_bytes_none"] == 1.0
+    # the storage with its constants: NF4 codes are half a byte, int8 one byte, per parameter
+    assert 0.25 < written["ratios"]["base_vs_bf16_bytes_nf4"] < written["ratios"]["base_vs_bf16_bytes_int8"] < 0.6
+    with pytest.raises(SystemExit, match="--quant: unknown"):
+        train_step.main(["--preset", "llama3-8b-layers", "--quant", "nf3", "--smoke", "--device", "cpu"])
+
+
 @pytest.mark.slow
 def test_gpu_check_script_cpu_smoke(tmp_path):
     """benchmarks/gpu_check.sh end to end on the CPU path: tests/test_gpu.py (skipped here) and both presets at tiny
@@ -138,6 +157,8 @@ def test_gpu_check_script_cpu_smoke(tmp_path):
         "llama3-8b-layers/bf16-mixed",
     }
     assert merged["ratios"]["kasa_vs_lora_step_compiled_roberta-base/32-true"] > 0
+    if merged["quant"] is not None:  # bitsandbytes installed
+        assert merged["quant_returncode"] == 0 and merged["ratios"]["base_vs_bf16_bytes_nf4"] < 0.6
 
 
 def test_inference_smoke(bench, tmp_path):

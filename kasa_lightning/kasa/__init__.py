@@ -1,6 +1,7 @@
 """The KaSA method in pure PyTorch (no Lightning): config, truncation, adapted layer, injection,
 regularisers, adapter state and PEFT export. Each concept lives in its own module."""
 
+from .bnb import import_bitsandbytes
 from .config import AdapterConfig
 from .inject import (
     AdapterRecord,
@@ -15,8 +16,9 @@ from .inject import (
     unload_adapters,
     unmerge_adapters,
 )
-from .layer import AdaptedLayer
+from .layer import AdaptedLayer, WeightState
 from .peft_format import export_peft
+from .quantization import QuantizationConfig
 from .regularizers import AdapterLossTerms, adapter_loss, record_in_forward
 from .saving import adapter_state_dict, load_adapter, load_adapter_state_dict, read_adapter, save_adapter
 from .svd import Triplets, extreme_triplets, weight_fingerprint
@@ -28,7 +30,9 @@ __all__ = [
     "AdapterLossTerms",
     "AdapterRecord",
     "LayerTerms",
+    "QuantizationConfig",
     "Triplets",
+    "WeightState",
     "adapted_layers",
     "adapter_config",
     "adapter_loss",
@@ -38,6 +42,7 @@ __all__ = [
     "export_peft",
     "extreme_triplets",
     "find_targets",
+    "import_bitsandbytes",
     "layer_groups",
     "layer_terms",
     "load_adapter",

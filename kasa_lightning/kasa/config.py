@@ -68,6 +68,11 @@ class AdapterConfig:
         init_std: standard deviation of the ``"normal"`` initialisations of dU and dV.
         svd_cache_dir: directory for an on-disk cache of the truncation, keyed by a fingerprint of the weight and
             ``r`` (``None``: no cache).
+        quantized_source: for a quantised (bitsandbytes) base, which weight is decomposed: ``"original"`` the
+            full-precision weight read layer by layer from the model's safetensors checkpoint (``name_or_path``),
+            ``"dequantized"`` the dequantised weight (no files needed; its small singular triplets carry the
+            quantisation error). Ignored for other bases and by methods that remove nothing (LoRA).
+            See ``quant_source.py`` and docs/quantization.md.
     """
 
     method: Method = "kasa"
@@ -88,6 +93,7 @@ class AdapterConfig:
     init_sigma: Literal["normal", "zeros", "ones"] = "normal"
     init_std: float = 0.02
     svd_cache_dir: str | None = None
+    quantized_source: Literal["original", "dequantized"] = "original"
 
     def __post_init__(self) -> None:
         def bad(setting: str, value: Any, fix: str) -> ValueError:
@@ -137,6 +143,7 @@ class AdapterConfig:
             ("init_u", ("zeros", "normal")),
             ("init_v", ("kaiming", "normal")),
             ("init_sigma", ("normal", "zeros", "ones")),
+            ("quantized_source", ("original", "dequantized")),
         ):
             if getattr(self, setting) not in allowed:
                 raise bad(setting, getattr(self, setting), f"choose one of {list(allowed)}")

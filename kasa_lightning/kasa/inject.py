@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
+from . import bnb
 from .config import AdapterConfig
 from .layer import AdaptedLayer, is_conv1d, linear_shape
+from .quant_source import QuantizedBase, checkpoint_files, quantized_base
 from .svd import extreme_triplets
 from .targets import resolve_target_modules
 
@@ -152,7 +154,7 @@ def find_targets(model: nn.Module, config: AdapterConfig) -> list[str]:
 
 def _validate(model: nn.Module, name: str, config: AdapterConfig, initialize: bool = True) -> None:
     module = model.get_submodule(name)
-    out_f, in_f = linear_shape(module)
+    out_f, in_f = linear_shape(module)  # a quantised layer's own (out, in), not its packed storage's shape
     k = min(out_f, in_f)
     if config.r >= k:
         raise ValueError(
@@ -160,7 +162,7 @@ def _validate(model: nn.Module, name: str, config: AdapterConfig, initialize: bo
             f"r must be below min(out, in) = {k}. Lower r or leave this layer out of target_modules."
         )
     w = module.weight
-    if not w.dtype.is_floating_point:
+    if not w.dtype.is_floating_point and not bnb.is_quantized(module):
         if config.removes_triplets and config.truncation_mode == "fold":
             raise TypeError(
                 f"layer {name!r} has a {w.dtype} (integer/quantised) weight, which truncation_mode='fold' cannot "
@@ -211,6 +213,7 @@ def apply_adapters(
     if config.modules_to_save and not saved:
         raise ValueError(f"modules_to_save={config.modules_to_save} matched no module of {type(model).__name__}")
 
+    quantized = _quantized_bases(model, targets, config)  # checked before any weight changes
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     which: Literal["minor", "principal"] = "principal" if config.method == "pissa" else "minor"
     truncating = initialize and config.removes_triplets
@@ -220,15 +223,20 @@ def apply_adapters(
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         base = getattr(parent, child)
-        layer = AdaptedLayer(base, config)
+        source = quantized.get(name)
+        layer = AdaptedLayer(base, config, quantized=source)
         if initialize:
             triplets = None
             if config.removes_triplets:
-                w = base.weight.detach()
-                w = w.T if is_conv1d(base) else w  # (out, in)
+                if source is not None:  # (out, in): the original weight as stored, or the dequantised one
+                    w = source.source_weight(base, dtype=None)
+                else:
+                    w = base.weight.detach()
+                    w = w.T if is_conv1d(base) else w  # (out, in)
                 if svd_device is not None:
                     w = w.to(svd_device)
                 triplets = extreme_triplets(w, config.r, which, cache_dir=config.svd_cache_dir)
+                del w  # a quantised base: at most one full-precision layer alive at a time
                 hits += triplets.cached
             layer.reset_parameters(config, triplets)
         setattr(parent, child, layer)
@@ -248,6 +256,18 @@ def apply_adapters(
             p.requires_grad_(True)
     object.__setattr__(model, _RECORD_ATTR, AdapterRecord(config=config, requires_grad=requires_grad, saved=saved))
     return model
+
+
+def _quantized_bases(model: nn.Module, targets: list[str], config: AdapterConfig) -> dict[str, QuantizedBase]:
+    """A ``QuantizedBase`` for every quantised target (the checkpoint's tensors are checked, not read)."""
+    quantized = [name for name in targets if bnb.is_quantized(model.get_submodule(name))]
+    if not quantized:
+        return {}
+    bnb.quiet_bitsandbytes_logs()
+    needs_files = config.removes_triplets and config.quantized_source == "original"
+    files = checkpoint_files(model) if needs_files else None
+    source = config.quantized_source if config.removes_triplets else "dequantized"  # LoRA: the base never changes
+    return {name: quantized_base(model.get_submodule(name), name, source, files) for name in quantized}
 
 
 def _progress_bar(total: int, method: str, enabled: bool | None):  # noqa: ANN202

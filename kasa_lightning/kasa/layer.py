@@ -9,21 +9,41 @@ Notation (out = m, in = n, rank r, eta = alpha / r):
 
     y = x (W - D)^T + b + eta * ((dropout(x) delta_v) * delta_sigma) delta_u^T
 
-In ``fold`` mode the base weight holds W - D; in ``lowrank`` mode it holds W and D is subtracted in the forward.
-``merge`` writes the update (and, in lowrank mode, -D) into the base weight; ``unmerge`` takes it out again.
+The base weight is always in one of three configurations (``WeightState``):
+
+    ORIGINAL   W                      lowrank mode at rest (D subtracted in the forward); after ``restore_base``
+    FOLDED     W - D                  fold mode at rest (a method that removes a part)
+    MERGED     W - D + update         after ``merge`` (both modes)
+
+``merge`` / ``unmerge`` / ``restore_base`` move between them; ``plain_weight()`` is the one way to change D.
+A bitsandbytes base (``Linear4bit`` / ``Linear8bitLt``) holds the quantised form of the same matrices, computed
+from the full-precision source each time (see ``quant_source.py``); it cannot be MERGED.
 """
 
 from __future__ import annotations
 
+import enum
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import cast
 
 import torch
 from torch import nn
 
+from . import bnb
 from .config import AdapterConfig
+from .quant_source import QuantizedBase
 from .svd import Triplets
 from .terms import LayerTerms, layer_terms
+
+
+class WeightState(enum.Enum):
+    """What the base weight holds (D: the removed rank-r part; update: eta dU diag(dsigma) dV^T)."""
+
+    ORIGINAL = "W"
+    FOLDED = "W - D"
+    MERGED = "W - D + update"
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -32,18 +52,24 @@ def is_conv1d(module: nn.Module) -> bool:
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """(out_features, in_features) of an ``nn.Linear`` or ``Conv1D``."""
+    """(out_features, in_features) of an ``nn.Linear``, ``Conv1D`` or quantised linear layer (whose storage is
+    packed: its shape is not the weight's)."""
+    if bnb.is_quantized(module):
+        return bnb.quantized_shape(module)
     w = cast(torch.Tensor, module.weight)
     return (w.shape[1], w.shape[0]) if is_conv1d(module) else (w.shape[0], w.shape[1])
 
 
 class AdaptedLayer(nn.Module):
-    """Wraps ``base_layer`` (``nn.Linear`` or ``Conv1D``) with a KaSA / LoRA / PiSSA / MiLoRA update.
+    """Wraps ``base_layer`` (``nn.Linear``, ``Conv1D``, bitsandbytes ``Linear4bit``/``Linear8bitLt``) with a
+    KaSA / LoRA / PiSSA / MiLoRA update.
 
     Trainable parameters: ``delta_u`` (out, r), ``delta_sigma`` (r,) (only with singular values) and
     ``delta_v`` (in, r). Buffers ``dropped_u`` (out, r) and ``dropped_v`` (in, r), float32, hold the removed
     rank-r part (only for methods that remove one); they are saved with the adapter, which makes the truncation
-    reversible and exportable.
+    reversible and exportable. ``state`` is the base weight's ``WeightState``; ``quantized`` describes a quantised
+    base (None otherwise). ``record_terms`` (independent of the weight) is the regulariser form each forward under
+    grad records its L2/L3 with, for sharded training (see ``regularizers.record_in_forward``).
     """
 
     # for type checkers (nn.Module.__getattr__ types every attribute as Tensor | Module)
@@ -54,18 +80,19 @@ class AdaptedLayer(nn.Module):
     dropped_u: torch.Tensor | None
     dropped_v: torch.Tensor | None
 
-    def __init__(self, base_layer: nn.Module, config: AdapterConfig) -> None:
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig, quantized: QuantizedBase | None = None) -> None:
         super().__init__()
         self.base_layer = base_layer
         self.r = config.r
         self.scaling = config.scaling
-        self.truncation_mode = config.truncation_mode
+        self.truncation_mode = config.truncation_mode  # a setting: which state the layer rests in
         self.method = config.method
-        self.merged = False
+        self.quantized = quantized
         out_features, in_features = linear_shape(base_layer)
         self.out_features, self.in_features = out_features, in_features
         w = cast(torch.Tensor, base_layer.weight)
-        device, dtype = w.device, (w.dtype if w.dtype.is_floating_point else torch.float32)
+        device = w.device
+        dtype = w.dtype if w.dtype.is_floating_point and quantized is None else torch.float32
         self.delta_u = nn.Parameter(torch.zeros(out_features, config.r, device=device, dtype=dtype))
         self.delta_v = nn.Parameter(torch.zeros(in_features, config.r, device=device, dtype=dtype))
         self.delta_sigma = (
@@ -73,18 +100,42 @@ class AdaptedLayer(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if config.removes_triplets:
-            self.register_buffer("dropped_u", torch.zeros(out_features, config.r, device=w.device))
-            self.register_buffer("dropped_v", torch.zeros(in_features, config.r, device=w.device))
+            d_dtype = torch.float32 if quantized is not None else None  # None: the default dtype, as before
+            self.register_buffer("dropped_u", torch.zeros(out_features, config.r, device=device, dtype=d_dtype))
+            self.register_buffer("dropped_v", torch.zeros(in_features, config.r, device=device, dtype=d_dtype))
         else:
             self.dropped_u = None
             self.dropped_v = None
-        self._folded = False  # whether D has been subtracted from the base weight (fold mode only)
-        # Sharded training (FSDP): the regulariser form ("paper"/"reference") to compute in each forward under
-        # grad, where the whole tensors exist; see regularizers.record_in_forward.
+        # D is 0 until set, so the base already holds its resting configuration (W - 0 = W)
+        self.state = self._resting_state()
         self.record_terms: str | None = None
         self.recorded_terms: LayerTerms | None = None
-        self._deferred_refold: tuple[torch.Tensor, torch.Tensor] | None = None
+        # FSDP: D (old factors) still folded into a base weight that loads after this layer's buffers
+        self._pending_refold: tuple[torch.Tensor, torch.Tensor] | None = None
         base_layer.register_load_state_dict_post_hook(self._refold_after_base_load)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202
+        # On a quantised base D stays float32 through dtype casts (``module.to(torch.bfloat16)``, Lightning's
+        # bf16-true): the base holds Q(W - D) quantised from the float32 D, and reloading re-quantises from the
+        # saved D, so a rounded D would no longer describe the base. Device moves apply as usual.
+        kept = self.dropped_factors() if self.quantized is not None else None
+        super()._apply(fn, recurse)
+        if kept is not None:
+            for name, old in zip(("dropped_u", "dropped_v"), kept):
+                new = self._buffers[name]
+                if new is not None and new.dtype != torch.float32:
+                    self._buffers[name] = old.to(new.device)
+        return self
+
+    @property
+    def merged(self) -> bool:
+        """Whether the update is written into the base weight."""
+        return self.state is WeightState.MERGED
+
+    def _resting_state(self) -> WeightState:
+        """FOLDED in fold mode for a method that removes a part, ORIGINAL otherwise."""
+        folds = self.dropped_u is not None and self.truncation_mode == "fold"
+        return WeightState.FOLDED if folds else WeightState.ORIGINAL
 
     def adapter_parameters(self) -> list[nn.Parameter]:
         """The trainable tensors of this layer: delta_u, delta_sigma (if any), delta_v."""
@@ -136,49 +187,60 @@ class AdaptedLayer(nn.Module):
         """Replace the removed rank-r part D = dropped_u dropped_v^T, keeping the base weight consistent."""
         if self.dropped_factors() is None:
             raise ValueError(f"method {self.method!r} without truncation has no removed part to set")
-        was_merged = self.merged
-        self.unmerge()
-        self._unfold()
-        own_u, own_v = self._required_dropped_factors()
-        with torch.no_grad():
-            own_u.copy_(dropped_u)
-            own_v.copy_(dropped_v)
-        self._fold()
-        if was_merged:
-            self.merge()
+        with self.plain_weight():
+            own_u, own_v = self._required_dropped_factors()
+            with torch.no_grad():
+                own_u.copy_(dropped_u)
+                own_v.copy_(dropped_v)
+
+    @contextmanager
+    def plain_weight(self) -> Iterator[None]:
+        """Work on D (or the weight) with the base holding the plain W; afterwards the layer returns to the state
+        it was in, computed with the new D.
+
+        A float base is moved to ORIGINAL and back. A quantised base is not touched on the way in (its W lives in
+        the checkpoint file or the kept codes, see ``quant_source``); on the way out a FOLDED base is quantised
+        again from W - D_new.
+        """
+        previous = self.state
+        if self.quantized is None:
+            self._move_to(WeightState.ORIGINAL)
+            yield
+            self._move_to(previous)
+            return
+        yield
+        if previous is WeightState.FOLDED:
+            self._write_quantized(previous)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
         # Loading new removed-part buffers must keep the folded base weight consistent: take the old part out,
         # load, fold the new one in (torch calls this before loading the children, i.e. the base layer).
         if self._weight_is_whole():
-            was_merged = self.merged
-            self.unmerge()
-            self._unfold()
-            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-            self._fold()
-            if was_merged:
-                self.merge()
+            with self.plain_weight():
+                super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
             return
         # FSDP: the base layer is a unit of its own and whole only while it loads; correct its weight then
         old = None
-        if self._folded:
+        if self.state is WeightState.FOLDED:
             old_u, old_v = self._required_dropped_factors()
             old = (old_u.clone(), old_v.clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if old is not None and f"{prefix}base_layer.weight" not in state_dict:
-            self._deferred_refold = old
+            self._pending_refold = old
 
     def _refold_after_base_load(self, module: nn.Module, incompatible_keys: object) -> None:
         """Load post-hook of the base layer: W += D_old - D_new, deferred from ``_load_from_state_dict``."""
-        if self._deferred_refold is not None:
-            old_u, old_v = self._deferred_refold
-            self._deferred_refold = None
+        if self._pending_refold is not None:
+            old_u, old_v = self._pending_refold
+            self._pending_refold = None
             with torch.no_grad():
                 new_u, new_v = self._required_dropped_factors()  # set: only a folded layer defers a refold
                 self._add_to_weight(old_u @ old_v.T - new_u @ new_v.T)
 
     def _weight_is_whole(self) -> bool:
         """Whether this process sees the whole base weight (not an FSDP shard)."""
+        if self.quantized is not None:
+            return True
         return tuple(self._weight_view().shape) == (self.out_features, self.in_features)
 
     # ------------------------------------------------------------------ weights
@@ -204,21 +266,54 @@ class AdaptedLayer(nn.Module):
         """W += sign * D. A float32 weight is updated in place by one addmm (no (out, in) temporaries)."""
         w = self._weight_view()
         u, v = self._required_dropped_factors()  # (out, r), (in, r)
+        if w.dtype == torch.float32:
+            w.addmm_(u, v.T, alpha=sign)
+        else:
+            self._add_to_weight(sign * (u @ v.T))
+
+    def _path(self, target: WeightState) -> list[WeightState]:
+        """The states from the current one to ``target``, one step each: fold mode passes through FOLDED
+        (ORIGINAL <-> FOLDED <-> MERGED), lowrank mode and methods without D go ORIGINAL <-> MERGED directly."""
+        line = [WeightState.ORIGINAL, WeightState.FOLDED, WeightState.MERGED]
+        if self._resting_state() is WeightState.ORIGINAL:
+            line.remove(WeightState.FOLDED)
+        i, j = line.index(self.state), line.index(target)
+        return line[i + 1 : j + 1] if j > i else line[j:i][::-1]
+
+    def _move_to(self, target: WeightState) -> None:
+        """Rewrite the base weight into ``target``'s configuration (no-op when it is there already)."""
+        if self.quantized is not None:
+            if target is not self.state:
+                self._write_quantized(target)
+            return
         with torch.no_grad():
-            if w.dtype == torch.float32:
-                w.addmm_(u, v.T, alpha=sign)
+            for nxt in self._path(target):
+                pair = {self.state, nxt}
+                if pair == {WeightState.ORIGINAL, WeightState.FOLDED}:  # -/+ D
+                    self._add_dropped(-1.0 if nxt is WeightState.FOLDED else 1.0)
+                else:  # +/- what merging adds: the update, and from ORIGINAL (lowrank) also -D
+                    delta = self.delta_weight()
+                    if self.state is WeightState.ORIGINAL or nxt is WeightState.ORIGINAL:
+                        dropped = self.dropped_weight()
+                        delta = delta - dropped if dropped is not None else delta
+                    self._add_to_weight(delta if nxt is WeightState.MERGED else -delta)
+                self.state = nxt
+
+    def _write_quantized(self, target: WeightState) -> None:
+        """Quantise ``target``'s configuration into a quantised base, computed from the source weight."""
+        assert self.quantized is not None
+        if target is WeightState.MERGED:
+            raise NotImplementedError(_MERGE_REFUSAL)
+        with torch.no_grad():
+            if target is WeightState.ORIGINAL:
+                self.quantized.restore(self.base_layer)
             else:
-                self._add_to_weight(sign * (u @ v.T))
-
-    def _fold(self) -> None:
-        if self.dropped_u is not None and self.truncation_mode == "fold" and not self._folded:
-            self._add_dropped(-1.0)
-            self._folded = True
-
-    def _unfold(self) -> None:
-        if self._folded:
-            self._add_dropped(1.0)
-            self._folded = False
+                w = self.quantized.source_weight(self.base_layer)  # (out, in) float32, one layer at a time
+                u, v = self._required_dropped_factors()
+                w.addmm_(u.to(w), v.to(w).T, alpha=-1.0)
+                self.quantized.write(self.base_layer, w)
+                del w
+        self.state = target
 
     def delta_weight(self) -> torch.Tensor:
         """The learned update eta * dU diag(dsigma) dV^T as an (out, in) float32 matrix."""
@@ -227,39 +322,27 @@ class AdaptedLayer(nn.Module):
             u = u * self.delta_sigma.float()
         return self.scaling * (u @ self.delta_v.float().T)
 
-    def _merge_delta(self) -> torch.Tensor:
-        """What merging adds to the base weight: the update, and in lowrank mode also -D."""
-        delta = self.delta_weight()
-        dropped = self.dropped_weight() if self.truncation_mode == "lowrank" else None
-        return delta - dropped if dropped is not None else delta
-
     def merge(self) -> None:
-        """Write the update into the base weight (idempotent)."""
-        if self.merged:
-            return
-        with torch.no_grad():
-            self._add_to_weight(self._merge_delta())
-        self.merged = True
+        """Write the update into the base weight (idempotent). Refused on a quantised base (see the message)."""
+        if self.quantized is not None:
+            raise NotImplementedError(_MERGE_REFUSAL)
+        self._move_to(WeightState.MERGED)
 
     def unmerge(self) -> None:
         """Take the update out of the base weight again (idempotent)."""
-        if not self.merged:
-            return
-        with torch.no_grad():
-            self._add_to_weight(-self._merge_delta())
-        self.merged = False
+        if self.state is WeightState.MERGED:
+            self._move_to(self._resting_state())
 
     def restore_base(self) -> nn.Module:
         """Unmerge, put the removed part back and return the original module with its original weight."""
-        self.unmerge()
-        self._unfold()
+        self._move_to(WeightState.ORIGINAL)
         return self.base_layer
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.record_terms is not None and torch.is_grad_enabled():
             self.recorded_terms = layer_terms(self.delta_u, self.delta_sigma, self.delta_v, self.record_terms)
-        if self.merged:
+        if self.state is WeightState.MERGED:
             return self.base_layer(x)
         # A plain nn.Linear without hooks run on x flattened to (tokens, in) returns a fresh, non-view (tokens, out)
         # tensor that nobody else holds: in eager mode the update can be accumulated into it in place (_add_product).
@@ -271,7 +354,7 @@ class AdaptedLayer(nn.Module):
             x = x.reshape(-1, x.shape[-1])  # (tokens, in)
         y = self.base_layer(x)  # (tokens, out), or (..., out) for other base layers
         dropped_u, dropped_v = self.dropped_u, self.dropped_v  # (out, r), (in, r), both None or both set
-        if dropped_u is not None and dropped_v is not None and self.truncation_mode == "lowrank":
+        if dropped_u is not None and dropped_v is not None and self.state is WeightState.ORIGINAL:
             xd = x if x.dtype == dropped_v.dtype else x.to(dropped_v.dtype)
             y = _add_product(y, xd @ dropped_v, dropped_u, flat_linear, alpha=-1.0)
         x = self.dropout(x)
@@ -284,8 +367,15 @@ class AdaptedLayer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"method={self.method}, r={self.r}, scaling={self.scaling:g}, in={self.in_features}, "
-            f"out={self.out_features}, mode={self.truncation_mode}, merged={self.merged}"
+            f"out={self.out_features}, mode={self.truncation_mode}, state={self.state.name}"
         )
+
+
+_MERGE_REFUSAL = (
+    "merging into a quantised base layer is not supported: re-quantising W + update would round most of the "
+    "update away (it is far below the quantisation step) and could not be undone. Keep the adapter separate, or "
+    "write a full-precision merged model from the original weights (export format 'merged')."
+)
 
 
 def _add_product(y: torch.Tensor, h: torch.Tensor, u: torch.Tensor, in_place: bool, alpha: float = 1.0) -> torch.Tensor:

@@ -66,6 +66,15 @@ def export_peft(
                 f"this one is method={config.method!r}, truncate={config.truncate}, "
                 f"singular_values={config.singular_values}; use format='lora'"
             )
+        quantized = [name for name, layer in layers if layer.quantized is not None]
+        if quantized:
+            raise ValueError(
+                f"format='kasa' from a quantised base ({quantized[0]!r} is a bitsandbytes layer) is not supported: "
+                "PEFT's KaSA truncates the base weight in place by an SVD when it loads the adapter, which it "
+                "cannot do on bitsandbytes layers (it loads the adapter onto the 4-bit base untruncated, and the "
+                "outputs are wrong); use format='lora' (the same model as a plain LoRA adapter, which PEFT loads on "
+                "the quantised or the full-precision base) or the 'merged' export"
+            )
         if conv:
             raise ValueError(
                 f"PEFT's KaSA rejects transformers Conv1D layers ({conv[:3]}...); use format='lora', which writes "

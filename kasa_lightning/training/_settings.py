@@ -3,9 +3,13 @@ value is refused with the setting's name as the user writes it (``model.<name>``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kasa_lightning.kasa import AdapterConfig
+from kasa_lightning.kasa import AdapterConfig, QuantizationConfig
+from kasa_lightning.training._backbone import QUANTIZED_NEEDS_PRETRAINED
+
+if TYPE_CHECKING:
+    from lightning.pytorch import Trainer
 
 _COMPILE_KEYS = ("fullgraph", "dynamic", "backend", "mode", "options", "disable")
 
@@ -53,3 +57,40 @@ def adapter_config_for(adapter: AdapterConfig | dict[str, Any] | None, task: str
     if task != "causal_lm" and not adapter.modules_to_save:
         adapter = AdapterConfig.from_dict({**adapter.to_dict(), "modules_to_save": ["classifier", "score"]})
     return adapter
+
+
+def quantization_config_for(
+    quantization: QuantizationConfig | dict[str, Any] | None, backbone_config: dict[str, Any] | None
+) -> QuantizationConfig | None:
+    """``model.quantization`` as a ``QuantizationConfig`` (a dict as stored in hparams.yaml / checkpoints is read
+    back); refused with ``model.backbone_config``, whose random weights have no checkpoint to quantise from."""
+    if isinstance(quantization, dict):
+        quantization = QuantizationConfig(**quantization)
+    if quantization is not None and backbone_config is not None:
+        raise ValueError(QUANTIZED_NEEDS_PRETRAINED)
+    return quantization
+
+
+def check_quantized_strategy(trainer: Trainer, quantization: QuantizationConfig | None) -> None:
+    """Refuse the Trainer settings a bitsandbytes base cannot run under, naming both settings and the reason."""
+    if quantization is None:
+        return
+    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
+
+    strategy = trainer.strategy
+    if isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy)):
+        raise ValueError(
+            f"trainer.strategy={type(strategy).__name__} with model.quantization is not supported: a bitsandbytes "
+            "layer keeps its quantisation constants (absmax, code book) in a QuantState beside the packed weight, "
+            "which sharding flattens into a plain tensor and loses, and KaSA's truncation rewrites whole quantised "
+            "layers. Train a quantised base on one device or with DDP (configs/strategies/ddp.yaml), or drop "
+            "model.quantization to shard the full-precision model"
+        )
+    precision = str(trainer.precision)
+    cast_to = {"bf16-true": "bfloat16", "16-true": "float16"}.get(precision)
+    if cast_to is not None and quantization.quant_storage not in ("uint8", cast_to):
+        raise ValueError(
+            f"trainer.precision={precision!r} casts every floating-point tensor to {cast_to}, which would convert "
+            f"the 4-bit codes packed in model.quantization.quant_storage={quantization.quant_storage!r} as numbers "
+            f"and destroy them; use quant_storage 'uint8' (or {cast_to!r}), or trainer.precision 'bf16-mixed'"
+        )

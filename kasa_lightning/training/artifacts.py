@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from kasa_lightning.hub import resolve_for_export, resolve_pretrained
 from kasa_lightning.kasa import export_peft, merge_and_unload, save_adapter
 from kasa_lightning.kasa.atomic import default_file_mode
+from kasa_lightning.kasa.merge_files import write_merged_from_checkpoint
 
 if TYPE_CHECKING:
     from kasa_lightning.training.module import KaSAModule
@@ -70,7 +71,8 @@ def export_module(module: KaSAModule, format: ExportFormat, output_dir: str | Pa
     ``overwrite``: see ``prepare_output_dir``):
 
     * ``peft-kasa``: a PEFT KaSA adapter; ``peft-lora``: a plain LoRA adapter on the ORIGINAL base;
-    * ``merged``: a Hugging Face model directory with the update merged in (``save_pretrained``) + tokenizer;
+    * ``merged``: a Hugging Face model directory with the update merged in (``save_pretrained``) + tokenizer; on a
+      quantised base, the ORIGINAL full-precision checkpoint with the update merged in (``merge_files``);
     * ``adapter``: this project's safetensors adapter file (``adapter.safetensors``).
     PEFT adapters name their base as transformers resolves it: a ``pkg://`` backbone becomes its absolute directory.
     The module itself is left unchanged.
@@ -86,8 +88,13 @@ def export_module(module: KaSAModule, format: ExportFormat, output_dir: str | Pa
     elif format == "adapter":
         save_adapter(module.model, output_dir / "adapter.safetensors")
     else:
-        merged: Any = merge_and_unload(copy.deepcopy(module.model))  # a Hugging Face model (an untyped library)
-        merged.save_pretrained(output_dir)
+        if module.quantization is not None:
+            # the update cannot be merged into quantised codes: merge it into the ORIGINAL full-precision weights,
+            # read file by file from the base checkpoint
+            write_merged_from_checkpoint(module.model, output_dir)
+        else:
+            merged: Any = merge_and_unload(copy.deepcopy(module.model))  # a Hugging Face model (untyped library)
+            merged.save_pretrained(output_dir)
         if base_name is not None:
             from transformers import AutoTokenizer
 

@@ -17,6 +17,7 @@ and the RNG state (``_checkpointing``); the backbone is built by ``_backbone``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import math
 from typing import Any, Literal, cast
@@ -29,6 +30,7 @@ from torch import nn
 from kasa_lightning.kasa import (
     AdapterConfig,
     AdapterLossTerms,
+    QuantizationConfig,
     adapted_layers,
     adapter_loss,
     apply_adapters,
@@ -44,7 +46,13 @@ from kasa_lightning.training._resume import (
     apply_optimizer_settings,
     optimizer_settings,
 )
-from kasa_lightning.training._settings import adapter_config_for, check_settings, compile_kwargs
+from kasa_lightning.training._settings import (
+    adapter_config_for,
+    check_quantized_strategy,
+    check_settings,
+    compile_kwargs,
+    quantization_config_for,
+)
 from kasa_lightning.training.divergence import (
     FiniteWatch,
     NonFiniteLossError,
@@ -91,6 +99,10 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
             does so from the start);
             validation (eval mode) and ``predict_step``'s ``generate`` compile graphs of their own; FSDP needs
             ``use_orig_params=True`` (Lightning's default); DeepSpeed is not supported.
+        quantization: load the frozen base quantised by bitsandbytes (``QuantizationConfig``: 4-bit NF4/FP4 or
+            8-bit; overlays ``configs/strategies/nf4.yaml`` and ``int8.yaml``). Needs a pretrained ``backbone``
+            (not ``backbone_config``); the output head and ``modules_to_save`` stay unquantised. See
+            docs/quantization.md for what works with which strategy.
     """
 
     def __init__(
@@ -111,13 +123,16 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         gradient_checkpointing: bool = False,
         generation: dict[str, Any] | None = None,
         compile: bool | dict[str, Any] = False,
+        quantization: QuantizationConfig | None = None,
     ) -> None:
         super().__init__()
         check_settings(task, num_labels, warmup_ratio, warmup_steps, schedule, label_smoothing)
+        self.quantization = quantization_config_for(quantization, backbone_config)
         self.compile_kwargs = compile_kwargs(compile)
         self.adapter_config = adapter_config_for(adapter, task)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.hparams["adapter"] = self.adapter_config.to_dict()  # plain values in hparams.yaml / checkpoints
+        self.hparams["quantization"] = dataclasses.asdict(self.quantization) if self.quantization else None
         self.backbone_name = backbone
         self.task = task
         self.num_labels = num_labels
@@ -151,12 +166,22 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         configured a CheckpointIO."""
         if self._trainer is not None:
             checkpoint_io.install(self.trainer)
+            check_quantized_strategy(self.trainer, self.quantization)
         if stage == "fit" and self._trainer is not None:
             apply_global_batch_size(self.trainer)
 
     def build_backbone(self) -> nn.Module:
         """The Hugging Face model for ``task`` (hook for subclasses; default: ``kasa_lightning.training._backbone``)."""
-        return build_backbone(self.backbone_name, self.task, self.num_labels, self.backbone_config, self.dtype_name)
+        return build_backbone(
+            self.backbone_name,
+            self.task,
+            self.num_labels,
+            self.backbone_config,
+            self.dtype_name,
+            quantization=self.quantization,
+            keep_unquantized=list(self.adapter_config.modules_to_save or []),
+            device=self.trainer.strategy.root_device if self._trainer is not None else None,
+        )
 
     def configure_model(self, initialize: bool = True) -> None:
         """Build the backbone and apply the adapters (before any strategy wraps or shards the model)."""
