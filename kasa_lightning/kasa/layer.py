@@ -212,6 +212,7 @@ class AdaptedLayer(nn.Module):
         if previous is WeightState.FOLDED:
             self._write_quantized(previous)
 
+    # ------------------------------------------------------------------ loading; sharded training (FSDP)
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
         # Loading new removed-part buffers must keep the folded base weight consistent: take the old part out,
         # load, fold the new one in (torch calls this before loading the children, i.e. the base layer).
@@ -340,7 +341,7 @@ class AdaptedLayer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.record_terms is not None and torch.is_grad_enabled():
+        if self.record_terms is not None and torch.is_grad_enabled():  # sharded training: terms while whole
             self.recorded_terms = layer_terms(self.delta_u, self.delta_sigma, self.delta_v, self.record_terms)
         if self.state is WeightState.MERGED:
             return self.base_layer(x)
