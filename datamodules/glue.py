@@ -7,7 +7,8 @@ same rows ``{"text_a", "text_b", "label"}`` with the Hub's label order, then the
 (``datasets.map``, cached) and metrics. GLUE's test splits have no labels, so ``test`` evaluates the validation
 split(s), as the paper reports validation results. ``validate``, ``test`` and ``predict`` read and tokenise the
 validation file(s) only (a folder holding just ``dev.tsv`` is enough), unless ``val_from_train`` carves the
-validation rows out of the training file. A malformed row or an empty file raises ``DataFileError`` naming the file
+validation rows out of the training file; from the Hub they download only the validation split(s)
+(``load_hub_splits``). A malformed row or an empty file raises ``DataFileError`` naming the file
 and line, as the last line of the traceback.
 
 Metrics (torchmetrics, as GLUE defines them): CoLA Matthews correlation (``mcc``); SST-2, QNLI, RTE, MNLI
@@ -245,7 +246,8 @@ class GLUEDataModule(BaseDataModule):
             train = load(self.train_file, "train") if with_train else None
             vals = [] if self.val_from_train else [load(f, "validation") for f in self.spec.val_files]
         else:
-            hub = datasets.load_dataset(self.hub_name, self.spec.hub_config)
+            wanted = (["train"] if with_train else []) + ([] if self.val_from_train else list(self.spec.val_hub))
+            hub = load_hub_splits(self.hub_name, self.spec.hub_config, wanted)
             columns = dict(zip(("text_a", "text_b"), self.spec.hub_text))
 
             def convert(split: Any) -> Any:
@@ -331,6 +333,29 @@ class GLUEDataModule(BaseDataModule):
         from kasa_lightning.metrics.standard import standard_metrics
 
         return standard_metrics(self.spec.metrics, self.num_labels)
+
+
+def load_hub_splits(name: str, config: str, splits: list[str]) -> dict[str, Any]:
+    """The named splits of the Hub dataset ``name`` (configuration ``config``), downloading only their files.
+
+    ``datasets.load_dataset(name, config)`` downloads and prepares every split of the configuration, whatever
+    ``split=`` asks for (GLUE's QQP and MNLI training files are hundreds of MB that ``validate`` does not need).
+    The dataset's own split-to-files map (its Hub metadata, read by ``load_dataset_builder`` without downloading
+    data) gives the files of the wanted splits, and only those are passed as ``data_files``. A dataset without
+    such a map is loaded whole. A local folder laid out like a Hub dataset (parquet files and a README declaring
+    the configurations) works the same way.
+    """
+    import datasets
+
+    files = datasets.load_dataset_builder(name, config).config.data_files
+    if files is not None and all(split in files for split in splits):
+        loaded = datasets.load_dataset(name, config, data_files={split: files[split] for split in splits})
+    else:
+        loaded = datasets.load_dataset(name, config)
+    missing = [split for split in splits if split not in loaded]
+    if missing:
+        raise ValueError(f"{name}/{config} has no split {missing} (it has {sorted(loaded)}): check data.hub_name")
+    return {split: loaded[split] for split in splits}
 
 
 def _generate(path: str, task: str, stamp: str) -> Any:

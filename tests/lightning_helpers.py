@@ -91,20 +91,51 @@ class StopAfter(L.Callback):
 
 class PauseForSignal(L.Callback):
     """After optimiser step ``step``: writes ``marker`` and waits (at most ``timeout`` s) until Lightning has
-    received SIGTERM, so that a test's signal arrives at a known step (the SIGTERM test's subprocess)."""
+    received SIGTERM, so that a test's signal arrives at a known step (the SIGTERM test's subprocess). With
+    ``per_rank``, every rank writes ``<marker><global rank>.waiting``."""
 
-    def __init__(self, step: int, marker: str, timeout: float = 60.0) -> None:
-        self.step, self.marker, self.timeout = step, marker, timeout
+    def __init__(self, step: int, marker: str, timeout: float = 60.0, per_rank: bool = False) -> None:
+        self.step, self.marker, self.timeout, self.per_rank = step, marker, timeout, per_rank
 
     def on_train_batch_end(self, trainer, *_) -> None:  # noqa: ANN001, ANN002
         if trainer.global_step != self.step:
             return
         import time
 
-        Path(self.marker).write_text("waiting")
+        marker = f"{self.marker}{trainer.global_rank}.waiting" if self.per_rank else self.marker
+        Path(marker).write_text("waiting")
         deadline = time.monotonic() + self.timeout
-        while not trainer.received_sigterm and time.monotonic() < deadline:
+        while not _signalled(trainer) and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+def _signalled(trainer) -> bool:  # noqa: ANN001
+    """Lightning's flag (one process), or this process's signal that the ranks agree on after the batch."""
+    return trainer.received_sigterm or any(getattr(cb, "stop_requested", False) for cb in trainer.callbacks)
+
+
+class RecordStop(L.Callback):
+    """On an exception (SIGTERM's ``SystemExit`` included): writes ``<directory>/rank<global rank>.stopped`` with the
+    global step and, when the process exits, the exit status the exception then carries (a launched rank's own
+    status, which its launcher does not report; read at exit, after every callback has handled the exception).
+    ``linger_rank0`` seconds: rank 0 exits that much later than the others (a slow teardown of the launcher)."""
+
+    def __init__(self, directory: str, linger_rank0: float = 0.0) -> None:
+        self.directory, self.linger_rank0 = directory, linger_rank0
+
+    def on_exception(self, trainer, pl_module, exception) -> None:  # noqa: ANN001
+        import atexit
+        import time
+
+        path, step = Path(self.directory, f"rank{trainer.global_rank}.stopped"), trainer.global_step
+
+        def record() -> None:
+            code = exception.code if isinstance(exception, SystemExit) else type(exception).__name__
+            path.write_text(f"{step} {code}")
+            if trainer.global_rank == 0:
+                time.sleep(self.linger_rank0)
+
+        atexit.register(record)
 
 
 class PauseInValidation(L.Callback):

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,8 +56,14 @@ def backbone(tmp_path_factory) -> str:
 
 
 def _fit(
-    root: Path, strategy: dict, max_steps: int, backbone: str, ckpt_path: Path | None = None, stop_after: int = 0
-) -> Path:
+    root: Path,
+    strategy: dict,
+    max_steps: int,
+    backbone: str,
+    ckpt_path: Path | None = None,
+    stop_after: int = 0,
+    expect_success: bool = True,
+) -> Any:
     config = {
         "seed_everything": 0,
         "trainer": {
@@ -107,6 +114,8 @@ def _fit(
     if ckpt_path is not None:
         cmd += ["--ckpt_path", str(ckpt_path)]
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    if not expect_success:
+        return proc
     assert proc.returncode == 0, proc.stderr[-4000:]
     return root
 
@@ -177,3 +186,16 @@ def test_fsdp_trains_like_ddp_checkpoints_adapters_only_and_resumes_exactly(tmp_
     assert resumed["global_step"] == 4
     for k in fsdp["state_dict"]:
         torch.testing.assert_close(resumed["state_dict"][k], fsdp["state_dict"][k], atol=1e-7, rtol=1e-6)
+
+
+def test_sharded_fsdp_checkpoints_are_refused_naming_the_setting(tmp_path, backbone):
+    """``state_dict_type="sharded"`` folders are written past the atomic CheckpointIO: a real CLI fit with the
+    CPU FSDP strategy stops before the first step with the setting named, and writes no checkpoint."""
+    sharded = {**FSDP, "init_args": {**FSDP["init_args"], "state_dict_type": "sharded"}}
+    root = tmp_path / "sharded"
+    proc = _fit(root, sharded, 2, backbone, expect_success=False)
+    assert proc.returncode != 0
+    last_line = [line for line in proc.stderr.splitlines() if line.strip()][-1]
+    assert "trainer.strategy.init_args.state_dict_type='sharded' is not supported" in last_line, proc.stderr[-3000:]
+    assert "state_dict_type full" in last_line
+    assert not list(root.rglob("*.ckpt"))

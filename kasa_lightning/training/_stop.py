@@ -29,6 +29,9 @@
   loop to stop after the current batch, ``last.ckpt`` of that step is written and the exit status is 130
   (128 + SIGINT). A second Ctrl-C interrupts at once, as before. Installed from ``on_train_start`` to the end of
   fit, in the main thread, and only where Python's default SIGINT handler is in place.
+* Several processes (DDP, FSDP, several nodes): a signal to any process, or to all of them as a scheduler sends
+  it, stops every rank at the same batch (``_rank_signals.RankAgreedStop``: Lightning's own handler runs a
+  collective inside the signal handler and hangs when every process is signalled).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loops.progress import _StartedTracker
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from kasa_lightning.training._rank_signals import RankAgreedStop
+
 SIGTERM_EXIT_STATUS = 143  # 128 + signal 15, what a shell reports for a process ended by SIGTERM
 SIGINT_EXIT_STATUS = 130  # 128 + signal 2, what a shell reports for a process ended by Ctrl-C
 
@@ -60,6 +65,7 @@ class StopCheckpoint(L.Callback):
         self._wrapped: list[ModelCheckpoint] = []  # callbacks whose on_train_epoch_end is followed by a last save
         self._in_validation = False  # SIGTERM arrived during fit's validation (set while saving)
         self._validation_restarted = False  # this run resumes a checkpoint saved during a validation
+        self._ranks = RankAgreedStop()  # under several processes: every rank stops at the same batch
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._validation_restarted:  # Lightning has read the restart stage: undo the marker's extra batch
@@ -72,6 +78,7 @@ class StopCheckpoint(L.Callback):
                 callback.on_train_epoch_end = _then_save_last(callback)  # type: ignore[method-assign,assignment]
                 self._wrapped.append(callback)
         # after Lightning registered its own handlers (it restores what it found there when it tears down)
+        self._ranks.install(trainer)
         in_main = threading.current_thread() is threading.main_thread()
         if in_main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             self.interrupted = False
@@ -82,11 +89,24 @@ class StopCheckpoint(L.Callback):
             self._restore()
             raise KeyboardInterrupt
         self.interrupted = True
-        trainer._signal_connector.received_sigterm = True  # the loops stop after the current batch
+        self._ranks.request(trainer)  # the loops stop after the current batch (every rank at the same one)
         if trainer.is_global_zero:
             print("\nCtrl-C: stopping after the current batch to save it (Ctrl-C again to abort)", file=sys.stderr)
 
+    @property
+    def stop_requested(self) -> bool:
+        """This process got SIGTERM or Ctrl-C during training (under several processes: not yet agreed on)."""
+        return self._ranks.pending or self.interrupted
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self._ranks.agree(trainer)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self._ranks.agree(trainer)
+
     def _restore(self) -> None:
+        self._ranks.uninstall()
         for callback in self._wrapped:
             vars(callback).pop("on_train_epoch_end", None)
         self._wrapped = []
@@ -118,6 +138,7 @@ class StopCheckpoint(L.Callback):
             return
         what, status = ("Ctrl-C (SIGINT)", SIGINT_EXIT_STATUS) if self.interrupted else ("SIGTERM", SIGTERM_EXIT_STATUS)
         exception.code = status
+        self._ranks.release_launched_ranks(trainer)
         if trainer.global_step == 0 or trainer.sanity_checking:
             print(
                 f"{what} before the first optimiser step: nothing to save; exiting with status {status}",

@@ -92,3 +92,25 @@ def shards_parameters(strategy: Any) -> bool:
     )
 
     return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy, DeepSpeedStrategy))
+
+
+def refuse_sharded_checkpoints(strategy: Any) -> None:
+    """Refuse FSDP's sharded checkpoints (``state_dict_type="sharded"``) for training, naming the setting.
+
+    A sharded checkpoint is a folder that every rank writes with ``torch.distributed.checkpoint``, past the
+    CheckpointIO plugin that writes every other checkpoint atomically (``checkpoint_io``): Lightning first deletes
+    the folder it replaces, then the ranks write into it, so a kill or a full disk during the write leaves a partial
+    folder under the checkpoint's name (``last.ckpt`` included) and no earlier state to resume from. A folder
+    cannot be swapped in with one atomic rename over an existing one. The full state dict costs little here: the
+    checkpoints hold the adapters and ``modules_to_save`` only.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(strategy, FSDPStrategy) and getattr(strategy, "_state_dict_type", "full") == "sharded":
+        raise ValueError(
+            "trainer.strategy.init_args.state_dict_type='sharded' is not supported: FSDP's sharded checkpoints are "
+            "folders written by every rank with torch.distributed.checkpoint, not atomically (a run killed during "
+            "a write leaves a partial checkpoint folder, last.ckpt included, and nothing to resume from). Set "
+            "--trainer.strategy.init_args.state_dict_type full (as configs/strategies/fsdp.yaml does): the "
+            "checkpoints hold only the adapters, so the full state dict is small."
+        )

@@ -58,7 +58,7 @@ from kasa_lightning.training.divergence import (
     NonFiniteLossError,
     blame,
 )
-from kasa_lightning.training.fsdp import shards_parameters
+from kasa_lightning.training.fsdp import refuse_sharded_checkpoints, shards_parameters
 
 Task = Literal["classification", "regression", "causal_lm"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -163,11 +163,13 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         """Before ``fit``: derive ``trainer.accumulate_grad_batches`` from the DataModule's ``global_batch_size``
         (if set), so that the effective batch stays the same on any number of devices (``_batching``).
         Every stage: checkpoints are written atomically and read weights-only (``checkpoint_io``), unless the user
-        configured a CheckpointIO."""
+        configured a CheckpointIO. FSDP's sharded checkpoints, which cannot be written atomically, are refused for
+        ``fit`` (``fsdp.refuse_sharded_checkpoints``)."""
         if self._trainer is not None:
             checkpoint_io.install(self.trainer)
             check_quantized_strategy(self.trainer, self.quantization)
         if stage == "fit" and self._trainer is not None:
+            refuse_sharded_checkpoints(self.trainer.strategy)
             apply_global_batch_size(self.trainer)
 
     def build_backbone(self) -> nn.Module:

@@ -2,7 +2,7 @@
 
     python -m kasa_lightning sweep --config configs/glue/roberta-base/rte.yaml [--config more.yaml ...]
         [--overlay configs/strategies/bf16-mixed.yaml ...] --seeds 0-4 --methods kasa,lora,pissa,milora
-        --output_dir sweeps/rte [--ablation] [--test auto|yes|no] [--dry-run]
+        --output_dir sweeps/rte [--ablation] [--test auto|yes|no] [--dry-run [--slurm_script FILE]]
         [--trainer.max_steps 6 --data.init_args.data_dir ../glue ...]   # any fit override, for every run
         [--eval_tasks arc_easy,piqa [--eval_include_path DIR] [--eval_limit N]]   # lm-eval after each fit
 
@@ -31,6 +31,7 @@ status is 1 when a run failed. A run that has started keeps its config: the same
 files, overlays or overrides is refused for it (results would mix). ``--dry-run`` writes the configs and prints one
 shell command per run (``cd <working dir> && python -m kasa_lightning fit ... [&& ... test ...]``) for a cluster's
 own scheduler (a SLURM array, GNU parallel, Ray); running the same sweep again later skips what they finished.
+``--slurm_script FILE`` (a dry run) also writes them as a SLURM job array, task ``i`` running run ``i`` (``_slurm``).
 There is no scheduler here: runs go one after the other; multi-device training is Lightning's
 (``--trainer.devices``, ``--trainer.num_nodes``).
 
@@ -57,6 +58,7 @@ from pathlib import Path
 from kasa_lightning.experiments.sweep import _lock as sweep_lock
 from kasa_lightning.experiments.sweep._exec import execute, on_sigterm, run_state
 from kasa_lightning.experiments.sweep._plan import plan, resolve, write_plan
+from kasa_lightning.experiments.sweep._slurm import write_slurm_array
 from kasa_lightning.experiments.sweep._spec import (
     ABLATION,
     FORMAT,
@@ -130,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the configs and print one shell command per run; run nothing",
     )
     parser.add_argument(
+        "--slurm_script",
+        "--slurm-script",
+        default=None,
+        metavar="FILE",
+        help="a dry run (implies --dry-run) that also writes FILE, a SLURM job-array script "
+        "(#SBATCH --array=0-<runs-1>) whose task i runs run i's command; submit it with sbatch [--gres=gpu:1 ...] FILE",
+    )
+    parser.add_argument(
         "--test",
         default="auto",
         choices=("auto", "yes", "no"),
@@ -166,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    args.dry_run = args.dry_run or bool(args.slurm_script)  # the job array runs the dry run's commands
     stray = [a for a in unknown if a.startswith("-") and not a.startswith(PASS_THROUGH)]
     if stray or (unknown and not unknown[0].startswith(PASS_THROUGH)):
         parser.error(
@@ -219,8 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sweep: error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for run, _ in runs:
-            print(run.shell_command(root))
+        commands = [run.shell_command(root) for run, _ in runs]
+        for command in commands:
+            print(command)
+        if args.slurm_script:
+            script = write_slurm_array(Path(args.slurm_script), commands, root, argv)
+            print(f"SLURM job array of {len(commands)} runs: {script}; submit with: sbatch {shlex.quote(str(script))}")
         return 0
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     previous_int = signal.signal(signal.SIGINT, on_sigterm)  # Ctrl-C: the same stop, no KeyboardInterrupt
