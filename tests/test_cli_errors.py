@@ -172,7 +172,7 @@ def test_default_root_dir_under_a_file_names_the_setting(tmp_path, capsys):
 def test_a_failed_start_and_a_failed_export_leave_no_empty_folders(tmp_path):
     """Old code: ``<root>`` (and the folders above it that the run made) stayed behind empty after a fit that failed
     while loading its checkpoint; ``--output_dir`` stayed behind empty after an export that failed the same way."""
-    from kasa_lightning.checkpoint_io import UnsafeCheckpointError
+    from kasa_lightning.training.checkpoint_io import UnsafeCheckpointError
 
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(b"PK\x03\x04 not really a zip archive")

@@ -22,7 +22,7 @@ from harness_support import (  # noqa: E402
     train_briefly,
 )
 
-from kasa_lightning import report, sweep  # noqa: E402
+from kasa_lightning.experiments import report, sweep  # noqa: E402
 
 
 @pytest.mark.slow  # two eval processes (one fails at once)

@@ -17,7 +17,7 @@ import torch
 import yaml
 from lightning_helpers import MINILM, TINY_BERT
 
-from kasa_lightning.callbacks.stop import SIGINT_EXIT_STATUS
+from kasa_lightning.training._stop import SIGINT_EXIT_STATUS
 
 TESTS = Path(__file__).resolve().parent
 

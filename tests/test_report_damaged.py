@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from kasa_lightning import report, sweep
+from kasa_lightning.experiments import report, sweep
 
 
 def test_a_damaged_metrics_file_is_named_as_unreadable(tmp_path):
@@ -55,7 +55,7 @@ def test_a_truncated_last_ckpt_in_a_sweep_names_the_checkpoints_to_restart_from(
     """Old code: the sweep resumed from the truncated last.ckpt and failed the same way on every rerun."""
     import torch
 
-    from kasa_lightning.sweep_exec import execute
+    from kasa_lightning.experiments.sweep import execute
 
     run = sweep.Run(
         task="t",
