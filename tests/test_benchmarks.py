@@ -17,6 +17,27 @@ from conftest import SHARED_DATA
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """The scripts quiet Lightning's and transformers' loggers for their own process (``benchmarks.machine.quiet``);
+    run in-process here, they must leave the levels as they found them for the tests that read those logs."""
+    import logging
+
+    import datasets
+    import transformers
+
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "transformers", "datasets")
+    levels = {name: logging.getLogger(name).level for name in names}
+    verbosity = transformers.logging.get_verbosity(), datasets.logging.get_verbosity()
+    yield
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    transformers.logging.set_verbosity(verbosity[0])
+    transformers.logging.enable_progress_bar()
+    datasets.logging.set_verbosity(verbosity[1])
+    datasets.enable_progress_bars()
+
+
 @pytest.fixture(scope="module")
 def bench():
     """Import a benchmark script as a module of the ``benchmarks`` package (the repository root is on the path)."""
