@@ -73,12 +73,7 @@ class MetricsFile(L.Callback):
         path = self.file(trainer)  # trainer.log_dir is a broadcast: every rank asks, rank 0 writes
         if not trainer.is_global_zero:
             return
-        content: dict[str, Any] = {}
-        if path.is_file():
-            try:
-                content = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                content = {}
+        content = read_for_update(path)
         if "fit" in parts:  # a new model: results of the earlier one's validate/test no longer apply
             content.pop("test", None)
             content.pop("validate", None)
@@ -131,3 +126,23 @@ class MetricsFile(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.epochs = list(state_dict.get("epochs", []))
+
+
+def read_for_update(path: Path) -> dict[str, Any]:
+    """The content of a metrics file about to be updated: ``{}`` when there is none. A file that cannot be read as
+    JSON (a damaged disk, an edit gone wrong) is not overwritten: it is renamed to ``<name>.unreadable-<time>`` and a
+    warning names both files, so its history can still be recovered by hand."""
+    if not path.is_file():
+        return {}
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        import time
+
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        kept = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(path, kept)
+        rank_zero_warn(f"{path} was unreadable ({type(err).__name__}: {err}); kept as {kept}, writing a new one")
+        return {}
+    return content if isinstance(content, dict) else {}

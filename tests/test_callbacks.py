@@ -105,3 +105,21 @@ def test_interval_must_be_positive():
         RegularizerMonitor(every_n_steps=0)
     with pytest.raises(ValueError, match="formats"):
         AdapterExport(formats=["onnx"])
+
+
+def test_an_unreadable_metrics_file_is_kept_aside_not_overwritten(tmp_path):
+    """A damaged metrics.json holds a run's history: the next write keeps it under another name and says so,
+    instead of silently starting an empty file over it."""
+    from kasa_lightning.callbacks.metrics_file import read_for_update
+
+    path = tmp_path / "metrics.json"
+    assert read_for_update(path) == {}  # no file yet
+    path.write_text(json.dumps({"format": 1, "fit": {"global_step": 3}}))
+    assert read_for_update(path)["fit"]["global_step"] == 3
+    damaged = '{"format": 1, "fit": {"epochs": [{"epoch": 0'  # cut off mid-write by a full disk
+    path.write_text(damaged)
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert read_for_update(path) == {}
+    kept = list(tmp_path.glob("metrics.json.unreadable-*"))
+    assert len(kept) == 1 and kept[0].read_text() == damaged
+    assert not path.exists()  # the caller writes a new one

@@ -149,12 +149,9 @@ def update_metrics_file(path: Path, payload: dict[str, Any], output: Path) -> No
     """Add (or replace) the scored tasks in the ``eval`` section of a run's ``metrics.json``
     (``kasa_lightning.callbacks.MetricsFile``); other tasks scored earlier stay. ``requested`` lists the names given
     to ``--tasks`` (a group or tag stands for several tasks), which ``sweep`` reads to resume."""
-    content: dict[str, Any] = {}
-    if path.is_file():
-        try:
-            content = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            content = {}
+    from kasa_lightning.callbacks.metrics_file import read_for_update
+
+    content = read_for_update(path)
     section: dict[str, Any] = content["eval"] if isinstance(content.get("eval"), dict) else {}
     tasks = dict(section.get("tasks") or {})
     for task, metrics in task_metrics(payload).items():
