@@ -19,6 +19,18 @@ from torch import nn  # noqa: E402
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment():
+    """Each test starts from the environment the session had. A Trainer run in-process with a DDP-capable strategy
+    sets MASTER_ADDR, MASTER_PORT, NODE_RANK and LOCAL_RANK in this process; a later test that starts a
+    multi-process run would hand them to its launcher, which would then take itself for rank 0 of an existing group
+    and wait forever for the other rank."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 class TinyMLP(nn.Module):
     """Two linear layers of different shapes (wide and tall) and a head."""
 
