@@ -45,7 +45,14 @@ from benchmarks.results import write_json
 from benchmarks.stats import median, median_ratio
 from benchmarks.tables import fmt_s, markdown_table
 from benchmarks.timing import device_sync, interleave, per_call
-from kasa_lightning.kasa import AdapterConfig, adapted_layers, adapter_config, adapter_loss, apply_adapters
+from kasa_lightning.kasa import (
+    AdapterConfig,
+    adapted_layers,
+    adapter_config,
+    adapter_loss,
+    adapter_parameters,
+    apply_adapters,
+)
 from kasa_lightning.kasa.svd import weight_fingerprint
 from kasa_lightning.kasa.terms import layer_terms
 
@@ -78,9 +85,8 @@ def llama_model(smoke: bool) -> torch.nn.Module:
         reg_form="paper",
     )
     model = apply_adapters(model, cfg)
-    for _, layer in adapted_layers(model):  # trained-looking values: the regulariser is not at its minimum
-        for p in layer.adapter_parameters():
-            torch.nn.init.normal_(p, std=0.1)
+    for p in adapter_parameters(model):  # trained-looking values: the regulariser is not at its minimum
+        torch.nn.init.normal_(p, std=0.1)
     return model
 
 
@@ -113,9 +119,8 @@ def llama7b_tree(smoke: bool) -> torch.nn.Module:
             r=8, target_modules=["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"], beta=1e-4, gamma=1e-3
         ),
     )
-    for _, layer in adapted_layers(model):
-        for p in layer.adapter_parameters():
-            torch.nn.init.normal_(p, std=0.1)
+    for p in adapter_parameters(model):
+        torch.nn.init.normal_(p, std=0.1)
     return model
 
 
@@ -153,8 +158,8 @@ def adapted_linear(smoke: bool, device: str) -> tuple[torch.nn.Module, torch.Ten
     """One KaSA-adapted 384 x 384 Linear with non-zero adapters, and an input of 4096 tokens (smoke: tiny)."""
     torch.manual_seed(0)
     width, tokens = (32, 64) if smoke else (384, 4096)
-    layer = apply_adapters(
-        torch.nn.Sequential(torch.nn.Linear(width, width)), AdapterConfig(r=8, target_modules=["0"])
+    layer = apply_adapters(  # one layer: its own parameters (stacking gains nothing)
+        torch.nn.Sequential(torch.nn.Linear(width, width)), AdapterConfig(r=8, target_modules=["0"]), stacked=False
     )[0].to(device)
     for p in layer.adapter_parameters():
         torch.nn.init.normal_(p, std=0.1)
@@ -198,7 +203,7 @@ Blocks = dict[str, Any]
 
 def regularizer_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], None]) -> Blocks:
     model = llama_model(smoke).to(device)
-    params = [p for _, x in adapted_layers(model) for p in x.adapter_parameters()]
+    params = adapter_parameters(model)
     torch.testing.assert_close(adapter_loss(model), per_layer_loss(model), rtol=1e-5, atol=1e-7)  # same value
 
     def backward(loss_fn):  # noqa: ANN001, ANN202
@@ -226,7 +231,7 @@ def regularizer_host_blocks(smoke: bool, device: str, calls: int, sync: Callable
 
 
 def adamw_blocks(smoke: bool, device: str, calls: int, sync: Callable[[], None]) -> Blocks:
-    params = [p for _, x in adapted_layers(llama_model(smoke).to(device)) for p in x.adapter_parameters()]
+    params = adapter_parameters(llama_model(smoke).to(device))
     for p in params:
         p.grad = torch.randn_like(p)
     fused = torch.optim.AdamW(params, lr=1e-6, fused=True)

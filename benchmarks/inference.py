@@ -91,7 +91,7 @@ def randomize(tensors: list[torch.Tensor], seed: int = 1) -> None:
 def build_variants(base: nn.Module, device: str) -> dict[str, nn.Module]:
     import peft
 
-    from kasa_lightning import AdapterConfig, adapted_layers, apply_adapters, merge_adapters, merge_and_unload
+    from kasa_lightning import AdapterConfig, adapter_parameters, apply_adapters, merge_adapters, merge_and_unload
 
     def ours(method: str) -> nn.Module:
         torch.manual_seed(SEED)
@@ -99,7 +99,7 @@ def build_variants(base: nn.Module, device: str) -> dict[str, nn.Module]:
             copy.deepcopy(base),
             AdapterConfig(method=method, r=R, alpha=ALPHA, target_modules=TARGETS, modules_to_save=["classifier"]),
         )
-        randomize([p for _, layer in adapted_layers(model) for p in layer.adapter_parameters()])
+        randomize(adapter_parameters(model))
         return model
 
     def theirs(kasa: bool) -> nn.Module:

@@ -163,15 +163,14 @@ def adapter_config(case: Case, method: str) -> AdapterConfig:
 
 def build_variant(case: Case, variant: str, device: str) -> tuple[nn.Module, Callable[[], torch.Tensor] | None]:
     """(model in train mode on ``device``, regulariser or None), built from the same seed."""
-    from kasa_lightning import adapted_layers, adapter_loss, apply_adapters
+    from kasa_lightning import adapter_loss, adapter_parameters, apply_adapters
 
     torch.manual_seed(SEED)
     base = case.build_base()
     if variant in ("kasa", "lora"):
         model = apply_adapters(base, adapter_config(case, variant))
-        for _, layer in adapted_layers(model):  # float32 adapters on a half-precision base (as KaSAModule does)
-            for p in layer.adapter_parameters():
-                p.data = p.data.float()
+        for p in adapter_parameters(model):  # float32 adapters on a half-precision base (as KaSAModule does)
+            p.data = p.data.float()
         reg = (lambda: adapter_loss(model)) if variant == "kasa" else None
     elif variant in ("peft_lora", "peft_kasa"):
         import peft

@@ -118,7 +118,7 @@ def _rss_tools() -> tuple[Any, Any]:
 
 def build(folder: Path, quant: str, variant: str, device: str, r: int) -> tuple[nn.Module, Any, int | None]:
     """(model, regulariser or None, set-up peak in bytes above the loaded model, or None)."""
-    from kasa_lightning import AdapterConfig, adapted_layers, adapter_loss, apply_adapters, extreme_triplets
+    from kasa_lightning import AdapterConfig, adapter_loss, adapter_parameters, apply_adapters, extreme_triplets
 
     extreme_triplets(torch.randn(96, 64), 4)  # loads scipy's LAPACK and the thread controller before measuring
     model = load(folder, quant, device)
@@ -139,9 +139,8 @@ def build(folder: Path, quant: str, variant: str, device: str, r: int) -> tuple[
         apply_adapters(model, config)
         if reset is not None and device == "cpu":
             setup_peak = hwm() - before
-        for _, layer in adapted_layers(model):
-            for p in layer.adapter_parameters():
-                p.data = p.data.float()
+        for p in adapter_parameters(model):
+            p.data = p.data.float()
         reg = (lambda: adapter_loss(model)) if variant == "kasa" else None
     return model.train(), reg, setup_peak
 

@@ -6,9 +6,9 @@
   the in-place add returned a Python bool that dynamo cannot trace). GPT-2's loss is taken from its logits here:
   with ``labels`` transformers' ``loss_function`` breaks once by itself (a logged notice), and the regulariser after
   that break then forms one more graph, which a plain model with any penalty term after its loss shows as well.
-* Operators: a KaSA training step dispatches at most 5 top-level operators per adapted layer more than a LoRA step,
-  plus a fixed part of at most 60 for the regulariser, counted with ``torch.profiler`` at 4 and 16 layers. Before:
-  a fixed part of 166 on the same model (one stack, Gram product and norm chain per shape group of dU and of dV).
+* Operators: a KaSA training step (forward, backward, AdamW with ``foreach``) launches at most 8 operators per adapted
+  layer more than a LoRA step, plus a fixed part of at most 60, counted with ``torch.profiler`` as the ``aten::``
+  operators whose parent is not an ``aten::`` operator, at 4 and 16 layers.
 * ``KaSAModule(compile=...)``: a few compiled steps give the eager losses and the same checkpoint keys.
 """
 
@@ -132,8 +132,9 @@ def test_adapters_add_no_graph_break(name, method, mode, dropout, merged):
 
 
 # ---------------------------------------------------------------------- operators per step
-def _top_level_ops(layers: int, method: str) -> int:
-    """Top-level profiler events (operators the step dispatches itself, and autograd nodes) of one AdamW step."""
+def _launched_ops(layers: int, method: str, stacked: bool = True) -> int:
+    """The ``aten::`` operators of one AdamW (``foreach``) step whose profiler parent is not itself an ``aten::``
+    operator: what the step launches, including the operators under autograd nodes and under the optimiser step."""
     from torch.profiler import ProfilerActivity, profile
 
     model = apply_adapters(
@@ -145,8 +146,9 @@ def _top_level_ops(layers: int, method: str) -> int:
             beta=1e-4,
             gamma=1e-3,
         ),
+        stacked=stacked,
     )
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, foreach=True)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -159,15 +161,31 @@ def _top_level_ops(layers: int, method: str) -> int:
     step()  # AdamW state, lazy inits
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
-    return sum(1 for e in prof.events() if e.cpu_parent is None)
+    return sum(
+        1
+        for e in prof.events()
+        if e.name.startswith("aten::") and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+    )
 
 
-def test_kasa_step_costs_a_few_operators_per_layer_more_than_lora():
-    extra = {n: _top_level_ops(n, "kasa") - _top_level_ops(n, "lora") for n in (4, 16)}
-    per_layer = (extra[16] - extra[4]) / (5 * (16 - 4))  # 5 adapted layers per decoder layer
-    fixed = extra[4] - per_layer * 5 * 4
-    assert per_layer <= 5, extra
-    assert fixed <= 60, extra
+def _kasa_minus_lora(stacked: bool) -> tuple[float, float]:
+    """(per adapted layer, fixed) operators of a KaSA step beyond a LoRA step, from 4 and 16 decoder layers with 5
+    adapted layers each."""
+    extra = {n: _launched_ops(n, "kasa", stacked) - _launched_ops(n, "lora", stacked) for n in (4, 16)}
+    per_layer = (extra[16] - extra[4]) / (5 * (16 - 4))
+    return per_layer, extra[4] - per_layer * 5 * 4
+
+
+def test_kasa_step_launches_at_most_8_operators_per_layer_more_than_lora():
+    """Stacked adapters (the default): the dsigma scaling and its backward are the only per-layer extra (5); the
+    regulariser, its gradient and the optimiser work per shape group. Each layer holding its own parameters (what
+    sharded training uses) pays AccumulateGrad, the optimiser's per-tensor reads, gradient additions and the
+    regulariser's stack per layer besides (14 per layer), so the bound is not met by the count itself."""
+    per_layer, fixed = _kasa_minus_lora(stacked=True)
+    assert per_layer <= 8, (per_layer, fixed)
+    assert fixed <= 60, (per_layer, fixed)
+    own_per_layer, _ = _kasa_minus_lora(stacked=False)
+    assert own_per_layer > 8, own_per_layer
 
 
 # ---------------------------------------------------------------------- the layer cache of adapter_loss

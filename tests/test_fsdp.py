@@ -19,7 +19,7 @@ import yaml
 from lightning_helpers import MINILM, TINY_BERT
 from safetensors.torch import load_file
 
-from kasa_lightning import AdapterConfig, apply_adapters
+from kasa_lightning import AdapterConfig, apply_adapters, unstack_adapters
 from kasa_lightning.training.fsdp import AdapterWrapPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,6 +132,9 @@ def test_wrap_policy_never_mixes_frozen_and_trainable_parameters():
     cfg = dict(TINY_BERT)
     model = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg))
     apply_adapters(model, AdapterConfig(r=4, modules_to_save=["classifier"]))
+    with pytest.raises(ValueError, match=r"stacked=False.*unstack_adapters"):  # stacked: one unit FSDP cannot run
+        AdapterWrapPolicy([BertLayer]).units(model)
+    unstack_adapters(model)
     units = AdapterWrapPolicy([BertLayer]).units(model)
     unit_ids = {id(u) for u in units} | {id(model)}
 

@@ -49,7 +49,10 @@ def test_fit_logs_losses_and_metric(tmp_path):
     opt = t.optimizers[0]
     in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
     trainable = {id(p) for p in module.parameters() if p.requires_grad}
-    assert in_opt == trainable and len(in_opt) == 2 * 2 * 3 + 2  # 2 layers x (query, value) x 3 + head
+    # the adapters stacked: one (8, 32, r) group of the 2 layers x (query, value) factors, one (4, r) of the singular
+    # values; then the head's weight and bias
+    assert in_opt == trainable and len(in_opt) == 2 + 2
+    assert [tuple(p.shape) for p in opt.param_groups[0]["params"]] == [(8, 32, 8), (4, 8)]  # r = 8
     assert reg.l2.item() > 0
 
 

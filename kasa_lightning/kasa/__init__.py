@@ -1,20 +1,24 @@
 """The KaSA method in pure PyTorch (no Lightning): config, truncation, adapted layer, injection,
 regularisers, adapter state and PEFT export. Each concept lives in its own module."""
 
+from .bank import AdapterBank
 from .bnb import import_bitsandbytes
 from .config import AdapterConfig
 from .inject import (
     AdapterRecord,
     adapted_layers,
     adapter_config,
+    adapter_parameters,
     adapter_record,
     apply_adapters,
     find_targets,
     layer_groups,
     merge_adapters,
     merge_and_unload,
+    stack_adapters,
     unload_adapters,
     unmerge_adapters,
+    unstack_adapters,
 )
 from .layer import AdaptedLayer, WeightState
 from .peft_format import export_peft
@@ -26,6 +30,7 @@ from .terms import LayerTerms, layer_terms
 
 __all__ = [
     "AdaptedLayer",
+    "AdapterBank",
     "AdapterConfig",
     "AdapterLossTerms",
     "AdapterRecord",
@@ -36,6 +41,7 @@ __all__ = [
     "adapted_layers",
     "adapter_config",
     "adapter_loss",
+    "adapter_parameters",
     "adapter_record",
     "adapter_state_dict",
     "apply_adapters",
@@ -52,7 +58,9 @@ __all__ = [
     "read_adapter",
     "record_in_forward",
     "save_adapter",
+    "stack_adapters",
     "unload_adapters",
     "unmerge_adapters",
+    "unstack_adapters",
     "weight_fingerprint",
 ]

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from torch import nn
 
+from . import bank as _bank
 from . import bnb
 from .config import AdapterConfig
 from .layer import AdaptedLayer, is_conv1d, linear_shape
@@ -187,6 +188,7 @@ def apply_adapters(
     initialize: bool = True,
     svd_device: torch.device | str | None = None,
     progress: bool | None = None,
+    stacked: bool = True,
 ) -> nn.Module:
     """Replace the target layers of ``model`` by ``AdaptedLayer``s, in place, and return ``model``.
 
@@ -197,7 +199,8 @@ def apply_adapters(
     ``svd_device``: compute the truncation there (one weight at a time; e.g. the GPU of a model that is still on
     the CPU, as under FSDP before sharding); by default where each weight lives. ``progress``: a tqdm bar over the
     target weights with the count and the disk-cache hits, on stderr; ``None`` shows it only when stderr is a
-    terminal and the method truncates.
+    terminal and the method truncates. ``stacked``: store the adapter tensors as a few stacked parameters, one per
+    shape group (``stack_adapters``; ``False`` keeps one parameter per tensor, as sharded training needs).
     """
     if getattr(model, _RECORD_ATTR, None) is not None or any(True for _ in adapted_layers(model)):
         raise RuntimeError(
@@ -249,13 +252,52 @@ def apply_adapters(
     for p in model.parameters():
         p.requires_grad_(False)
     for _, layer in adapted_layers(model):
-        for p in layer.adapter_parameters():
-            p.requires_grad_(True)
+        for t in layer.adapter_parameters():  # each layer's own parameters until stack_adapters below
+            t.requires_grad_(True)
     for n in saved:
         for p in model.get_submodule(n).parameters():
             p.requires_grad_(True)
     object.__setattr__(model, _RECORD_ATTR, AdapterRecord(config=config, requires_grad=requires_grad, saved=saved))
+    if stacked:
+        stack_adapters(model)
     return model
+
+
+def stack_adapters(model: nn.Module) -> nn.Module:
+    """Store the adapter tensors of ``model`` as a few stacked parameters, one per (kind, shape, dtype, device)
+    group, held by an ``AdapterBank`` at ``model.adapter_bank``; each layer's ``delta_u``/``delta_v``/
+    ``delta_sigma`` becomes a view of its group. What ``apply_adapters`` does by default: a training step's
+    per-parameter costs (AccumulateGrad, the optimiser's per-tensor work, the regulariser's stacking) are then paid
+    per group, not per layer (see ``bank.py``). Values, the state dict and gradients per tensor are unchanged; an
+    optimiser built before must be built again (``adapter_parameters(model)``). Idempotent."""
+    layers = list(adapted_layers(model))
+    if not layers:
+        raise ValueError("the model has no adapted layers")
+    if _bank.bank_of(layers) is None:
+        _bank.stack(model, layers)
+        adapter_record(model).reg_plan = None
+    return model
+
+
+def unstack_adapters(model: nn.Module) -> nn.Module:
+    """Give every adapted layer its own parameters again (the layout of ``apply_adapters(..., stacked=False)``),
+    for strategies that shard or gather parameters per module (FSDP, DeepSpeed ZeRO-3). Idempotent."""
+    layers = list(adapted_layers(model))
+    _bank.unstack(model, layers)
+    record: AdapterRecord | None = getattr(model, _RECORD_ATTR, None)
+    if record is not None:
+        record.reg_plan = None
+    return model
+
+
+def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable adapter parameters of ``model``, to give an optimiser: the stacked group parameters, or every
+    layer's own tensors when the adapters are not stacked (``modules_to_save`` not included)."""
+    layers = list(adapted_layers(model))
+    bank = _bank.bank_of(layers)
+    if bank is not None:
+        return bank.groups()
+    return [cast(nn.Parameter, p) for _, layer in layers for p in layer.adapter_parameters()]
 
 
 def _quantized_bases(model: nn.Module, targets: list[str], config: AdapterConfig) -> dict[str, QuantizedBase]:
@@ -293,6 +335,8 @@ def _progress_bar(total: int, method: str, enabled: bool | None):  # noqa: ANN20
 
 def _forget_adapters(model: nn.Module) -> nn.Module:
     """Restore the trainability recorded by ``apply_adapters`` and drop its bookkeeping."""
+    if isinstance(getattr(model, _bank.BANK_NAME, None), _bank.AdapterBank):
+        delattr(model, _bank.BANK_NAME)  # the layers are gone (or merged into their base): so is their bank
     record: AdapterRecord | None = getattr(model, _RECORD_ATTR, None)
     if record is not None:
         for n, p in model.named_parameters():

@@ -24,18 +24,21 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import cast
+from typing import Any, Generic, TypeVar, cast
 
 import torch
 from torch import nn
 
 from . import bnb
+from .bank import AdapterBank, Slot
 from .config import AdapterConfig
 from .quant_source import QuantizedBase
 from .svd import Triplets
 from .terms import LayerTerms, layer_terms
+
+T = TypeVar("T")
 
 
 class WeightState(enum.Enum):
@@ -60,12 +63,36 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     return (w.shape[1], w.shape[0]) if is_conv1d(module) else (w.shape[0], w.shape[1])
 
 
+class _AdapterTensor(Generic[T]):
+    """An adapter tensor attribute of ``AdaptedLayer`` (``delta_u``, ``delta_v``, ``delta_sigma``): the layer's own
+    parameter, or its slice of the model's ``AdapterBank``. Parameters are registered as ``nn.Module`` does; a plain
+    tensor assigned (FSDP with ``use_orig_params`` swaps its views of the flat parameter in and out this way) is an
+    instance attribute, read before the parameter and removed by ``nn.Module`` when a parameter is set, as on any
+    module."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, layer: AdaptedLayer, owner: type | None = None) -> T:
+        return cast(T, layer._adapter_tensor(self.name))
+
+    def __set__(self, layer: AdaptedLayer, value: T) -> None:
+        layer.__dict__[self.name] = value
+
+    def __delete__(self, layer: AdaptedLayer) -> None:
+        if self.name not in layer.__dict__:
+            raise AttributeError(self.name)
+        del layer.__dict__[self.name]
+
+
 class AdaptedLayer(nn.Module):
     """Wraps ``base_layer`` (``nn.Linear``, ``Conv1D``, bitsandbytes ``Linear4bit``/``Linear8bitLt``) with a
     KaSA / LoRA / PiSSA / MiLoRA update.
 
-    Trainable parameters: ``delta_u`` (out, r), ``delta_sigma`` (r,) (only with singular values) and
-    ``delta_v`` (in, r). Buffers ``dropped_u`` (out, r) and ``dropped_v`` (in, r), float32, hold the removed
+    Trainable tensors: ``delta_u`` (out, r), ``delta_sigma`` (r,) (only with singular values) and
+    ``delta_v`` (in, r): parameters of this layer, or, after ``stack_adapters`` (what ``apply_adapters`` does by
+    default), views of the model's ``AdapterBank`` (see ``bank.py``); ``adapter_grad`` reads their gradients in
+    both layouts. Buffers ``dropped_u`` (out, r) and ``dropped_v`` (in, r), float32, hold the removed
     rank-r part (only for methods that remove one); they are saved with the adapter, which makes the truncation
     reversible and exportable. ``state`` is the base weight's ``WeightState``; ``quantized`` describes a quantised
     base (None otherwise). ``record_terms`` (independent of the weight) is the regulariser form each forward under
@@ -74,14 +101,13 @@ class AdaptedLayer(nn.Module):
 
     # for type checkers (nn.Module.__getattr__ types every attribute as Tensor | Module)
     base_layer: nn.Module
-    delta_u: nn.Parameter
-    delta_v: nn.Parameter
-    delta_sigma: nn.Parameter | None
     dropped_u: torch.Tensor | None
     dropped_v: torch.Tensor | None
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, quantized: QuantizedBase | None = None) -> None:
         super().__init__()
+        self._bank: AdapterBank | None = None  # set by stack_adapters (a plain attribute: the model owns the bank)
+        self._slots: dict[str, Slot] = {}
         self.base_layer = base_layer
         self.r = config.r
         self.scaling = config.scaling
@@ -93,11 +119,12 @@ class AdaptedLayer(nn.Module):
         w = cast(torch.Tensor, base_layer.weight)
         device = w.device
         dtype = w.dtype if w.dtype.is_floating_point and quantized is None else torch.float32
-        self.delta_u = nn.Parameter(torch.zeros(out_features, config.r, device=device, dtype=dtype))
-        self.delta_v = nn.Parameter(torch.zeros(in_features, config.r, device=device, dtype=dtype))
-        self.delta_sigma = (
-            nn.Parameter(torch.ones(config.r, device=device, dtype=dtype)) if config.singular_values else None
+        self.register_parameter(
+            "delta_u", nn.Parameter(torch.zeros(out_features, config.r, device=device, dtype=dtype))
         )
+        self.register_parameter("delta_v", nn.Parameter(torch.zeros(in_features, config.r, device=device, dtype=dtype)))
+        sigma = nn.Parameter(torch.ones(config.r, device=device, dtype=dtype)) if config.singular_values else None
+        self.register_parameter("delta_sigma", sigma)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if config.removes_triplets:
             d_dtype = torch.float32 if quantized is not None else None  # None: the default dtype, as before
@@ -137,9 +164,90 @@ class AdaptedLayer(nn.Module):
         folds = self.dropped_u is not None and self.truncation_mode == "fold"
         return WeightState.FOLDED if folds else WeightState.ORIGINAL
 
-    def adapter_parameters(self) -> list[nn.Parameter]:
-        """The trainable tensors of this layer: delta_u, delta_sigma (if any), delta_v."""
+    # ------------------------------------------------------------------ the adapter tensors (own or stacked)
+    def _adapter_tensor(self, name: str) -> torch.Tensor | None:
+        if name in self.__dict__:  # a plain tensor set over it (FSDP's views of its flat parameter): it comes first,
+            return self.__dict__[name]  # as an instance attribute does on any nn.Module
+        p = self._parameters.get(name)
+        if p is None:
+            slot = self._slots.get(name)
+            if slot is not None:
+                assert self._bank is not None
+                return self._bank.view(slot)
+            if name not in self._parameters:  # during __init__: not registered yet
+                raise AttributeError(name)
+        return p
+
+    delta_u = _AdapterTensor[torch.Tensor]()
+    """dU (out, r): this layer's parameter, or its view of the model's stacked parameter."""
+    delta_v = _AdapterTensor[torch.Tensor]()
+    """dV (in, r): this layer's parameter, or its view of the model's stacked parameter."""
+    delta_sigma = _AdapterTensor[torch.Tensor | None]()
+    """dsigma (r,) (None without singular values): this layer's parameter, or a view of a stacked one."""
+
+    def adapter_parameters(self) -> list[torch.Tensor]:
+        """The trainable tensors of this layer: delta_u, delta_sigma (if any), delta_v (views of the stacked
+        parameters when the model's adapters are stacked: give the optimiser ``kasa.adapter_parameters(model)``)."""
         return [p for p in (self.delta_u, self.delta_sigma, self.delta_v) if p is not None]
+
+    def adapter_grad(self, name: str) -> torch.Tensor | None:
+        """The gradient of ``name`` ("delta_u", "delta_v", "delta_sigma") after a backward pass, in either layout."""
+        slot = self._slots.get(name)
+        if slot is not None:
+            assert self._bank is not None
+            return self._bank.grad(slot)
+        p = self._parameters.get(name)
+        return None if p is None else p.grad
+
+    def _attach(self, bank: AdapterBank, slots: dict[str, Slot]) -> None:
+        """Read the adapter tensors from ``bank`` at ``slots`` instead of this layer's own parameters (which the
+        bank has copied)."""
+        for name in slots:
+            self._parameters[name] = None  # the key stays: the parameter order is kept for ``_detach_from_bank``
+        object.__setattr__(self, "_bank", bank)
+        self._slots = dict(slots)
+
+    def _detach_from_bank(self) -> None:
+        """Own parameters again, copies of this layer's slices of the bank."""
+        bank = self._bank
+        if bank is None:
+            return
+        own = {
+            name: nn.Parameter(bank.view(slot).detach().clone(), requires_grad=bank.group(slot.group).requires_grad)
+            for name, slot in self._slots.items()
+        }
+        object.__setattr__(self, "_bank", None)
+        self._slots = {}
+        self._parameters.update(own)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:  # noqa: ANN001
+        # stacked: the slices under this layer's own keys, as if they were its parameters (the format does not
+        # depend on the layout); copies, so that no two saved tensors share storage (safetensors refuses that)
+        for name, slot in self._slots.items():
+            assert self._bank is not None
+            t = self._bank.view(slot)
+            destination[prefix + name] = t if keep_vars else t.detach().clone()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_slots(
+        self, state_dict: Mapping[str, Any], prefix: str, strict: bool, missing_keys: list[str], error_msgs: list[str]
+    ) -> None:
+        for name, slot in self._slots.items():
+            assert self._bank is not None
+            key = prefix + name
+            if key not in state_dict:
+                if strict:
+                    missing_keys.append(key)
+                continue
+            value = state_dict[key]
+            shape = tuple(self._bank.group(slot.group).shape[1:])
+            if tuple(value.shape) != shape:
+                error_msgs.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from checkpoint, "
+                    f"the shape in current model is {shape}."
+                )
+                continue
+            self._bank.write(slot, value)
 
     # ------------------------------------------------------------------ initialisation
     def reset_parameters(self, config: AdapterConfig, triplets: Triplets | None) -> None:
@@ -213,19 +321,35 @@ class AdaptedLayer(nn.Module):
             self._write_quantized(previous)
 
     # ------------------------------------------------------------------ loading; sharded training (FSDP)
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
-        # Loading new removed-part buffers must keep the folded base weight consistent: take the old part out,
-        # load, fold the new one in (torch calls this before loading the children, i.e. the base layer).
+    def _load_from_state_dict(  # noqa: PLR0913
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        args = (local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        # New update and removed-part tensors must keep the base weight consistent: take the old part (and a merged
+        # update) out, load, put the new ones in (torch calls this before loading the children: the base layer).
         if self._weight_is_whole():
             with self.plain_weight():
-                super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+                if self._slots:  # stacked: this layer's slices, under its own keys
+                    self._load_slots(state_dict, prefix, strict, missing_keys, error_msgs)
+                super()._load_from_state_dict(state_dict, prefix, *args)
+            if self._slots:  # the base class reports the keys that are not its own parameters as unexpected
+                mine = {prefix + name for name in self._slots}
+                unexpected_keys[:] = [k for k in unexpected_keys if k not in mine]
             return
-        # FSDP: the base layer is a unit of its own and whole only while it loads; correct its weight then
+        # FSDP (own parameters only): the base layer is a unit of its own and whole only while it loads; correct its
+        # weight then
         old = None
         if self.state is WeightState.FOLDED:
             old_u, old_v = self._required_dropped_factors()
             old = (old_u.clone(), old_v.clone())
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, *args)
         if old is not None and f"{prefix}base_layer.weight" not in state_dict:
             self._pending_refold = old
 
@@ -341,8 +465,9 @@ class AdaptedLayer(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta_u, delta_v, delta_sigma = self.delta_u, self.delta_v, self.delta_sigma
         if self.record_terms is not None and torch.is_grad_enabled():  # sharded training: terms while whole
-            self.recorded_terms = layer_terms(self.delta_u, self.delta_sigma, self.delta_v, self.record_terms)
+            self.recorded_terms = layer_terms(delta_u, delta_sigma, delta_v, self.record_terms)
         if self.state is WeightState.MERGED:
             return self.base_layer(x)
         # A plain nn.Linear without hooks run on x flattened to (tokens, in) returns a fresh, non-view (tokens, out)
@@ -359,10 +484,10 @@ class AdaptedLayer(nn.Module):
             xd = x if x.dtype == dropped_v.dtype else x.to(dropped_v.dtype)
             y = _add_product(y, xd @ dropped_v, dropped_u, flat_linear, alpha=-1.0)
         x = self.dropout(x)
-        h = (x if x.dtype == self.delta_v.dtype else x.to(self.delta_v.dtype)) @ self.delta_v  # (tokens, r)
-        if self.delta_sigma is not None:  # the diagonal scales the r-wide activations, the cheapest place
-            h = h * self.delta_sigma
-        y = _add_product(y, h, self.delta_u, flat_linear, alpha=self.scaling)  # (tokens, out); eta rides on the GEMM
+        h = (x if x.dtype == delta_v.dtype else x.to(delta_v.dtype)) @ delta_v  # (tokens, r)
+        if delta_sigma is not None:  # the diagonal scales the r-wide activations, the cheapest place
+            h = h * delta_sigma
+        y = _add_product(y, h, delta_u, flat_linear, alpha=self.scaling)  # (tokens, out); eta rides on the GEMM
         return y.view(*lead, y.shape[-1]) if flat_linear else y
 
     def extra_repr(self) -> str:

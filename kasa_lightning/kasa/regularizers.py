@@ -15,10 +15,12 @@ from typing import Literal, NamedTuple, cast, overload
 import torch
 from torch import nn
 
+from .bank import Slot, bank_of
 from .inject import adapted_layers, adapter_config, adapter_record, cached_adapted_layers
 from .layer import AdaptedLayer
-from .plan import StackingPlan, make_plan
-from .terms import LayerTerms, gram_distance
+from .orthogonality import orthogonality_distances
+from .plan import make_plan
+from .terms import LayerTerms
 
 
 class AdapterLossTerms(NamedTuple):
@@ -107,23 +109,58 @@ def _batched_terms(
     model: nn.Module, layers: Sequence[tuple[str, AdaptedLayer]], form: str, need_l3: bool
 ) -> tuple[Mapping[str, LayerTerms], torch.Tensor, torch.Tensor]:
     """Per-layer terms (a lazy mapping, module order), summed L2 and summed L3."""
+    bank = bank_of(layers)
+    if bank is not None:  # the stacked parameters are the groups: no stack, no per-layer operator
+        groups: dict[int, torch.Tensor] = {g: bank.group(g) for g in range(len(bank.members))}
+        slots = [layer._slots for _, layer in layers]
+        sigma = [g for g, members in enumerate(bank.members) if members[0][1] == "delta_sigma"]
+        factor = [g for g in groups if g not in sigma] if need_l3 else []
+    else:
+        groups, slots, sigma, factor = _stacked_copies(model, layers, need_l3)
+    first = groups[factor[0] if factor else next(iter(groups))] if groups else _tensor(layers[0][1], "delta_u")
+    # L2: the squares of every dsigma, (L_g, r) per group
+    squares = {g: (groups[g] if groups[g].dtype == torch.float32 else groups[g].float()).square() for g in sigma}
+    l2 = _total([x.sum() for x in squares.values()], first.device)
+    # L3: the distances of every dU and dV, computed per group of equal (rows, r) and concatenated per device
+    by_device: dict[torch.device, list[int]] = {}
+    for g in factor:
+        by_device.setdefault(groups[g].device, []).append(g)
+    parts = [(gs, orthogonality_distances([groups[g] for g in gs], form)) for gs in by_device.values()]
+    l3 = _total([d.sum() for _, d in parts], first.device) if need_l3 else torch.zeros((), device=l2.device)
+    names = [name for name, _ in layers]
+    sizes = {g: t.shape[0] for g, t in groups.items()}
+    return _LazyLayerTerms(names, slots, squares, parts, sizes), l2, l3
+
+
+def _total(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The sum of scalar ``parts`` (on the first one's device when the model is spread over several)."""
+    if not parts:
+        return torch.zeros((), device=device)
+    total = parts[0]
+    for p in parts[1:]:  # a Python sum: no stack (whose backward would select per part)
+        total = total + p.to(total.device)
+    return total
+
+
+def _stacked_copies(
+    model: nn.Module, layers: Sequence[tuple[str, AdaptedLayer]], need_l3: bool
+) -> tuple[dict[int, torch.Tensor], list[dict[str, Slot]], list[int], list[int]]:
+    """Layers with their own parameters (``stacked=False``): the groups as stacks of them (their backward unbinds
+    per layer), in the same form as a bank's: groups, each layer's slots, the dsigma groups, the factor groups."""
     modules = [layer for _, layer in layers]
-    first = _tensor(modules[0], "delta_u")
-    # L2: every dsigma (r,) of the model in one (L, r) stack
-    squares = None
+    groups: dict[int, torch.Tensor] = {}
+    slots: list[dict[str, Slot]] = [{} for _ in modules]
+    sigma: list[int] = []
     if modules[0].delta_sigma is not None:
         try:
-            sigmas = torch.stack([_tensor(x, "delta_sigma") for x in modules])
+            groups[0] = torch.stack([_tensor(x, "delta_sigma") for x in modules])  # (L, r)
         except RuntimeError:
             make_plan(layers)  # raises the clear error when the tensors are shards
             raise
-        squares = (sigmas if sigmas.dtype == torch.float32 else sigmas.float()).square()  # (L, r)
-        l2 = squares.sum()
-    else:
-        l2 = torch.zeros((), device=first.device)
-    # L3: dU and dV of equal (rows, r) stacked together, one batched distance per group
-    distances: list[torch.Tensor] = []
-    plan = None
+        sigma.append(0)
+        for i, s in enumerate(slots):
+            s["delta_sigma"] = Slot(0, i)
+    factor: list[int] = []
     if need_l3:
         record = adapter_record(model)
         plan = record.reg_plan
@@ -131,24 +168,21 @@ def _batched_terms(
             if plan is None or len(plan.slots) != len(modules):
                 plan = record.reg_plan = make_plan(layers)
             try:
-                distances = [
-                    gram_distance(torch.stack([_tensor(modules[i], attr) for i, attr in members]), form)
-                    for members in plan.groups
-                ]  # (group size,) each
+                stacks = [torch.stack([_tensor(modules[i], attr) for i, attr in members]) for members in plan.groups]
                 break
             except RuntimeError:  # the tensors changed shape, dtype or device since the plan: make it anew
                 if attempt:
                     raise
                 plan = None
-        devices = {d.device for d in distances}
-        if len(devices) == 1:
-            l3 = torch.cat(distances).sum() if len(distances) > 1 else distances[0].sum()
-        else:  # a model spread over devices: add up on the first one
-            l3 = torch.stack([d.sum().to(first.device) for d in distances]).sum()
-    else:
-        l3 = torch.zeros((), device=l2.device)
-    names = [name for name, _ in layers]
-    return _LazyLayerTerms(names, squares, distances, plan), l2, l3
+        assert plan is not None
+        offset = len(groups)
+        for g, stack in enumerate(stacks):
+            groups[offset + g] = stack
+            factor.append(offset + g)
+        for i, ((gu, pu), (gv, pv)) in enumerate(plan.slots):
+            slots[i]["delta_u"] = Slot(offset + gu, pu)
+            slots[i]["delta_v"] = Slot(offset + gv, pv)
+    return groups, slots, sigma, factor
 
 
 def _tensor(layer: nn.Module, name: str) -> torch.Tensor:
@@ -159,28 +193,39 @@ def _tensor(layer: nn.Module, name: str) -> torch.Tensor:
 
 
 class _LazyLayerTerms(Mapping):
-    """name -> ``LayerTerms`` of one layer, split out of the stacked values on first use (logging, callbacks); a
+    """name -> ``LayerTerms`` of one layer, split out of the group values on first use (logging, callbacks); a
     training step that never reads them dispatches no per-layer operator."""
 
     def __init__(
-        self, names: list[str], squares: torch.Tensor | None, distances: list[torch.Tensor], plan: StackingPlan | None
+        self,
+        names: list[str],
+        slots: list[dict[str, Slot]],
+        squares: dict[int, torch.Tensor],
+        distances: list[tuple[list[int], torch.Tensor]],
+        group_sizes: dict[int, int],
     ) -> None:
-        self._names = names
-        self._squares, self._distances, self._plan = squares, distances, plan
+        self._group_sizes = group_sizes
+        self._names, self._slots = names, slots
+        self._squares, self._distances = squares, distances  # distances: (groups, their concatenated L3)
         self._terms: dict[str, LayerTerms] | None = None
 
     def _all(self) -> dict[str, LayerTerms]:
         if self._terms is None:
-            n = len(self._names)
-            ref = self._squares if self._squares is not None else (self._distances[0] if self._distances else None)
+            ref = next(iter(self._squares.values()), None)
+            ref = ref if ref is not None else next((d for _, d in self._distances), None)
             zero = torch.zeros((), device=ref.device if ref is not None else None)
-            l2 = self._squares.sum(-1).unbind() if self._squares is not None else [zero] * n
-            if self._plan is not None:
-                parts = [d.unbind() for d in self._distances]
-                l3 = [parts[gu][pu] + parts[gv][pv] for (gu, pu), (gv, pv) in self._plan.slots]
-            else:
-                l3 = [zero] * n
-            self._terms = {name: LayerTerms(l2=a, l3=b) for name, a, b in zip(self._names, l2, l3)}
+            l2 = {g: x.sum(-1).unbind() for g, x in self._squares.items()}
+            l3: dict[int, tuple[torch.Tensor, ...]] = {}
+            for gs, d in self._distances:
+                sizes = [self._group_sizes[g] for g in gs]
+                l3.update({g: part.unbind() for g, part in zip(gs, d.split(sizes))})
+            terms = {}
+            for name, slot in zip(self._names, self._slots):
+                s, u, v = slot.get("delta_sigma"), slot.get("delta_u"), slot.get("delta_v")
+                a = l2[s.group][s.position] if s is not None and s.group in l2 else zero
+                b = l3[u.group][u.position] + l3[v.group][v.position] if u is not None and u.group in l3 and v else zero
+                terms[name] = LayerTerms(l2=a, l3=b)
+            self._terms = terms
         return self._terms
 
     def __getitem__(self, name: str) -> LayerTerms:

@@ -29,8 +29,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, layer in adapted_layers(model):
         for key in ("delta_u", "delta_sigma", "delta_v", "dropped_u", "dropped_v"):
             t = getattr(layer, key)
-            if t is not None:
-                out[f"{name}.{key}"] = t.detach()
+            if t is not None:  # a slice of a stacked parameter is copied: no two tensors share storage
+                out[f"{name}.{key}"] = t.detach().clone() if key in layer._slots else t.detach()
     for saved in record.saved:
         for pname, p in model.get_submodule(saved).named_parameters():
             out[f"{saved}.{pname}"] = p.detach()

@@ -29,7 +29,7 @@ from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
-from kasa_lightning.kasa import AdaptedLayer
+from kasa_lightning.kasa import AdaptedLayer, AdapterBank
 
 
 class AdapterWrapPolicy(ModuleWrapPolicy):
@@ -42,6 +42,13 @@ class AdapterWrapPolicy(ModuleWrapPolicy):
 
     def units(self, root: nn.Module) -> list[nn.Module]:
         """The modules this policy wraps under ``root`` (root itself excluded: FSDP always wraps the root)."""
+        if any(isinstance(m, AdapterBank) for m in root.modules()):
+            raise ValueError(
+                "AdapterWrapPolicy: the adapters of this model are stacked into one parameter per shape group "
+                "(apply_adapters' default), which FSDP would shard as a unit that never runs a forward pass; apply "
+                "them with apply_adapters(..., stacked=False) or call kasa.unstack_adapters(model) before wrapping "
+                "(KaSAModule does this under sharding strategies)"
+            )
         units: list[nn.Module] = []
         for module in root.modules():
             if module is root:

@@ -33,6 +33,7 @@ from kasa_lightning.kasa import (
     QuantizationConfig,
     adapted_layers,
     adapter_loss,
+    adapter_parameters,
     apply_adapters,
     record_in_forward,
 )
@@ -196,9 +197,13 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
             if hasattr(model.config, "use_cache"):
                 model.config.use_cache = False
         model.train()  # from_pretrained returns eval mode, and Lightning keeps the modes it finds
-        self.model = apply_adapters(model, self.adapter_config, initialize=initialize, **self._truncation_placement())
+        # a sharding strategy wraps and shards parameters per module: each layer keeps its own tensors there;
+        # elsewhere they are stacked per shape group (kasa/bank.py: fewer operators per training step)
+        sharded = self._trainer is not None and shards_parameters(self.trainer.strategy)
+        placement = self._truncation_placement()
+        self.model = apply_adapters(model, self.adapter_config, initialize=initialize, stacked=not sharded, **placement)
         self._keep_adapters_float32(wrapped=False)  # now: a sharding strategy flattens them after this
-        if self._trainer is not None and shards_parameters(self.trainer.strategy):
+        if sharded:
             # after wrapping, the adapter tensors are whole only inside each layer's forward
             record_in_forward(self.model)
         if self.compile_kwargs is not None:
@@ -310,7 +315,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters only: the adapters, and ``modules_to_save`` (with ``head_lr`` if set)."""
-        adapter_ids = {id(p) for _, layer in adapted_layers(self.model) for p in layer.adapter_parameters()}
+        adapter_ids = {id(p) for p in adapter_parameters(self.model)}
         adapters = [p for p in self.model.parameters() if p.requires_grad and id(p) in adapter_ids]
         heads = [p for p in self.model.parameters() if p.requires_grad and id(p) not in adapter_ids]
         groups = [{"params": adapters, "name": "adapters"}]
@@ -369,10 +374,9 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         the optimiser is built; they were made float32 in ``configure_model``, and a later cast is left alone."""
         if wrapped and self._trainer is not None and shards_parameters(self.trainer.strategy):
             return
-        for _, layer in adapted_layers(self.model):
-            for p in layer.adapter_parameters():
-                if p.dtype != torch.float32:
-                    p.data = p.data.float()
+        for p in adapter_parameters(self.model):  # the stacked groups (their views follow), or each layer's own
+            if p.dtype != torch.float32:
+                p.data = p.data.float()
 
     # ------------------------------------------------------------------ sharded training
     def whole_parameters(self) -> contextlib.AbstractContextManager[None]:

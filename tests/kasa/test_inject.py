@@ -12,6 +12,7 @@ from kasa_lightning import (
     AdapterRecord,
     adapted_layers,
     adapter_record,
+    adapter_state_dict,
     apply_adapters,
     merge_and_unload,
     unload_adapters,
@@ -68,10 +69,14 @@ def test_regex_targets():
         make_tiny_bert(), AdapterConfig(r=2, target_modules=[r".*layer\.1\.attention\.self\.(query|key)"])
     )
     names = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert names == {
+    assert names == {"adapter_bank.g0", "adapter_bank.g1"}  # the (32, 2) factors, the (2,) singular values
+    assert [n for n, _ in adapted_layers(model)] == [
+        f"bert.encoder.layer.1.attention.self.{t}" for t in ("query", "key")
+    ]
+    assert set(adapter_state_dict(model)) == {
         f"bert.encoder.layer.1.attention.self.{t}.{p}"
         for t in ("query", "key")
-        for p in ("delta_u", "delta_sigma", "delta_v")
+        for p in ("delta_u", "delta_sigma", "delta_v", "dropped_u", "dropped_v")
     }
 
 

@@ -37,22 +37,22 @@ def test_zero_update_at_init_equals_truncated_model(tiny_mlp):
     torch.testing.assert_close(tiny_mlp(x), ref(x), atol=1e-5, rtol=1e-5)
 
 
-def test_gradients_reach_only_adapters_and_modules_to_save(tiny_mlp):
-    apply_adapters(tiny_mlp, AdapterConfig(r=4, target_modules=["fc1", "fc2"], modules_to_save=["head"]))
+@pytest.mark.parametrize("stacked", [True, False])
+def test_gradients_reach_only_adapters_and_modules_to_save(tiny_mlp, stacked):
+    config = AdapterConfig(r=4, target_modules=["fc1", "fc2"], modules_to_save=["head"])
+    apply_adapters(tiny_mlp, config, stacked=stacked)
     randomize_adapters(tiny_mlp)
     loss = tiny_mlp(torch.randn(6, 24)).square().mean() + adapter_loss(tiny_mlp)
     loss.backward()
     trainable = {n for n, p in tiny_mlp.named_parameters() if p.requires_grad}
-    assert trainable == {
-        "fc1.delta_u",
-        "fc1.delta_sigma",
-        "fc1.delta_v",
-        "fc2.delta_u",
-        "fc2.delta_sigma",
-        "fc2.delta_v",
-        "head.weight",
-        "head.bias",
-    }
+    adapters = {f"fc{i}.{t}" for i in (1, 2) for t in ("delta_u", "delta_sigma", "delta_v")}
+    # stacked: fc1's dU (16, 4) and fc2's dV (16, 4) share a group; the other factors and the dsigma form three more
+    assert trainable == {"head.weight", "head.bias"} | (
+        {f"adapter_bank.g{g}" for g in range(4)} if stacked else adapters
+    )
+    for _, layer in adapted_layers(tiny_mlp):
+        for t in ("delta_u", "delta_sigma", "delta_v"):
+            assert layer.adapter_grad(t) is not None and layer.adapter_grad(t).abs().sum() > 0, t
     for n, p in tiny_mlp.named_parameters():
         assert (p.grad is not None) == (n in trainable), n
         if p.grad is not None:
@@ -131,7 +131,8 @@ def test_gpt2_whole_model_trains_on_c_attn():
     ids = torch.randint(0, 100, (2, 12))
     out = gpt(input_ids=ids, labels=ids)
     (out.loss + adapter_loss(gpt)).backward()
-    assert all(p.grad is not None for _, layer in adapted_layers(gpt) for p in layer.adapter_parameters())
+    grads = [layer.adapter_grad(n) for _, layer in adapted_layers(gpt) for n in ("delta_u", "delta_v", "delta_sigma")]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
 def test_bfloat16_model_keeps_dtype_and_truncates_in_float64():
@@ -188,9 +189,9 @@ def test_in_place_adapter_add_equals_closed_form_and_spares_hooked_outputs(mode)
     ref.backward(g)
     for got, want in (
         (x.grad, x_ref.grad),
-        (layer.delta_u.grad, u.grad),
-        (layer.delta_v.grad, v.grad),
-        (layer.delta_sigma.grad, s.grad),
+        (layer.adapter_grad("delta_u"), u.grad),
+        (layer.adapter_grad("delta_v"), v.grad),
+        (layer.adapter_grad("delta_sigma"), s.grad),
     ):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 

@@ -9,17 +9,21 @@ from kasa_lightning import (
     AdapterConfig,
     adapted_layers,
     adapter_loss,
+    adapter_parameters,
     apply_adapters,
 )
 
 
+@pytest.mark.parametrize("stacked", [True, False])
 @pytest.mark.parametrize("form", ["paper", "reference"])
-def test_grouped_regulariser_equals_per_layer_formulas(form):
+def test_grouped_regulariser_equals_per_layer_formulas(form, stacked):
     # query/value (h, h), attention.output.dense (h, h), intermediate.dense (i, h), output.dense (h, i): the batched
     # computation groups equal shapes, so several groups of different sizes are exercised.
     targets = ["query", "value", "intermediate.dense", "output.dense"]
     model = apply_adapters(
-        make_tiny_bert(), AdapterConfig(r=4, beta=0.3, gamma=0.7, target_modules=targets, reg_form=form)
+        make_tiny_bert(),
+        AdapterConfig(r=4, beta=0.3, gamma=0.7, target_modules=targets, reg_form=form),
+        stacked=stacked,
     )
     randomize_adapters(model)
     layers = list(adapted_layers(model))
@@ -38,8 +42,9 @@ def test_grouped_regulariser_equals_per_layer_formulas(form):
         torch.testing.assert_close(terms.per_layer[name].l2, l2[name], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(terms.per_layer[name].l3, l3[name], atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(terms.loss, expected, atol=1e-4, rtol=1e-5)
-    grads = torch.autograd.grad(terms.loss, [x.delta_u for _, x in layers] + [x.delta_sigma for _, x in layers])
-    expected_grads = torch.autograd.grad(expected, [x.delta_u for _, x in layers] + [x.delta_sigma for _, x in layers])
+    params = adapter_parameters(model)  # the stacked groups, or every layer's own tensors
+    grads = torch.autograd.grad(terms.loss, params)
+    expected_grads = torch.autograd.grad(expected, params)
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-4)
 

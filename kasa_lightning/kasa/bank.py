@@ -1,0 +1,158 @@
+"""`AdapterBank`: a model's adapter tensors stored as a few stacked parameters, one per shape group.
+
+Every trainable adapter tensor (dU (m, r), dV (n, r), dsigma (r,)) is one slice of a parameter that holds all
+tensors of the same kind, shape, dtype and device: factors (dU and dV together) as (L, rows, r), singular values
+as (L, r). A training step then pays its per-parameter costs once per group instead of once per layer:
+
+* the optimiser (AdamW with ``foreach``) updates a few large tensors;
+* each parameter gets one AccumulateGrad, and the regulariser reads the groups as they are (no stack, whose
+  backward would unbind per layer), so a tensor used both in a layer's forward and in the regulariser costs one
+  gradient addition per group, not per layer.
+
+A layer reads its slice through ``AdaptedLayer.delta_u`` / ``delta_v`` / ``delta_sigma``: ``view`` unbinds the
+group once (one operator; its backward stacks the layers' gradients back in one operator) and keeps the views
+until the parameter changes, which its version counter, storage and the grad mode tell (an optimiser step, a
+load, a move or cast). The model's state dict is unchanged: each layer saves and loads its own slices under its
+own keys (``layer.py``), the bank saves nothing.
+
+``stack_adapters`` / ``unstack_adapters`` (``inject.py``) move a model between this layout and one parameter per
+tensor, which sharded training (FSDP, DeepSpeed ZeRO-3) needs: it shards and gathers parameters per wrapped unit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .layer import AdaptedLayer
+
+ADAPTER_TENSORS = ("delta_u", "delta_v", "delta_sigma")
+
+
+class Slot(NamedTuple):
+    """Where one adapter tensor lives: group ``group`` (the bank's parameter ``g{group}``), at ``position``."""
+
+    group: int
+    position: int
+
+
+class AdapterBank(nn.Module):
+    """The stacked adapter parameters ``g0``, ``g1``, ... of a model; ``members[g]`` lists (layer name, tensor
+    name) of group g in stacking order (module order, dU before dV within a layer)."""
+
+    def __init__(self, layers: Sequence[tuple[str, AdaptedLayer]]) -> None:
+        super().__init__()
+        keys: dict[tuple, int] = {}
+        tensors: list[list[torch.Tensor]] = []
+        trainable: list[bool] = []
+        self.members: list[list[tuple[str, str]]] = []
+        slots: list[dict[str, Slot]] = []
+        for name, layer in layers:
+            slots.append({})
+            for attr in ADAPTER_TENSORS:
+                t = layer._parameters.get(attr)
+                if t is None:
+                    continue
+                kind = "sigma" if attr == "delta_sigma" else "factor"
+                g = keys.setdefault((kind, tuple(t.shape), t.dtype, t.device), len(tensors))
+                if g == len(tensors):
+                    tensors.append([])
+                    trainable.append(False)
+                    self.members.append([])
+                slots[-1][attr] = Slot(g, len(tensors[g]))
+                tensors[g].append(t.detach())
+                trainable[g] = trainable[g] or t.requires_grad
+                self.members[g].append((name, attr))
+        for g, group in enumerate(tensors):
+            self.register_parameter(f"g{g}", nn.Parameter(torch.stack(group), requires_grad=trainable[g]))
+        self._slots = slots
+        self._views: list[tuple[torch.Tensor, ...] | None] = [None] * len(tensors)
+        self._keys: list[tuple | None] = [None] * len(tensors)
+
+    def slots(self, position: int) -> dict[str, Slot]:
+        """The slots of the ``position``-th layer the bank was built from."""
+        return self._slots[position]
+
+    def group(self, g: int) -> nn.Parameter:
+        """The stacked parameter of group ``g``: (L, rows, r) for factors, (L, r) for singular values."""
+        return self._parameters[f"g{g}"]  # type: ignore[return-value]
+
+    def groups(self) -> list[nn.Parameter]:
+        return [self.group(g) for g in range(len(self.members))]
+
+    def view(self, slot: Slot) -> torch.Tensor:
+        """The tensor at ``slot``: a view of its group, part of the autograd graph of the group parameter."""
+        p = self.group(slot.group)
+        if torch.compiler.is_compiling():  # one select per layer in the graph; the compiler fuses it
+            return p[slot.position]
+        key = (p.data_ptr(), p._version, p.requires_grad, torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+        views = self._views[slot.group]
+        if views is None or self._keys[slot.group] != key:
+            views = self._views[slot.group] = p.unbind(0)
+            self._keys[slot.group] = key
+        return views[slot.position]
+
+    def write(self, slot: Slot, value: torch.Tensor) -> None:
+        """Copy ``value`` into the tensor at ``slot`` (bumps the group's version: later reads see new views)."""
+        with torch.no_grad():
+            self.group(slot.group).detach()[slot.position].copy_(value)
+
+    def grad(self, slot: Slot) -> torch.Tensor | None:
+        """The gradient of the tensor at ``slot`` (a view of its group's gradient), or None."""
+        g = self.group(slot.group).grad
+        return None if g is None else g[slot.position]
+
+    def _forget_views(self) -> None:
+        self._views = [None] * len(self.members)
+        self._keys = [None] * len(self.members)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202
+        self._forget_views()  # a move or cast gives new storage: do not keep the old one alive through its views
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict:
+        # copy.deepcopy and pickle: the views are graph outputs (not copyable) and a cache; they are made again
+        state = self.__dict__.copy()
+        state["_views"] = [None] * len(self.members)
+        state["_keys"] = [None] * len(self.members)
+        return state
+
+    # the layers save and load their own slices under their own keys: the stacked parameters are not in the state dict
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:  # noqa: ANN001
+        pass
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003
+        pass
+
+    def extra_repr(self) -> str:
+        shapes = ", ".join(f"g{g}: {tuple(self.group(g).shape)}" for g in range(len(self.members)))
+        return f"{shapes}"
+
+
+BANK_NAME = "adapter_bank"  # the bank's attribute on the model given to ``apply_adapters``
+
+
+def stack(model: nn.Module, layers: Sequence[tuple[str, AdaptedLayer]]) -> AdapterBank:
+    """Move the adapter tensors of ``layers`` (each holding its own parameters) into a new bank on ``model``."""
+    bank = AdapterBank(layers)
+    for i, (_, layer) in enumerate(layers):
+        layer._attach(bank, bank.slots(i))
+    model.add_module(BANK_NAME, bank)
+    return bank
+
+
+def unstack(model: nn.Module, layers: Sequence[tuple[str, AdaptedLayer]]) -> None:
+    """Give every layer its own parameters again (copies of its slices) and remove the bank from ``model``."""
+    for _, layer in layers:
+        layer._detach_from_bank()
+    if isinstance(getattr(model, BANK_NAME, None), AdapterBank):
+        delattr(model, BANK_NAME)
+
+
+def bank_of(layers: Sequence[tuple[str, AdaptedLayer]]) -> AdapterBank | None:
+    """The bank the layers read from, or None when they hold their own parameters."""
+    return layers[0][1]._bank if layers else None
