@@ -12,7 +12,13 @@ A full ``torch.linalg.svd`` per layer (what PEFT does) computes all k = min(m, n
 3. Rayleigh-Ritz in float64 on that q-dimensional subspace: H = (W Q)^T (W Q), eigh(H). This gives
    W v_i = u_i s_i directly (no division by a tiny s_i) and polishes the eigenvectors.
 
-Small matrices (q >= n / 3) take a plain float64 SVD. The Gram matrix stays float64: a float32 one squares the
+On the CPU, W is never copied whole to float64: G is summed over blocks of rows (each converted on its own, a few
+MB), and W Q is formed block by block; the set-up then holds W as given, G, and one block. Blocking changes only
+the order of the float64 additions, not the accuracy (measured against a float64 SVD in docs/benchmarks.md); the
+Ritz matrix is formed from W Q, never as Q^T G Q, which would square the spectrum again.
+
+Few columns (q >= n / 3) take a full float64 SVD: of W itself when its float64 copy is small, else of the (n, n)
+factor R of W = QR, built block by block. The Gram matrix stays float64: a float32 one squares the
 spectrum in single precision and loses digits of exactly the small singular values KaSA drops. Accuracy and time
 against PEFT's float32 full SVD: ``benchmarks/truncation.py``, results in docs/benchmarks.md.
 
