@@ -120,10 +120,14 @@ def build(folder: Path, quant: str, variant: str, device: str, r: int) -> tuple[
     """(model, regulariser or None, set-up peak in bytes above the loaded model, or None)."""
     from kasa_lightning import AdapterConfig, adapter_loss, adapter_parameters, apply_adapters, extreme_triplets
 
-    extreme_triplets(torch.randn(96, 64), 4)  # loads scipy's LAPACK and the thread controller before measuring
+    reset, hwm = _rss_tools()  # before loading: the model's freed loading buffers go back to the system too
+    # scipy's LAPACK, the thread controller, and the BLAS libraries' own work buffers (kept by the process after
+    # their first call, whatever the model) come before measuring: a weight through the Gram path, one through
+    # the small SVD
+    extreme_triplets(torch.randn(1024, 1024).bfloat16(), 16)
+    extreme_triplets(torch.randn(96, 64), 4)
     model = load(folder, quant, device)
     gc.collect()
-    reset, hwm = _rss_tools()
     setup_peak = None
     if variant == "peft_qlora":
         import peft

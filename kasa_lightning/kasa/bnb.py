@@ -7,9 +7,10 @@ for, so the method package keeps working without it. What the adapted layer need
   stores its (out, in) weight packed as (out * in / 2, 1) uint8; ``Linear8bitLt`` as int8 (out, in) plus one
   float scale per row, ``SCB``);
 * ``dequantize(module)``: the (out, in) float32 weight the layer computes with;
-* ``requantize(module, weight)``: quantise a new (out, in) weight into the same module, with the module's own
-  settings (4-bit: quant type, block size, double quantisation, storage dtype, the dtype it was quantised from;
-  8-bit: LLM.int8's row-wise absmax), as transformers' loading does, so its forward costs what it did before;
+* ``requantize(module, weight, minus)``: quantise a new (out, in) weight (optionally less a low-rank part) into
+  the same module, with the module's own settings (4-bit: quant type, block size, double quantisation, storage
+  dtype, the dtype it was quantised from; 8-bit: LLM.int8's row-wise absmax), as transformers' loading does, so
+  its forward costs what it did before; in chunks of rows, with the codes of one call on the whole weight;
 * ``snapshot_codes`` / ``restore_codes``: the quantised storage itself (integer tensors and their scales), to put
   a base back exactly.
 
@@ -24,6 +25,7 @@ the backbone loader, which does) before transformers does.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from types import ModuleType
@@ -150,30 +152,96 @@ def dequantize(module: nn.Module) -> torch.Tensor:
     return bnb.functional.int8_vectorwise_dequant(cb, scb).float()  # CB * SCB / 127, row-wise
 
 
-def requantize(module: nn.Module, weight: torch.Tensor) -> None:
-    """Quantise ``weight`` (out, in) into ``module`` with the module's own settings (in place: the same
-    ``Parameter`` object gets the new codes)."""
-    bnb = sys.modules["bitsandbytes"]
+#: Elements of the weight quantised at a time. bitsandbytes' CPU quantisers make several float32 temporaries of
+#: their whole input (about 7 bf16 copies of it at their peak); 4-bit blocks and 8-bit rows are quantised
+#: independently of each other, so chunks of rows give the codes of one call on the whole weight.
+CHUNK_ELEMENTS = 1 << 17
+
+
+def requantize(module: nn.Module, weight: torch.Tensor, minus: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    """Quantise ``weight`` (out, in), any float dtype, into ``module`` with the module's own settings (in place:
+    the same ``Parameter`` object gets the new codes).
+
+    ``minus``: factors (u (out, r), v (in, r)) of a part to subtract first: the module gets Q(weight - u v^T).
+    Each chunk of rows is taken to float32, has its rows of u v^T subtracted there and is cast to the dtype the
+    layer quantises from (4-bit: the dtype transformers quantised from; 8-bit: float16), ``CHUNK_ELEMENTS`` at a
+    time: no float copy of the whole weight is made, and ``weight`` is not changed.
+    """
     w = _weight(module)
-    if tuple(weight.shape) != quantized_shape(module):
-        raise ValueError(f"weight {tuple(weight.shape)} does not fit a layer of (out, in) {quantized_shape(module)}")
+    shape = quantized_shape(module)
+    if tuple(weight.shape) != shape:
+        raise ValueError(f"weight {tuple(weight.shape)} does not fit a layer of (out, in) {shape}")
     with torch.no_grad():
         if quantized_kind(module) == "4bit":
-            _, state = _plain_4bit(module)
-            codes, new_state = bnb.functional.quantize_4bit(
-                weight.to(device=w.device, dtype=state.dtype).contiguous(),  # the dtype transformers quantised from
-                blocksize=w.blocksize,
-                compress_statistics=w.compress_statistics,
-                quant_type=w.quant_type,
-                quant_storage=w.quant_storage,
-            )
-            w.data = codes
-            w.quant_state = new_state
-            module.quant_state = new_state
+            _requantize_4bit(module, weight, minus)
             return
         # LLM.int8: row-wise absmax of the float16 weight, as Int8Params quantises at load
-        cb, scb, _ = bnb.functional.int8_vectorwise_quant(weight.to(device=w.device, dtype=torch.float16).contiguous())
+        rows_per = max(1, CHUNK_ELEMENTS // shape[1])
+        cb = scb = None
+        for rows in _row_chunks(shape[0], rows_per):
+            chunk = _float_rows(weight, rows, minus, torch.float16, w.device)
+            chunk_cb, chunk_scb, _ = sys.modules["bitsandbytes"].functional.int8_vectorwise_quant(chunk)
+            if cb is None or scb is None:
+                cb = torch.empty(shape, dtype=chunk_cb.dtype, device=w.device)
+                scb = torch.empty(shape[0], dtype=chunk_scb.dtype, device=w.device)
+            cb[rows], scb[rows] = chunk_cb, chunk_scb
+        assert cb is not None and scb is not None
         _set_int8(module, cb, scb)
+
+
+def _row_chunks(n_rows: int, rows_per: int) -> list[slice]:
+    return [slice(i, min(n_rows, i + rows_per)) for i in range(0, n_rows, rows_per)]
+
+
+def _float_rows(
+    weight: torch.Tensor,
+    rows: slice,
+    minus: tuple[torch.Tensor, torch.Tensor] | None,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> torch.Tensor:
+    """(weight - u v^T)[rows] computed in float32, then cast to ``dtype``: a contiguous (rows, in) chunk."""
+    chunk = weight[rows].to(device=device, dtype=torch.float32, copy=minus is not None)
+    if minus is not None:
+        u, v = minus
+        chunk.addmm_(u[rows].to(chunk), v.to(chunk).T, alpha=-1.0)
+    return chunk.to(dtype).contiguous()
+
+
+def _requantize_4bit(module: nn.Module, weight: torch.Tensor, minus: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+    """``requantize`` of a Linear4bit: chunks of whole quantisation blocks, then the layer's QuantState (with double
+    quantisation: the absmax of all blocks quantised again, around their mean, as ``quantize_4bit`` does)."""
+    bnbf = sys.modules["bitsandbytes"].functional
+    w = _weight(module)
+    _, state = _plain_4bit(module)  # state.dtype: the dtype transformers quantised from
+    out_f, in_f = quantized_shape(module)
+    blocksize = int(w.blocksize)
+    unit = blocksize // math.gcd(in_f, blocksize)  # rows that hold whole quantisation blocks
+    rows_per = max(unit, CHUNK_ELEMENTS // in_f // unit * unit)
+    numel = out_f * in_f
+    packed = torch.empty((numel + 1) // 2, 1, dtype=torch.uint8, device=w.device)
+    absmax = torch.empty(-(-numel // blocksize), dtype=torch.float32, device=w.device)
+    for rows in _row_chunks(out_f, rows_per):
+        chunk = _float_rows(weight, rows, minus, state.dtype, w.device)
+        codes, chunk_state = bnbf.quantize_4bit(
+            chunk, blocksize=blocksize, compress_statistics=False, quant_type=w.quant_type, quant_storage=torch.uint8
+        )
+        first = rows.start * in_f  # a multiple of blocksize (and even)
+        packed[first // 2 : first // 2 + codes.shape[0]] = codes
+        absmax[first // blocksize : first // blocksize + chunk_state.absmax.numel()] = chunk_state.absmax
+    code = bnbf.get_4bit_type(w.quant_type, device=w.device)
+    common = {"shape": torch.Size((out_f, in_f)), "dtype": state.dtype, "blocksize": blocksize, "code": code}
+    if w.compress_statistics:
+        offset = absmax.mean()
+        qabsmax, state2 = bnbf.quantize_blockwise(absmax - offset, blocksize=256)
+        new_state = bnbf.QuantState(absmax=qabsmax, quant_type=w.quant_type, offset=offset, state2=state2, **common)
+    else:
+        new_state = bnbf.QuantState(absmax=absmax, quant_type=w.quant_type, **common)
+    if w.quant_storage != torch.uint8:
+        packed = packed.squeeze().view(w.quant_storage).unsqueeze(1)
+    w.data = packed
+    w.quant_state = new_state
+    module.quant_state = new_state
 
 
 def _set_int8(module: nn.Module, cb: torch.Tensor, scb: torch.Tensor) -> None:

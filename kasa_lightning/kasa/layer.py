@@ -433,10 +433,9 @@ class AdaptedLayer(nn.Module):
             if target is WeightState.ORIGINAL:
                 self.quantized.restore(self.base_layer)
             else:
-                w = self.quantized.source_weight(self.base_layer)  # (out, in) float32, one layer at a time
-                u, v = self._required_dropped_factors()
-                w.addmm_(u.to(w), v.to(w).T, alpha=-1.0)
-                self.quantized.write(self.base_layer, w)
+                # (out, in) in the checkpoint's dtype; W - D is formed in float32 chunk by chunk as it is quantised
+                w = self.quantized.source_weight(self.base_layer, dtype=None)
+                self.quantized.write(self.base_layer, w, minus=self._required_dropped_factors())
                 del w
         self.state = target
 

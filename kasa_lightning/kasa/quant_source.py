@@ -6,8 +6,9 @@ flat, about as large as W's small singular values), so decomposing Q(W) would re
 ``AdapterConfig.quantized_source`` names the source:
 
 * ``"original"`` (default): W itself, read tensor by tensor from the model's safetensors checkpoint
-  (``model.name_or_path``: a local folder, or a Hub name already in the local cache), one layer at a time, so the
-  set-up holds the quantised model plus about one full-precision layer;
+  (``model.name_or_path``: a local folder, or a Hub name already in the local cache), one layer at a time in its
+  stored dtype, so the set-up holds the quantised model plus one layer as stored and the truncation's working set
+  (``svd``: W's float64 Gram matrix and blocks of rows);
 * ``"dequantized"``: deq(Q(W)), for a model whose checkpoint files are gone or not safetensors.
 
 What the base then holds (D = the removed rank-r part, float32 factors kept on the adapted layer):
@@ -63,16 +64,19 @@ class QuantizedBase:
             return bnb.dequantize_codes(module, self.codes)
         return bnb.dequantize(module)
 
-    def write(self, module: nn.Module, weight: torch.Tensor) -> None:
-        """Quantise ``weight`` (out, in) into the base (keeping the original codes first where needed)."""
+    def write(
+        self, module: nn.Module, weight: torch.Tensor, minus: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> None:
+        """Quantise ``weight`` (out, in), less ``minus`` = (u, v) as u v^T if given, into the base (keeping the
+        original codes first where needed); chunk by chunk, no float copy of the whole weight (``bnb.requantize``)."""
         if self.source == "dequantized" and self.codes is None:
             self.codes = bnb.snapshot_codes(module)
-        bnb.requantize(module, weight)
+        bnb.requantize(module, weight, minus)
 
     def restore(self, module: nn.Module) -> None:
         """Put Q(W) back exactly as loaded."""
         if self.source == "original":
-            bnb.requantize(module, self.source_weight(module))
+            bnb.requantize(module, self.source_weight(module, dtype=None))
         elif self.codes is not None:
             bnb.restore_codes(module, self.codes)
             self.codes = None

@@ -12,7 +12,13 @@ A full ``torch.linalg.svd`` per layer (what PEFT does) computes all k = min(m, n
 3. Rayleigh-Ritz in float64 on that q-dimensional subspace: H = (W Q)^T (W Q), eigh(H). This gives
    W v_i = u_i s_i directly (no division by a tiny s_i) and polishes the eigenvectors.
 
-Small matrices (q >= n / 3) take a plain float64 SVD. The Gram matrix stays float64: a float32 one squares the
+On the CPU, W is never copied whole to float64: G is summed over blocks of rows (each converted on its own, a few
+MB), and W Q is formed block by block; the set-up then holds W as given, G, and one block. Blocking changes only
+the order of the float64 additions, not the accuracy (measured against a float64 SVD in docs/benchmarks.md); the
+Ritz matrix is formed from W Q, never as Q^T G Q, which would square the spectrum again.
+
+Few columns (q >= n / 3) take a full float64 SVD: of W itself when its float64 copy is small, else of the (n, n)
+factor R of W = QR, built block by block. The Gram matrix stays float64: a float32 one squares the
 spectrum in single precision and loses digits of exactly the small singular values KaSA drops. Accuracy and time
 against PEFT's float32 full SVD: ``benchmarks/truncation.py``, results in docs/benchmarks.md.
 
@@ -24,6 +30,7 @@ weight bytes (xxHash3-128, which reads memory at several GB/s: hashing is most o
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -90,30 +97,85 @@ def weight_fingerprint(weight: torch.Tensor) -> str:
 
 def _compute(weight: torch.Tensor, r: int, which: Which) -> Triplets:
     transposed = weight.shape[0] < weight.shape[1]
-    w64 = (weight.T if transposed else weight).to(torch.float64)  # (m, n) with n <= m
-    n = w64.shape[1]
+    w = weight.T if transposed else weight  # (m, n) with n <= m, a view in the weight's own dtype
+    m, n = w.shape
     q = min(n, r + max(r, 8))  # subspace size: r wanted + oversampling
-    if 3 * q >= n:  # small matrix: a full float64 SVD is cheap and exact
-        u, s, vh = torch.linalg.svd(w64, full_matrices=False)
-        sl = slice(n - r, n) if which == "minor" else slice(0, r)
-        order = torch.arange(r - 1, -1, -1) if which == "minor" else torch.arange(r)
-        v = vh[sl].T[:, order]
-        us = w64 @ v
-        out = Triplets(u=u[:, sl][:, order], s=s[sl][order], v=v, us=us)
-    else:
+    if 3 * q >= n:  # few columns: a full float64 SVD (of W itself, or of R from W = QR) is cheap and exact
+        out = _small_svd(w, r, which)
+    elif w.device.type == "cuda":  # fast there, and GPU memory for one float64 copy is the smaller worry
+        w64 = w.to(torch.float64)
         out = _rayleigh_ritz(w64, _eig_subspace(w64, q, which), r, which)
+    else:
+        out = _rayleigh_ritz(w, _eig_subspace(w, q, which), r, which)
     if transposed:  # we decomposed W^T = V S U^T
         out = Triplets(u=out.v, s=out.s, v=out.u, us=out.v * out.s)
     return out
 
 
-def _eig_subspace(w64: torch.Tensor, q: int, which: Which) -> torch.Tensor:
-    """An (n, q) orthonormal basis of the q extreme eigenvectors of W^T W (W float64, n <= m)."""
-    n = w64.shape[1]
-    if w64.device.type == "cuda":
-        _, vecs = torch.linalg.eigh(w64.T @ w64)
+#: Bytes of float64 that the CPU path holds of W at a time (one block of rows), besides its n x n Gram matrix;
+#: at least ``_MIN_ROWS`` rows, below which dsyrk spends more time re-reading G than adding to it (a block is then
+#: 256 / n of the Gram matrix's bytes).
+_BLOCK_BYTES = 2 << 20
+_MIN_ROWS = 256
+
+
+def _row_blocks(w: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    """(rows, float64 copy of W[rows]) over W (m, n), ``_BLOCK_BYTES`` at a time: a contiguous (b, n) block, one
+    buffer reused for every block (valid until the next one is asked for)."""
+    m, n = w.shape
+    step = min(m, max(_MIN_ROWS, _BLOCK_BYTES // (8 * n)))
+    buffer = torch.empty(step, n, dtype=torch.float64, device=w.device)
+    for start in range(0, m, step):
+        rows = slice(start, min(m, start + step))
+        block = buffer[: rows.stop - start]
+        block.copy_(w[rows])
+        yield rows, block
+
+
+def _matmul_blocks(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """W @ x in float64 (x float64 (n, k)), W converted block by block (never a float64 copy of the whole W)."""
+    if w.device.type == "cuda" or w.numel() * 8 <= _BLOCK_BYTES:
+        return w.to(torch.float64) @ x
+    out = torch.empty(w.shape[0], x.shape[1], dtype=torch.float64, device=w.device)
+    for rows, block in _row_blocks(w):
+        torch.matmul(block, x, out=out[rows])
+    return out
+
+
+def _small_svd(w: torch.Tensor, r: int, which: Which) -> Triplets:
+    """The triplets of W (m, n), n small, from a full float64 SVD: of W itself when its float64 copy is small,
+    else of the (n, n) triangular factor R of W = QR, built from blocks of rows (R_k = qr([R_{k-1}; W_k]).R),
+    which has W's singular values and right singular vectors (Householder QR is backward stable: R's SVD is as
+    accurate as W's)."""
+    n = w.shape[1]
+    if w.device.type == "cuda" or w.numel() * 8 <= _BLOCK_BYTES:
+        w64 = w.to(torch.float64)
+        u, s, vh = torch.linalg.svd(w64, full_matrices=False)
+    else:
+        factor = torch.zeros(0, n, dtype=torch.float64)
+        for _, block in _row_blocks(w):
+            factor = torch.linalg.qr(torch.cat([factor, block]), mode="r").R  # (min(rows, n), n)
+        _, s, vh = torch.linalg.svd(factor, full_matrices=False)
+        u = None
+    sl = slice(n - r, n) if which == "minor" else slice(0, r)
+    order = torch.arange(r - 1, -1, -1) if which == "minor" else torch.arange(r)
+    v = vh[sl].T[:, order]
+    us = _matmul_blocks(w, v)  # (m, r) = W v
+    if u is not None:
+        return Triplets(u=u[:, sl][:, order], s=s[sl][order], v=v, us=us)
+    norms = us.norm(dim=0)
+    return Triplets(u=us / torch.where(norms > 0, norms, torch.ones_like(norms)), s=s[sl][order], v=v, us=us)
+
+
+def _eig_subspace(w: torch.Tensor, q: int, which: Which) -> torch.Tensor:
+    """An (n, q) orthonormal basis of the q extreme eigenvectors of W^T W (n <= m; float64 on CUDA, any dtype on
+    the CPU, where the float64 Gram matrix is accumulated over blocks of rows)."""
+    n = w.shape[1]
+    if w.device.type == "cuda":
+        _, vecs = torch.linalg.eigh(w.T @ w)
         vecs = vecs[:, :q] if which == "minor" else vecs[:, n - q :]
     else:
+        import numpy as np
         import scipy.linalg
         from scipy.linalg import blas
 
@@ -123,18 +185,20 @@ def _eig_subspace(w64: torch.Tensor, q: int, which: Which) -> torch.Tensor:
         threads = torch.get_num_threads() if n >= 1024 else 1
         index = [0, q - 1] if which == "minor" else [n - q, n - 1]
         with _blas_threads().limit(limits=threads):
-            # dsyrk forms the upper triangle of W^T W only: half the flops of a matmul. It takes Fortran-ordered
-            # arrays; a row-major W is W^T in Fortran order, so ask for A A^T with A = W^T (no copy of W, which the
-            # wrapper would make otherwise)
-            a = w64.numpy()
-            gram = (
-                blas.dsyrk(1.0, a, trans=1, lower=0) if a.flags.f_contiguous else blas.dsyrk(1.0, a.T, trans=0, lower=0)
-            )
+            # G = sum over row blocks W_k^T W_k, in float64. dsyrk forms the upper triangle only (half the flops of
+            # a matmul) and adds into the Fortran-ordered G in place (beta=1, overwrite_c); it takes Fortran-ordered
+            # arrays, and a row-major block W_k is W_k^T in Fortran order, so it is asked for A A^T with A = W_k^T.
+            # Each block is a partial sum of the same dot products dsyrk splits into panels itself: the rounding is
+            # that of one call on the whole of W.
+            gram = np.zeros((n, n), order="F")
+            for _, block in _row_blocks(w):
+                gram = blas.dsyrk(1.0, block.numpy().T, beta=1.0, c=gram, trans=0, lower=0, overwrite_c=1)
             _, vecs_np = scipy.linalg.eigh(
                 gram, lower=False, subset_by_index=index, driver="evx", overwrite_a=True, check_finite=False
             )
+            del gram
         vecs = torch.from_numpy(vecs_np)
-    basis, _ = torch.linalg.qr(vecs.to(device=w64.device, dtype=torch.float64))
+    basis, _ = torch.linalg.qr(vecs.to(device=w.device, dtype=torch.float64))
     return basis
 
 
@@ -152,8 +216,8 @@ def _blas_threads():  # noqa: ANN202
     return _CONTROLLER
 
 
-def _rayleigh_ritz(w64: torch.Tensor, basis: torch.Tensor, r: int, which: Which) -> Triplets:
-    wq = w64 @ basis  # (m, q)
+def _rayleigh_ritz(w: torch.Tensor, basis: torch.Tensor, r: int, which: Which) -> Triplets:
+    wq = _matmul_blocks(w, basis)  # (m, q), float64
     evals, z = torch.linalg.eigh(wq.T @ wq)  # ascending
     idx = torch.arange(r) if which == "minor" else torch.arange(z.shape[1] - 1, z.shape[1] - 1 - r, -1)
     idx = idx.to(z.device)

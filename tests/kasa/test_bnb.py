@@ -108,3 +108,72 @@ def test_merge_on_a_quantized_base_is_refused(folder) -> None:  # noqa: ANN001
     apply_adapters(model, AdapterConfig(method="kasa", r=4, target_modules=TARGETS))
     with pytest.raises(NotImplementedError, match="merging into a quantised base.*export format 'merged'"):
         merge_adapters(model)
+
+
+def _layer(kind: str, weight: torch.Tensor, **settings) -> torch.nn.Module:  # noqa: ANN003
+    """A bitsandbytes layer quantised on the CPU from ``weight`` (out, in) as its ``Params`` do at load."""
+    from kasa_lightning.kasa import bnb
+
+    b = bnb.import_bitsandbytes()
+    out_f, in_f = weight.shape
+    if kind == "4bit":
+        own = {k: x for k, x in settings.items() if k != "blocksize"}  # the block size is the Params4bit's
+        layer = b.nn.Linear4bit(in_f, out_f, bias=False, compute_dtype=torch.bfloat16, **own)
+        layer.weight = b.nn.Params4bit(weight.clone(), requires_grad=False, **settings)
+    else:
+        layer = b.nn.Linear8bitLt(in_f, out_f, bias=False, has_fp16_weights=False)
+        layer.weight = b.nn.Int8Params(weight.half(), requires_grad=False, has_fp16_weights=False)
+    return layer.to("cpu")
+
+
+@pytest.mark.parametrize(
+    "kind, settings",
+    [
+        ("4bit", {"quant_type": "nf4", "compress_statistics": True, "blocksize": 64}),
+        ("4bit", {"quant_type": "fp4", "compress_statistics": False, "blocksize": 128}),
+        ("4bit", {"quant_type": "nf4", "compress_statistics": True, "quant_storage": torch.bfloat16}),
+        ("8bit", {}),
+    ],
+)
+@pytest.mark.parametrize("with_minus", [False, True])
+def test_chunked_requantize_gives_the_codes_of_one_call_on_the_whole_weight(
+    monkeypatch, kind: str, settings: dict, with_minus: bool
+) -> None:  # noqa: ANN001
+    # bitsandbytes' own quantiser on the whole of (W - u v^T) (float32, cast to the layer's dtype) is the oracle;
+    # 40 x 96 with chunks of 3 (4-bit: 4, whole 64-blocks) rows: the last chunk is short, blocks straddle rows
+    from kasa_lightning.kasa import bnb
+
+    b = bnb.import_bitsandbytes()
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(40, 96, generator=g).bfloat16()
+    u, v = torch.randn(40, 3, generator=g), torch.randn(96, 3, generator=g)
+    layer = _layer(kind, w, **settings)
+    target = w.float() - u @ v.T if with_minus else w.float()
+    monkeypatch.setattr(bnb, "CHUNK_ELEMENTS", 3 * 96)
+    source = w.clone()
+    bnb.requantize(layer, w, (u, v) if with_minus else None)
+    assert torch.equal(w, source)  # the caller's weight is not changed
+    got = bnb.snapshot_codes(layer)
+    if kind == "8bit":
+        cb, scb, _ = b.functional.int8_vectorwise_quant(target.half())
+        assert torch.equal(got.data, cb) and torch.equal(got.state, scb)
+        return
+    codes, state = b.functional.quantize_4bit(
+        target.to(torch.bfloat16),
+        blocksize=layer.weight.blocksize,
+        compress_statistics=layer.weight.compress_statistics,
+        quant_type=layer.weight.quant_type,
+        quant_storage=layer.weight.quant_storage,
+    )
+    assert got.data.dtype == codes.dtype and torch.equal(got.data.view(torch.uint8), codes.view(torch.uint8))
+    assert got.state.shape == state.shape and got.state.dtype == state.dtype and got.state.blocksize == state.blocksize
+    assert torch.equal(got.state.absmax, state.absmax) and torch.equal(got.state.code, state.code)
+    if state.state2 is not None:
+        assert torch.equal(got.state.offset, state.offset)
+        assert torch.equal(got.state.state2.absmax, state.state2.absmax)
+        assert torch.equal(got.state.state2.code, state.state2.code)
+    else:
+        assert got.state.state2 is None
+    x = torch.randn(5, 96, generator=g, dtype=torch.bfloat16)  # and the layer computes with them
+    expected = x @ b.functional.dequantize_4bit(codes, state).T
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
