@@ -209,3 +209,51 @@ def test_loading_adapter_checkpoints_is_quiet_and_a_missing_tensor_is_refused(tm
         KaSAModule.load_from_checkpoint(tmp_path / "broken.ckpt")
     with pytest.raises(ValueError, match="missing"):
         fit(tmp_path / "c", ckpt_path=tmp_path / "broken.ckpt")
+
+
+def test_a_checkpoint_with_per_tensor_optimiser_state_resumes_exactly_on_stacked_adapters(tmp_path, monkeypatch):
+    """Checkpoints written with one parameter per adapter tensor (before stacking, or by a sharding strategy) hold
+    the AdamW moments of every dU, dV, dsigma: resuming them on stacked adapters gives the uninterrupted run."""
+    import kasa_lightning.training.module as module_file
+
+    full, _ = _run(tmp_path / "full", max_steps=4)
+    stacking = module_file.apply_adapters
+    monkeypatch.setattr(module_file, "apply_adapters", lambda *a, **k: stacking(*a, **{**k, "stacked": False}))
+    _run(tmp_path / "cut", max_steps=2)
+    saved = torch.load(tmp_path / "cut/last.ckpt", weights_only=False)
+    assert len(saved["optimizer_states"][0]["param_groups"][0]["params"]) == 3 * 2 * 2  # per tensor
+    monkeypatch.setattr(module_file, "apply_adapters", stacking)
+    resumed, _ = _run(tmp_path / "cut", ckpt_path=tmp_path / "cut/last.ckpt", max_steps=4)
+    assert len(resumed.trainer.optimizers[0].param_groups[0]["params"]) == 2  # stacked
+    ours, want = _adapters(resumed), _adapters(full)
+    assert ours.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(ours[k], want[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_per_tensor_optimiser_state_that_cannot_be_stacked_is_refused():
+    from conftest import make_tiny_bert
+
+    from kasa_lightning import adapted_layers, apply_adapters
+    from kasa_lightning.training._optimizer_layout import stack_optimizer_state
+
+    own = apply_adapters(make_tiny_bert(), AdapterConfig(r=4, target_modules=["query"]), stacked=False)
+    stacked = apply_adapters(make_tiny_bert(), AdapterConfig(r=4, target_modules=["query"]))
+    params = [p for p in own.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt = torch.optim.AdamW(params)
+    opt.step()
+    layers = list(adapted_layers(stacked))
+    state = opt.state_dict()
+    assert stack_optimizer_state(state, layers, stacked.adapter_bank)
+    assert [tuple(s["exp_avg"].shape) for s in state["state"].values()] == [(4, 32, 4), (2, 4)]
+    assert not stack_optimizer_state(state, layers, stacked.adapter_bank)  # stacked already: left alone
+    partial = opt.state_dict()
+    del partial["state"][0]  # the first dU has no state
+    with pytest.raises(ValueError, match="covers only some adapter tensors"):
+        stack_optimizer_state(partial, layers, stacked.adapter_bank)
+    steps = opt.state_dict()
+    steps["state"][1]["step"] = torch.tensor(7.0)
+    with pytest.raises(ValueError, match="'step' differs"):
+        stack_optimizer_state(steps, layers, stacked.adapter_bank)

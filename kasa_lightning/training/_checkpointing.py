@@ -18,9 +18,11 @@ import torch
 from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 
 from kasa_lightning._moved import moved_class_path
-from kasa_lightning.kasa import adapter_state_dict, load_adapter_state_dict
+from kasa_lightning.kasa import adapted_layers, adapter_state_dict, load_adapter_state_dict
+from kasa_lightning.kasa.bank import bank_of
 from kasa_lightning.kasa.inject import unwrapped_name
 from kasa_lightning.training import checkpoint_io
+from kasa_lightning.training._optimizer_layout import stack_optimizer_state
 from kasa_lightning.training._resume import (
     changed_settings,
     refusal,
@@ -230,6 +232,11 @@ class CheckpointMixin(_Host):
         if info.get("model_type") != model_type:
             raise ValueError(f"checkpoint is for a {info.get('model_type')!r} model, this one is {model_type!r}")
         self._full_state = bool(info.get("full_state"))
+        layers = list(adapted_layers(self.model))
+        bank = bank_of(layers)
+        if bank is not None:  # optimiser state written with one parameter per adapter tensor: stack it
+            for optimizer_state in checkpoint.get("optimizer_states") or []:
+                stack_optimizer_state(optimizer_state, layers, bank)
         # without "state_dict", a sharding strategy (FSDP) loads it into the wrapped model (strict_loading=False)
         self._best = dict(info.get("best", {}))
         per_rank = info.get("rng_per_rank") or []
