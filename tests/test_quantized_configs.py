@@ -16,7 +16,7 @@ pytest.importorskip("bitsandbytes")
 
 from quantized_lightning_helpers import save_tiny_causal, write_alpaca  # noqa: E402
 
-from kasa_lightning import AdapterConfig, KaSAModule, adapted_layers, adapter_state_dict  # noqa: E402
+from kasa_lightning import AdapterConfig, KaSAModule, adapted_layers, adapter_parameters, adapter_state_dict  # noqa: E402
 from kasa_lightning.cli import main  # noqa: E402
 from kasa_lightning.kasa import QuantizationConfig  # noqa: E402
 
@@ -79,8 +79,8 @@ def test_overlay_composes_with_each_config_family(folders, name: str, overlay: s
     cli.model.configure_model()
     layers = list(adapted_layers(cli.model.model))
     assert layers and all(type(layer.base_layer).__name__ == BASE[bits] for _, layer in layers)
-    trainable = [n for n, p in cli.model.model.named_parameters() if p.requires_grad]
-    heads = [n for n in trainable if "delta_" not in n]
+    adapters = {id(p) for p in adapter_parameters(cli.model.model)}
+    heads = [n for n, p in cli.model.model.named_parameters() if p.requires_grad and id(p) not in adapters]
     if kind[1] == "classifier":  # modules_to_save trains whole: it must stay unquantised, as must the output head
         assert heads and all(p.is_floating_point() for n, p in cli.model.model.named_parameters() if n in heads)
     else:

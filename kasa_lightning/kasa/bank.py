@@ -22,13 +22,14 @@ tensor, which sharded training (FSDP, DeepSpeed ZeRO-3) needs: it shards and gat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .layer import AdaptedLayer
+# The layers are ``AdaptedLayer``s (layer.py, which reads its tensors from here: typed loosely to keep the two
+# modules free of an import cycle).
+Layers = Sequence[tuple[str, Any]]
 
 ADAPTER_TENSORS = ("delta_u", "delta_v", "delta_sigma")
 
@@ -44,7 +45,7 @@ class AdapterBank(nn.Module):
     """The stacked adapter parameters ``g0``, ``g1``, ... of a model; ``members[g]`` lists (layer name, tensor
     name) of group g in stacking order (module order, dU before dV within a layer)."""
 
-    def __init__(self, layers: Sequence[tuple[str, AdaptedLayer]]) -> None:
+    def __init__(self, layers: Layers) -> None:
         super().__init__()
         keys: dict[tuple, int] = {}
         tensors: list[list[torch.Tensor]] = []
@@ -136,7 +137,7 @@ class AdapterBank(nn.Module):
 BANK_NAME = "adapter_bank"  # the bank's attribute on the model given to ``apply_adapters``
 
 
-def stack(model: nn.Module, layers: Sequence[tuple[str, AdaptedLayer]]) -> AdapterBank:
+def stack(model: nn.Module, layers: Layers) -> AdapterBank:
     """Move the adapter tensors of ``layers`` (each holding its own parameters) into a new bank on ``model``."""
     bank = AdapterBank(layers)
     for i, (_, layer) in enumerate(layers):
@@ -145,7 +146,7 @@ def stack(model: nn.Module, layers: Sequence[tuple[str, AdaptedLayer]]) -> Adapt
     return bank
 
 
-def unstack(model: nn.Module, layers: Sequence[tuple[str, AdaptedLayer]]) -> None:
+def unstack(model: nn.Module, layers: Layers) -> None:
     """Give every layer its own parameters again (copies of its slices) and remove the bank from ``model``."""
     for _, layer in layers:
         layer._detach_from_bank()
@@ -153,6 +154,6 @@ def unstack(model: nn.Module, layers: Sequence[tuple[str, AdaptedLayer]]) -> Non
         delattr(model, BANK_NAME)
 
 
-def bank_of(layers: Sequence[tuple[str, AdaptedLayer]]) -> AdapterBank | None:
+def bank_of(layers: Layers) -> AdapterBank | None:
     """The bank the layers read from, or None when they hold their own parameters."""
     return layers[0][1]._bank if layers else None

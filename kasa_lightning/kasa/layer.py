@@ -63,6 +63,9 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     return (w.shape[1], w.shape[0]) if is_conv1d(module) else (w.shape[0], w.shape[1])
 
 
+QUANTIZED_D_DTYPE = torch.bfloat16  # the removed part's factors on a quantised base in fold mode (half of float32)
+
+
 class _AdapterTensor(Generic[T]):
     """An adapter tensor attribute of ``AdaptedLayer`` (``delta_u``, ``delta_v``, ``delta_sigma``): the layer's own
     parameter, or its slice of the model's ``AdapterBank``. Parameters are registered as ``nn.Module`` does; a plain
@@ -92,7 +95,8 @@ class AdaptedLayer(nn.Module):
     Trainable tensors: ``delta_u`` (out, r), ``delta_sigma`` (r,) (only with singular values) and
     ``delta_v`` (in, r): parameters of this layer, or, after ``stack_adapters`` (what ``apply_adapters`` does by
     default), views of the model's ``AdapterBank`` (see ``bank.py``); ``adapter_grad`` reads their gradients in
-    both layouts. Buffers ``dropped_u`` (out, r) and ``dropped_v`` (in, r), float32, hold the removed
+    both layouts. Buffers ``dropped_u`` (out, r) and ``dropped_v`` (in, r) (the default float dtype; on a
+    quantised base float32, or ``QUANTIZED_D_DTYPE`` (bf16) in fold mode) hold the removed
     rank-r part (only for methods that remove one); they are saved with the adapter, which makes the truncation
     reversible and exportable. ``state`` is the base weight's ``WeightState``; ``quantized`` describes a quantised
     base (None otherwise). ``record_terms`` (independent of the weight) is the regulariser form each forward under
@@ -127,7 +131,14 @@ class AdaptedLayer(nn.Module):
         self.register_parameter("delta_sigma", sigma)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         if config.removes_triplets:
-            d_dtype = torch.float32 if quantized is not None else None  # None: the default dtype, as before
+            # a quantised base: float32 in lowrank mode (the forward subtracts it, at the adapters' precision); bf16
+            # in fold mode, where only the base uses it: it is quantised from W minus the stored D, so the saved D
+            # describes it exactly, and bf16's 2^-9 relative rounding of D is far below the quantisation step;
+            # otherwise the default dtype
+            d_dtype = None
+            if quantized is not None:
+                d_dtype = QUANTIZED_D_DTYPE if config.truncation_mode == "fold" else torch.float32
+
             self.register_buffer("dropped_u", torch.zeros(out_features, config.r, device=device, dtype=d_dtype))
             self.register_buffer("dropped_v", torch.zeros(in_features, config.r, device=device, dtype=d_dtype))
         else:
@@ -142,15 +153,15 @@ class AdaptedLayer(nn.Module):
         base_layer.register_load_state_dict_post_hook(self._refold_after_base_load)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202
-        # On a quantised base D stays float32 through dtype casts (``module.to(torch.bfloat16)``, Lightning's
-        # bf16-true): the base holds Q(W - D) quantised from the float32 D, and reloading re-quantises from the
-        # saved D, so a rounded D would no longer describe the base. Device moves apply as usual.
+        # On a quantised base D keeps its dtype through dtype casts (``module.to(torch.float16)``, Lightning's
+        # 16-true): the base holds Q(W - D) quantised from the stored D, and reloading re-quantises from the saved
+        # D, so a D rounded again would no longer describe the base. Device moves apply as usual.
         kept = self.dropped_factors() if self.quantized is not None else None
         super()._apply(fn, recurse)
         if kept is not None:
             for name, old in zip(("dropped_u", "dropped_v"), kept):
                 new = self._buffers[name]
-                if new is not None and new.dtype != torch.float32:
+                if new is not None and new.dtype != old.dtype:
                     self._buffers[name] = old.to(new.device)
         return self
 
@@ -277,8 +288,8 @@ class AdaptedLayer(nn.Module):
             self.set_dropped(triplets.us, triplets.v)
 
     def dropped_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(dropped_u (out, r), dropped_v (in, r)), float32, or None for a method that removes nothing (the two
-        buffers are registered together, or neither is)."""
+        """(dropped_u (out, r), dropped_v (in, r)) in their stored dtype, or None for a method that removes nothing
+        (the two buffers are registered together, or neither is)."""
         u, v = self.dropped_u, self.dropped_v
         if u is None or v is None:
             return None
@@ -385,7 +396,7 @@ class AdaptedLayer(nn.Module):
         if factors is None:
             return None
         u, v = factors
-        return u @ v.T
+        return u.float() @ v.float().T
 
     def _add_dropped(self, sign: float) -> None:
         """W += sign * D. A float32 weight is updated in place by one addmm (no (out, in) temporaries)."""

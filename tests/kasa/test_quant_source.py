@@ -68,13 +68,19 @@ def test_kasa_on_4bit_against_full_precision(folder, mode: str) -> None:  # noqa
     apply_adapters(fp, config)
     mine, theirs = adapter_state_dict(q), adapter_state_dict(fp)
     for key in mine:  # same init, and the triplets come from the original weight, not from Q(W)
-        torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6)
+        if ".dropped_" in key and mode == "fold":  # D kept in bf16 on a quantised base: 2^-9 relative rounding
+            assert mine[key].dtype == torch.bfloat16
+            torch.testing.assert_close(mine[key].float(), theirs[key], rtol=2**-8, atol=1e-6)
+        else:
+            torch.testing.assert_close(mine[key], theirs[key], rtol=0, atol=1e-6)
     factor = 1.0 + 1e-4 if mode == "lowrank" else 1.5
     x = torch.randn(32, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         for name, layer in adapted_layers(q):
             diff = layer(x) - fp.get_submodule(name)(x)
-            bound = x.norm(dim=1, keepdim=True) * e0[name] * factor + 1e-5
+            # plus what the bf16 rounding of D adds to E: ||D_fp - D_bf16||_2
+            rounding = torch.linalg.matrix_norm(layer.dropped_weight() - fp.get_submodule(name).dropped_weight(), ord=2)
+            bound = x.norm(dim=1, keepdim=True) * (e0[name] * factor + rounding) + 1e-5
             assert (diff.abs() <= bound).all(), (name, (diff.abs() / bound).max())
             assert diff.abs().max() > 1e-4  # a 4-bit base is not the float32 one: the check can fail
     # the whole model: the 4-bit KaSA stays as close to full-precision KaSA as the 4-bit base is to the fp base
