@@ -48,8 +48,7 @@ class AdapterBank(nn.Module):
     def __init__(self, layers: Layers) -> None:
         super().__init__()
         keys: dict[tuple, int] = {}
-        tensors: list[list[torch.Tensor]] = []
-        trainable: list[bool] = []
+        specs: list[tuple[tuple[int, ...], torch.dtype, torch.device, bool]] = []  # per group: member shape, ...
         self.members: list[list[tuple[str, str]]] = []
         slots: list[dict[str, Slot]] = []
         for name, layer in layers:
@@ -59,20 +58,20 @@ class AdapterBank(nn.Module):
                 if t is None:
                     continue
                 kind = "sigma" if attr == "delta_sigma" else "factor"
-                g = keys.setdefault((kind, tuple(t.shape), t.dtype, t.device), len(tensors))
-                if g == len(tensors):
-                    tensors.append([])
-                    trainable.append(False)
+                g = keys.setdefault((kind, tuple(t.shape), t.dtype, t.device), len(specs))
+                if g == len(specs):
+                    specs.append((tuple(t.shape), t.dtype, t.device, False))
                     self.members.append([])
-                slots[-1][attr] = Slot(g, len(tensors[g]))
-                tensors[g].append(t.detach())
-                trainable[g] = trainable[g] or t.requires_grad
+                if t.requires_grad:
+                    specs[g] = (*specs[g][:3], True)
+                slots[-1][attr] = Slot(g, len(self.members[g]))
                 self.members[g].append((name, attr))
-        for g, group in enumerate(tensors):
-            self.register_parameter(f"g{g}", nn.Parameter(torch.stack(group), requires_grad=trainable[g]))
+        for g, (shape, dtype, device, trainable) in enumerate(specs):  # filled by ``stack``, tensor by tensor
+            data = torch.empty((len(self.members[g]), *shape), dtype=dtype, device=device)
+            self.register_parameter(f"g{g}", nn.Parameter(data, requires_grad=trainable))
         self._slots = slots
-        self._views: list[tuple[torch.Tensor, ...] | None] = [None] * len(tensors)
-        self._keys: list[tuple | None] = [None] * len(tensors)
+        self._views: list[tuple[torch.Tensor, ...] | None] = [None] * len(specs)
+        self._keys: list[tuple | None] = [None] * len(specs)
 
     def slots(self, position: int) -> dict[str, Slot]:
         """The slots of the ``position``-th layer the bank was built from."""
@@ -140,8 +139,12 @@ BANK_NAME = "adapter_bank"  # the bank's attribute on the model given to ``apply
 def stack(model: nn.Module, layers: Layers) -> AdapterBank:
     """Move the adapter tensors of ``layers`` (each holding its own parameters) into a new bank on ``model``."""
     bank = AdapterBank(layers)
-    for i, (_, layer) in enumerate(layers):
-        layer._attach(bank, bank.slots(i))
+    for i, (_, layer) in enumerate(layers):  # copy each layer's tensors in, then let the layer drop them: at most
+        slots = bank.slots(i)  # one layer's tensors exist twice at a time
+        with torch.no_grad():
+            for attr, slot in slots.items():
+                bank.group(slot.group)[slot.position].copy_(layer._parameters[attr])
+        layer._attach(bank, slots)
     model.add_module(BANK_NAME, bank)
     return bank
 
