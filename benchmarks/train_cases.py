@@ -210,9 +210,12 @@ def make_step(
     def step() -> None:
         opt.zero_grad(set_to_none=True)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            # the regulariser first, as KaSAModule does: its backward then runs after the model's (autograd runs
+            # the nodes made last first), when the activations are freed, and its gradient does not add to the peak
+            penalty = reg() if reg is not None else None
             loss = model(**batch).loss
-            if reg is not None:
-                loss = loss + reg()
+            if penalty is not None:
+                loss = loss + penalty
         loss.backward()
         opt.step()
 

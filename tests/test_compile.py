@@ -288,3 +288,38 @@ def test_compile_option_is_checked():
         KaSAModule(task="causal_lm", backbone_config=TINY_LLAMA, compile={"fulgraph": True})
     with pytest.raises(TypeError, match="model.compile"):
         KaSAModule(task="causal_lm", backbone_config=TINY_LLAMA, compile="yes")
+
+
+def test_regulariser_made_before_the_forward_runs_its_backward_last():
+    """Autograd runs the ready nodes made last first: a regulariser made after the forward has its backward run
+    before the model's, and its gradient (as large as the adapters) waits through the whole model backward; made
+    before (as KaSAModule's training_step does), it runs after the model's, when the activations are freed
+    (the step's peak memory: docs/benchmarks.md)."""
+    model = apply_adapters(_llama(2).train(), AdapterConfig(r=4, target_modules=["q_proj", "v_proj"], gamma=1e-3))
+    order: list[str] = []
+
+    def mark(module, args, out) -> None:  # noqa: ANN001
+        out.register_hook(lambda g: order.append("model"))  # the first adapted layer: its gradient comes last
+
+    model.model.layers[0].self_attn.q_proj.register_forward_hook(mark)
+
+    def distances_node(t: torch.Tensor):  # noqa: ANN202
+        seen, todo = set(), [t.grad_fn]
+        while todo:
+            node = todo.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            if "_Distances" in node.name():
+                return node
+            todo += [n for n, _ in node.next_functions]
+        raise AssertionError("no L3 node")
+
+    for first in (True, False):
+        order.clear()
+        reg = adapter_loss(model) if first else None
+        loss = _task_loss("llama", model)
+        reg = reg if reg is not None else adapter_loss(model)
+        distances_node(reg).register_prehook(lambda grads: order.append("regulariser"))
+        (loss + reg).backward()
+        assert order == (["model", "regulariser"] if first else ["regulariser", "model"]), (first, order)

@@ -158,6 +158,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         self._metrics: dict[str, nn.ModuleDict] = {}
         self._val_losses: list[torch.Tensor] = []
         self._finite = FiniteWatch()
+        self._terms_in_forward = False  # sharded: the layers record their L2/L3 in the forward (configure_model)
 
     # ------------------------------------------------------------------ model
     def setup(self, stage: str) -> None:
@@ -206,6 +207,7 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
         if sharded:
             # after wrapping, the adapter tensors are whole only inside each layer's forward
             record_in_forward(self.model)
+        self._terms_in_forward = sharded
         if self.compile_kwargs is not None:
             # in place (the module keeps its names); dynamo traces at the first call, after the strategy's wrapping
             self.model.compile(**self.compile_kwargs)
@@ -254,9 +256,13 @@ class KaSAModule(CheckpointMixin, EvaluationMixin, L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        # The regulariser first (from the parameters): autograd runs the nodes made last first, so its backward then
+        # runs after the model's, once the activations are freed, and its gradient (as large as the adapters) does
+        # not add to the step's peak memory. Under sharding the layers record their terms in the forward: after it.
+        early = None if self._terms_in_forward else self.regularizer()
         outputs = self.model(**batch)
         task = self.task_loss(batch, outputs)
-        reg = self.regularizer()
+        reg = early if early is not None else self.regularizer()
         loss = self.combine_losses(task, reg)
         # recorded on the device; the host looks every log_every_n_steps batches and before any checkpoint
         self._finite.update(self.global_step, loss, task, reg.l2, reg.l3)
