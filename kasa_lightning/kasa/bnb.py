@@ -34,6 +34,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from .svd import Rows
+
 #: The optional extra that installs bitsandbytes, as error messages name it.
 QUANT_EXTRA = 'pip install -e ".[quant]"'
 
@@ -158,7 +160,9 @@ def dequantize(module: nn.Module) -> torch.Tensor:
 CHUNK_ELEMENTS = 1 << 17
 
 
-def requantize(module: nn.Module, weight: torch.Tensor, minus: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+def requantize(
+    module: nn.Module, weight: torch.Tensor | Rows, minus: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> None:
     """Quantise ``weight`` (out, in), any float dtype, into ``module`` with the module's own settings (in place:
     the same ``Parameter`` object gets the new codes).
 
@@ -194,7 +198,7 @@ def _row_chunks(n_rows: int, rows_per: int) -> list[slice]:
 
 
 def _float_rows(
-    weight: torch.Tensor,
+    weight: torch.Tensor | Rows,
     rows: slice,
     minus: tuple[torch.Tensor, torch.Tensor] | None,
     dtype: torch.dtype,
@@ -208,7 +212,9 @@ def _float_rows(
     return chunk.to(dtype).contiguous()
 
 
-def _requantize_4bit(module: nn.Module, weight: torch.Tensor, minus: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+def _requantize_4bit(
+    module: nn.Module, weight: torch.Tensor | Rows, minus: tuple[torch.Tensor, torch.Tensor] | None
+) -> None:
     """``requantize`` of a Linear4bit: chunks of whole quantisation blocks, then the layer's QuantState (with double
     quantisation: the absmax of all blocks quantised again, around their mean, as ``quantize_4bit`` does)."""
     bnbf = sys.modules["bitsandbytes"].functional

@@ -232,7 +232,7 @@ def apply_adapters(
             triplets = None
             if config.removes_triplets:
                 if source is not None:  # (out, in): the original weight as stored, or the dequantised one
-                    w = source.source_weight(base, dtype=None)
+                    w = source.source_rows(base)  # streamed from the checkpoint file, or the dequantised weight
                 else:
                     w = base.weight.detach()
                     w = w.T if is_conv1d(base) else w  # (out, in)

@@ -445,7 +445,7 @@ class AdaptedLayer(nn.Module):
                 self.quantized.restore(self.base_layer)
             else:
                 # (out, in) in the checkpoint's dtype; W - D is formed in float32 chunk by chunk as it is quantised
-                w = self.quantized.source_weight(self.base_layer, dtype=None)
+                w = self.quantized.source_rows(self.base_layer)
                 self.quantized.write(self.base_layer, w, minus=self._required_dropped_factors())
                 del w
         self.state = target

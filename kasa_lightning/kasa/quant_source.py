@@ -26,12 +26,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
 from . import bnb
+from .svd import Rows
 
 QuantizedSource = Literal["original", "dequantized"]
 _SETTING = "AdapterConfig.quantized_source (model.adapter.quantized_source)"
@@ -50,6 +51,15 @@ class QuantizedBase:
         self.file, self.key = file, key
         self.codes: bnb.QuantCodes | None = None
 
+    def source_rows(self, module: nn.Module) -> SourceRows | torch.Tensor:
+        """W_src (out, in) for the truncation and the re-quantisation, which read it a block of rows at a time:
+        ``"original"`` streams it from the checkpoint file (``SourceRows``: no whole copy is held), ``"dequantized"``
+        gives the dequantised tensor."""
+        if self.source == "original":
+            assert self.file is not None and self.key is not None
+            return SourceRows(self.file, self.key, cast(torch.Tensor, module.weight).device)
+        return self.source_weight(module, dtype=None)
+
     def source_weight(self, module: nn.Module, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
         """W_src (out, in) on the module's device, in ``dtype`` (None: the checkpoint's own dtype, which the
         truncation reads block by block, so a bf16 checkpoint costs one bf16 copy): the weight that is decomposed."""
@@ -65,7 +75,7 @@ class QuantizedBase:
         return bnb.dequantize(module)
 
     def write(
-        self, module: nn.Module, weight: torch.Tensor, minus: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, module: nn.Module, weight: torch.Tensor | Rows, minus: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> None:
         """Quantise ``weight`` (out, in), less ``minus`` = (u, v) as u v^T if given, into the base (keeping the
         original codes first where needed); chunk by chunk, no float copy of the whole weight (``bnb.requantize``)."""
@@ -76,10 +86,65 @@ class QuantizedBase:
     def restore(self, module: nn.Module) -> None:
         """Put Q(W) back exactly as loaded."""
         if self.source == "original":
-            bnb.requantize(module, self.source_weight(module, dtype=None))
+            bnb.requantize(module, self.source_rows(module))
         elif self.codes is not None:
             bnb.restore_codes(module, self.codes)
             self.codes = None
+
+
+class SourceRows:
+    """W (out, in) of one layer in a safetensors file, read a block of rows at a time: ``rows[a:b]`` (or, of the
+    transposed ``rows.T``, a block of columns) is a tensor on ``device`` in the file's dtype. Each read opens the
+    file and closes it again: a mapping held open would keep every page read so far in the process's resident
+    memory, which is the whole weight by the end of a pass."""
+
+    ndim = 2
+
+    def __init__(self, file: Path, key: str, device: torch.device, transposed: bool = False) -> None:
+        from safetensors import safe_open
+
+        self.file, self.key, self.device, self.transposed = file, key, torch.device(device), transposed
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            part = f.get_slice(key)
+            out_in = tuple(part.get_shape())
+            self.dtype = _DTYPES[part.get_dtype()]
+        self.shape = torch.Size(out_in[::-1] if transposed else out_in)
+
+    @property
+    def T(self) -> SourceRows:  # noqa: N802  (as Tensor.T)
+        return SourceRows(self.file, self.key, self.device, not self.transposed)
+
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def detach(self) -> SourceRows:
+        return self
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self.file), framework="pt", device="cpu") as f:
+            part = f.get_slice(self.key)
+            block = part[:, rows].T if self.transposed else part[rows]
+        return block.to(self.device)
+
+    def to(self, *args: torch.device | str | torch.dtype, **kwargs: torch.device | str | torch.dtype) -> Any:
+        """As ``Tensor.to(device)`` / ``to(dtype)`` / ``to(device, dtype)``: another device keeps it streamed; a
+        dtype reads the whole weight and converts it (the CUDA truncation, and small weights)."""
+        device: Any = kwargs.get("device")
+        dtype: Any = kwargs.get("dtype")
+        for arg in args:
+            if isinstance(arg, torch.dtype):
+                dtype = arg
+            else:
+                device = arg
+        target = torch.device(device) if device is not None else self.device
+        if dtype is None:
+            return SourceRows(self.file, self.key, target, self.transposed)
+        return self[:].to(device=target, dtype=dtype)
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 def checkpoint_files(model: nn.Module) -> dict[str, Path]:

@@ -33,11 +33,31 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol, cast
 
 import torch
 
 Which = Literal["minor", "principal"]
+
+
+class Rows(Protocol):
+    """A 2-D weight the CPU path reads a block of rows at a time (``w[a:b]``): a tensor, or a weight streamed from
+    its checkpoint file (``quant_source.SourceRows``), so that no whole copy of it is held."""
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+    @property
+    def ndim(self) -> int: ...
+    @property
+    def T(self) -> Any: ...  # noqa: N802
+    def numel(self) -> int: ...
+    def detach(self) -> Any: ...
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+    def __getitem__(self, rows: Any) -> torch.Tensor: ...
+
+
 _CACHE_VERSION = "2"  # 2: xxh3-128 fingerprints (1: blake2b)
 
 
@@ -62,9 +82,10 @@ class Triplets:
 
 
 def extreme_triplets(
-    weight: torch.Tensor, r: int, which: Which = "minor", cache_dir: str | os.PathLike | None = None
+    weight: torch.Tensor | Rows, r: int, which: Which = "minor", cache_dir: str | os.PathLike | None = None
 ) -> Triplets:
-    """The r smallest (``"minor"``) or largest (``"principal"``) singular triplets of ``weight`` (m x n)."""
+    """The r smallest (``"minor"``) or largest (``"principal"``) singular triplets of ``weight`` (m x n): a tensor,
+    or on the CPU any ``Rows`` (read a block of rows at a time)."""
     if weight.ndim != 2:
         raise ValueError(f"expected a 2-D weight, got shape {tuple(weight.shape)}")
     m, n = weight.shape
@@ -84,18 +105,24 @@ def extreme_triplets(
     return triplets
 
 
-def weight_fingerprint(weight: torch.Tensor) -> str:
-    """A content hash of the weight: dtype, shape and bytes (xxHash3, 128 bits; a cache key, not a signature)."""
+def weight_fingerprint(weight: torch.Tensor | Rows) -> str:
+    """A content hash of the weight: dtype, shape and bytes (xxHash3, 128 bits; a cache key, not a signature). A
+    ``Rows`` weight is hashed a block of rows at a time, to the same digest as the tensor."""
     import xxhash
 
-    w = weight.detach().contiguous().cpu()
-    h = xxhash.xxh3_128(f"{w.dtype}{tuple(w.shape)}".encode())
-    if w.numel():
-        h.update(w.reshape(-1).view(torch.uint8).numpy().data)  # the array's memoryview: no copy of the weight
+    h = xxhash.xxh3_128(f"{weight.dtype}{tuple(weight.shape)}".encode())
+    if isinstance(weight, torch.Tensor):
+        blocks: Any = [weight.detach().contiguous().cpu()]
+    else:
+        step = max(1, _BLOCK_BYTES // max(1, weight.shape[1] * weight.dtype.itemsize))
+        blocks = (weight[i : i + step].contiguous().cpu() for i in range(0, weight.shape[0], step))
+    for w in blocks:
+        if w.numel():
+            h.update(w.reshape(-1).view(torch.uint8).numpy().data)  # the array's memoryview: no copy of the weight
     return h.hexdigest()
 
 
-def _compute(weight: torch.Tensor, r: int, which: Which) -> Triplets:
+def _compute(weight: torch.Tensor | Rows, r: int, which: Which) -> Triplets:
     transposed = weight.shape[0] < weight.shape[1]
     w = weight.T if transposed else weight  # (m, n) with n <= m, a view in the weight's own dtype
     m, n = w.shape
@@ -119,7 +146,7 @@ _BLOCK_BYTES = 2 << 20
 _MIN_ROWS = 256
 
 
-def _row_blocks(w: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+def _row_blocks(w: torch.Tensor | Rows) -> Iterator[tuple[slice, torch.Tensor]]:
     """(rows, float64 copy of W[rows]) over W (m, n), ``_BLOCK_BYTES`` at a time: a contiguous (b, n) block, one
     buffer reused for every block (valid until the next one is asked for)."""
     m, n = w.shape
@@ -132,7 +159,7 @@ def _row_blocks(w: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
         yield rows, block
 
 
-def _matmul_blocks(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _matmul_blocks(w: torch.Tensor | Rows, x: torch.Tensor) -> torch.Tensor:
     """W @ x in float64 (x float64 (n, k)), W converted block by block (never a float64 copy of the whole W)."""
     if w.device.type == "cuda" or w.numel() * 8 <= _BLOCK_BYTES:
         return w.to(torch.float64) @ x
@@ -142,7 +169,7 @@ def _matmul_blocks(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _small_svd(w: torch.Tensor, r: int, which: Which) -> Triplets:
+def _small_svd(w: torch.Tensor | Rows, r: int, which: Which) -> Triplets:
     """The triplets of W (m, n), n small, from a full float64 SVD: of W itself when its float64 copy is small,
     else of the (n, n) triangular factor R of W = QR, built from blocks of rows (R_k = qr([R_{k-1}; W_k]).R),
     which has W's singular values and right singular vectors (Householder QR is backward stable: R's SVD is as
@@ -167,12 +194,13 @@ def _small_svd(w: torch.Tensor, r: int, which: Which) -> Triplets:
     return Triplets(u=us / torch.where(norms > 0, norms, torch.ones_like(norms)), s=s[sl][order], v=v, us=us)
 
 
-def _eig_subspace(w: torch.Tensor, q: int, which: Which) -> torch.Tensor:
+def _eig_subspace(w: torch.Tensor | Rows, q: int, which: Which) -> torch.Tensor:
     """An (n, q) orthonormal basis of the q extreme eigenvectors of W^T W (n <= m; float64 on CUDA, any dtype on
     the CPU, where the float64 Gram matrix is accumulated over blocks of rows)."""
     n = w.shape[1]
-    if w.device.type == "cuda":
-        _, vecs = torch.linalg.eigh(w.T @ w)
+    if w.device.type == "cuda":  # a float64 tensor (``_compute``)
+        wt = cast(torch.Tensor, w)
+        _, vecs = torch.linalg.eigh(wt.T @ wt)
         vecs = vecs[:, :q] if which == "minor" else vecs[:, n - q :]
     else:
         import numpy as np
@@ -216,7 +244,7 @@ def _blas_threads():  # noqa: ANN202
     return _CONTROLLER
 
 
-def _rayleigh_ritz(w: torch.Tensor, basis: torch.Tensor, r: int, which: Which) -> Triplets:
+def _rayleigh_ritz(w: torch.Tensor | Rows, basis: torch.Tensor, r: int, which: Which) -> Triplets:
     wq = _matmul_blocks(w, basis)  # (m, q), float64
     evals, z = torch.linalg.eigh(wq.T @ wq)  # ascending
     idx = torch.arange(r) if which == "minor" else torch.arange(z.shape[1] - 1, z.shape[1] - 1 - r, -1)

@@ -3,6 +3,10 @@ full-precision weights."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -11,6 +15,7 @@ pytest.importorskip("bitsandbytes")
 from quantized_helpers import load_full, load_quantized, logits, save_tiny_llama, train  # noqa: E402
 
 from kasa_lightning.kasa import AdapterConfig, adapted_layers, adapter_state_dict, apply_adapters, bnb  # noqa: E402
+from kasa_lightning.kasa.quant_source import SourceRows  # noqa: E402
 
 TARGETS = ["q_proj", "v_proj"]
 
@@ -98,3 +103,72 @@ def test_trained_adapters_differ_only_by_the_base(folder) -> None:  # noqa: ANN0
     lq, lf = train(q, 10), train(fp, 10)
     assert lq[-1] < 0.95 * lq[0] and lf[-1] < 0.95 * lf[0]
     assert abs((lq[0] - lq[-1]) - (lf[0] - lf[-1])) < 0.25 * (lf[0] - lf[-1])
+
+
+# ---------------------------------------------------------------------- the original weight, streamed from its file
+def _saved_weight(tmp_path, shape=(96, 40)):  # noqa: ANN001, ANN202
+    from safetensors.torch import save_file
+
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).bfloat16()
+    save_file({"layer.weight": w}, tmp_path / "model.safetensors")
+    return w, SourceRows(tmp_path / "model.safetensors", "layer.weight", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("shape", [(96, 40), (40, 96)])
+def test_streamed_weight_reads_rows_and_columns_and_decomposes_to_the_same_triplets(tmp_path, monkeypatch, shape):
+    import kasa_lightning.kasa.svd as svd
+
+    monkeypatch.setattr(svd, "_BLOCK_BYTES", 40 * 8 * 5)  # blocks of a few rows: the streamed path in a small test
+    monkeypatch.setattr(svd, "_MIN_ROWS", 4)
+    w, rows = _saved_weight(tmp_path, shape)
+    assert rows.shape == w.shape and rows.dtype == torch.bfloat16 and rows.T.shape == w.T.shape
+    assert torch.equal(rows[3:11], w[3:11]) and torch.equal(rows.T[5:9], w.T[5:9])
+    assert torch.equal(rows.to(torch.float64), w.double()) and isinstance(rows.to("cpu"), SourceRows)
+    assert svd.weight_fingerprint(rows) == svd.weight_fingerprint(w)
+    streamed, whole = svd.extreme_triplets(rows, 4), svd.extreme_triplets(w, 4)
+    for name in ("u", "s", "v", "us"):
+        assert torch.equal(getattr(streamed, name), getattr(whole, name)), name
+
+
+_STREAM_PEAK = """
+import sys, torch
+from pathlib import Path
+from safetensors.torch import load_file
+from kasa_lightning.kasa.quant_source import SourceRows
+from kasa_lightning.kasa.svd import extreme_triplets
+torch.set_num_threads(1)
+path = Path(sys.argv[1])
+extreme_triplets(torch.randn(512, 128).bfloat16(), 16)  # libraries loaded, BLAS work buffers made
+def hwm():
+    with open("/proc/self/status") as f:
+        return int(next(x for x in f if x.startswith("VmHWM:")).split()[1]) * 1024
+def peak(load):
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the high-water mark starts again from the current RSS
+    before = hwm()
+    extreme_triplets(load(), 16)
+    return (hwm() - before) / (4096 * 1024 * 2)
+whole = peak(lambda: load_file(path)["w"])
+streamed = peak(lambda: SourceRows(path, "w", torch.device("cpu")))
+print(whole, streamed)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
+def test_streamed_truncation_never_holds_the_whole_weight(tmp_path):
+    # a (4096, 1024) bf16 weight: read whole, the truncation holds it (1.0 of its bytes), its float64 Gram matrix
+    # (1024 x 1024: 1.0), blocks of rows and W Q (4096 x 32 float64: 0.13); streamed, all but the weight
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.randn(4096, 1024).bfloat16()}, tmp_path / "w.safetensors")
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", _STREAM_PEAK, str(tmp_path / "w.safetensors")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    whole, streamed = map(float, out.stdout.split())
+    assert streamed < 1.8 and whole - streamed > 0.7, (whole, streamed)
