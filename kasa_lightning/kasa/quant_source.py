@@ -123,9 +123,19 @@ class SourceRows:
     def __getitem__(self, rows: slice) -> torch.Tensor:
         from safetensors import safe_open
 
-        with safe_open(str(self.file), framework="pt", device="cpu") as f:
-            part = f.get_slice(self.key)
-            block = part[:, rows].T if self.transposed else part[rows]
+        if not self.transposed:
+            with safe_open(str(self.file), framework="pt", device="cpu") as f:
+                return f.get_slice(self.key)[rows].to(self.device)
+        # columns of W: they span every row of the file, so they are gathered from bands of rows, each read with
+        # the file opened and closed again (one read of all rows would map every page of the weight)
+        out_f, in_f = self.shape[1], self.shape[0]
+        cols = range(in_f)[rows]
+        block = torch.empty(len(cols), out_f, dtype=self.dtype)
+        band = max(1, _BAND_BYTES // (in_f * self.dtype.itemsize))
+        for start in range(0, out_f, band):
+            stop = min(out_f, start + band)
+            with safe_open(str(self.file), framework="pt", device="cpu") as f:
+                block[:, start:stop] = f.get_slice(self.key)[start:stop, rows].T
         return block.to(self.device)
 
     def to(self, *args: torch.device | str | torch.dtype, **kwargs: torch.device | str | torch.dtype) -> Any:
@@ -144,6 +154,7 @@ class SourceRows:
         return self[:].to(device=target, dtype=dtype)
 
 
+_BAND_BYTES = 1 << 20  # rows read at a time when columns are gathered
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
