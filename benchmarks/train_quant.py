@@ -125,6 +125,7 @@ def build(folder: Path, quant: str, variant: str, device: str, r: int) -> tuple[
     # their first call, whatever the model) come before measuring: a weight through the Gram path, one through
     # the small SVD
     extreme_triplets(torch.randn(1024, 1024).bfloat16(), 16)
+    extreme_triplets(torch.randn(256, 1024).bfloat16(), 16)  # a wide weight: the transposed path
     extreme_triplets(torch.randn(96, 64), 4)
     model = load(folder, quant, device)
     gc.collect()
