@@ -116,10 +116,12 @@ def _saved_weight(tmp_path, shape=(96, 40)):  # noqa: ANN001, ANN202
 
 @pytest.mark.parametrize("shape", [(96, 40), (40, 96)])
 def test_streamed_weight_reads_rows_and_columns_and_decomposes_to_the_same_triplets(tmp_path, monkeypatch, shape):
+    import kasa_lightning.kasa.quant_source as quant_source
     import kasa_lightning.kasa.svd as svd
 
     monkeypatch.setattr(svd, "_BLOCK_BYTES", 40 * 8 * 5)  # blocks of a few rows: the streamed path in a small test
     monkeypatch.setattr(svd, "_MIN_ROWS", 4)
+    monkeypatch.setattr(quant_source, "_BAND_BYTES", max(shape) * 2 * 7)  # columns gathered from bands of 7 rows
     w, rows = _saved_weight(tmp_path, shape)
     assert rows.shape == w.shape and rows.dtype == torch.bfloat16 and rows.T.shape == w.T.shape
     assert torch.equal(rows[3:11], w[3:11]) and torch.equal(rows.T[5:9], w.T[5:9])
