@@ -34,7 +34,8 @@ opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1
 for epoch in range(2):
     model.train()
     for enc, labels in batches(train, 32):
-        loss = model(**enc, labels=labels).loss + adapter_loss(model)
+        reg = adapter_loss(model)  # before the forward: its backward then runs last, when activations are freed
+        loss = model(**enc, labels=labels).loss + reg
         opt.zero_grad()
         loss.backward()
         opt.step()
