@@ -21,8 +21,8 @@ tensor, which sharded training (FSDP, DeepSpeed ZeRO-3) needs: it shards and gat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Mapping, Sequence
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import torch
 from torch import nn
@@ -39,6 +39,31 @@ class Slot(NamedTuple):
 
     group: int
     position: int
+
+
+T = TypeVar("T")
+
+
+class AdapterTensor(Generic[T]):
+    """An adapter tensor attribute of ``AdaptedLayer`` (``delta_u``, ``delta_v``, ``delta_sigma``): the layer's own
+    parameter, or its slice of the model's ``AdapterBank`` (``AdaptedLayer._adapter_tensor`` resolves it).
+    Parameters are registered as ``nn.Module`` does; a plain tensor assigned (FSDP with ``use_orig_params`` swaps its
+    views of the flat parameter in and out this way) is an instance attribute, read before the parameter and removed
+    by ``nn.Module`` when a parameter is set, as on any module."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, layer: Any, owner: type | None = None) -> T:
+        return cast(T, layer._adapter_tensor(self.name))
+
+    def __set__(self, layer: Any, value: T) -> None:
+        layer.__dict__[self.name] = value
+
+    def __delete__(self, layer: Any) -> None:
+        if self.name not in layer.__dict__:
+            raise AttributeError(self.name)
+        del layer.__dict__[self.name]
 
 
 class AdapterBank(nn.Module):
@@ -70,8 +95,9 @@ class AdapterBank(nn.Module):
             data = torch.empty((len(self.members[g]), *shape), dtype=dtype, device=device)
             self.register_parameter(f"g{g}", nn.Parameter(data, requires_grad=trainable))
         self._slots = slots
-        self._views: list[tuple[torch.Tensor, ...] | None] = [None] * len(specs)
-        self._keys: list[tuple | None] = [None] * len(specs)
+        self._views: list[tuple[torch.Tensor, ...] | None]
+        self._keys: list[tuple | None]
+        self._forget_views()
 
     def slots(self, position: int) -> dict[str, Slot]:
         """The slots of the ``position``-th layer the bank was built from."""
@@ -100,6 +126,46 @@ class AdapterBank(nn.Module):
         """Copy ``value`` into the tensor at ``slot`` (bumps the group's version: later reads see new views)."""
         with torch.no_grad():
             self.group(slot.group).detach()[slot.position].copy_(value)
+
+    def own_copies(self, slots: dict[str, Slot]) -> dict[str, nn.Parameter]:
+        """name -> a parameter of its own holding a copy of the tensor at each slot (``unstack``)."""
+        return {
+            name: nn.Parameter(self.view(slot).detach().clone(), requires_grad=self.group(slot.group).requires_grad)
+            for name, slot in slots.items()
+        }
+
+    def save(self, slots: dict[str, Slot], destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        """A layer's ``_save_to_state_dict`` part: its slices under its own keys, as if they were its parameters;
+        copies, so that no two saved tensors share storage (safetensors refuses that)."""
+        for name, slot in slots.items():
+            t = self.view(slot)
+            destination[prefix + name] = t if keep_vars else t.detach().clone()
+
+    def load(  # noqa: PLR0913
+        self,
+        slots: dict[str, Slot],
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        strict: bool,
+        missing_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """A layer's ``_load_from_state_dict`` part: its slices from its own keys, with torch's messages."""
+        for name, slot in slots.items():
+            key = prefix + name
+            if key not in state_dict:
+                if strict:
+                    missing_keys.append(key)
+                continue
+            value = state_dict[key]
+            shape = tuple(self.group(slot.group).shape[1:])
+            if tuple(value.shape) != shape:
+                error_msgs.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from checkpoint, "
+                    f"the shape in current model is {shape}."
+                )
+                continue
+            self.write(slot, value)
 
     def grad(self, slot: Slot) -> torch.Tensor | None:
         """The gradient of the tensor at ``slot`` (a view of its group's gradient), or None."""
@@ -141,9 +207,8 @@ def stack(model: nn.Module, layers: Layers) -> AdapterBank:
     bank = AdapterBank(layers)
     for i, (_, layer) in enumerate(layers):  # copy each layer's tensors in, then let the layer drop them: at most
         slots = bank.slots(i)  # one layer's tensors exist twice at a time
-        with torch.no_grad():
-            for attr, slot in slots.items():
-                bank.group(slot.group)[slot.position].copy_(layer._parameters[attr])
+        for attr, slot in slots.items():
+            bank.write(slot, layer._parameters[attr])
         layer._attach(bank, slots)
     model.add_module(BANK_NAME, bank)
     return bank

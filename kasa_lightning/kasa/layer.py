@@ -26,19 +26,17 @@ import enum
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from . import bnb
-from .bank import AdapterBank, Slot
+from .bank import AdapterBank, AdapterTensor, Slot
 from .config import AdapterConfig
 from .quant_source import QuantizedBase
 from .svd import Triplets
 from .terms import LayerTerms, layer_terms
-
-T = TypeVar("T")
 
 
 class WeightState(enum.Enum):
@@ -64,28 +62,6 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
 
 
 QUANTIZED_D_DTYPE = torch.bfloat16  # the removed part's factors on a quantised base in fold mode (half of float32)
-
-
-class _AdapterTensor(Generic[T]):
-    """An adapter tensor attribute of ``AdaptedLayer`` (``delta_u``, ``delta_v``, ``delta_sigma``): the layer's own
-    parameter, or its slice of the model's ``AdapterBank``. Parameters are registered as ``nn.Module`` does; a plain
-    tensor assigned (FSDP with ``use_orig_params`` swaps its views of the flat parameter in and out this way) is an
-    instance attribute, read before the parameter and removed by ``nn.Module`` when a parameter is set, as on any
-    module."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, layer: AdaptedLayer, owner: type | None = None) -> T:
-        return cast(T, layer._adapter_tensor(self.name))
-
-    def __set__(self, layer: AdaptedLayer, value: T) -> None:
-        layer.__dict__[self.name] = value
-
-    def __delete__(self, layer: AdaptedLayer) -> None:
-        if self.name not in layer.__dict__:
-            raise AttributeError(self.name)
-        del layer.__dict__[self.name]
 
 
 class AdaptedLayer(nn.Module):
@@ -189,11 +165,11 @@ class AdaptedLayer(nn.Module):
                 raise AttributeError(name)
         return p
 
-    delta_u = _AdapterTensor[torch.Tensor]()
+    delta_u = AdapterTensor[torch.Tensor]()
     """dU (out, r): this layer's parameter, or its view of the model's stacked parameter."""
-    delta_v = _AdapterTensor[torch.Tensor]()
+    delta_v = AdapterTensor[torch.Tensor]()
     """dV (in, r): this layer's parameter, or its view of the model's stacked parameter."""
-    delta_sigma = _AdapterTensor[torch.Tensor | None]()
+    delta_sigma = AdapterTensor[torch.Tensor | None]()
     """dsigma (r,) (None without singular values): this layer's parameter, or a view of a stacked one."""
 
     def adapter_parameters(self) -> list[torch.Tensor]:
@@ -223,42 +199,15 @@ class AdaptedLayer(nn.Module):
         bank = self._bank
         if bank is None:
             return
-        own = {
-            name: nn.Parameter(bank.view(slot).detach().clone(), requires_grad=bank.group(slot.group).requires_grad)
-            for name, slot in self._slots.items()
-        }
+        own = bank.own_copies(self._slots)
         object.__setattr__(self, "_bank", None)
         self._slots = {}
         self._parameters.update(own)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:  # noqa: ANN001
-        # stacked: the slices under this layer's own keys, as if they were its parameters (the format does not
-        # depend on the layout); copies, so that no two saved tensors share storage (safetensors refuses that)
-        for name, slot in self._slots.items():
-            assert self._bank is not None
-            t = self._bank.view(slot)
-            destination[prefix + name] = t if keep_vars else t.detach().clone()
+        if self._bank is not None:  # stacked: the slices under this layer's own keys (the format is the same)
+            self._bank.save(self._slots, destination, prefix, keep_vars)
         super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def _load_slots(
-        self, state_dict: Mapping[str, Any], prefix: str, strict: bool, missing_keys: list[str], error_msgs: list[str]
-    ) -> None:
-        for name, slot in self._slots.items():
-            assert self._bank is not None
-            key = prefix + name
-            if key not in state_dict:
-                if strict:
-                    missing_keys.append(key)
-                continue
-            value = state_dict[key]
-            shape = tuple(self._bank.group(slot.group).shape[1:])
-            if tuple(value.shape) != shape:
-                error_msgs.append(
-                    f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from checkpoint, "
-                    f"the shape in current model is {shape}."
-                )
-                continue
-            self._bank.write(slot, value)
 
     # ------------------------------------------------------------------ initialisation
     def reset_parameters(self, config: AdapterConfig, triplets: Triplets | None) -> None:
@@ -347,8 +296,8 @@ class AdaptedLayer(nn.Module):
         # update) out, load, put the new ones in (torch calls this before loading the children: the base layer).
         if self._weight_is_whole():
             with self.plain_weight():
-                if self._slots:  # stacked: this layer's slices, under its own keys
-                    self._load_slots(state_dict, prefix, strict, missing_keys, error_msgs)
+                if self._bank is not None:  # stacked: this layer's slices, under its own keys
+                    self._bank.load(self._slots, state_dict, prefix, strict, missing_keys, error_msgs)
                 super()._load_from_state_dict(state_dict, prefix, *args)
             if self._slots:  # the base class reports the keys that are not its own parameters as unexpected
                 mine = {prefix + name for name in self._slots}
