@@ -239,7 +239,7 @@ def apply_adapters(
                 if svd_device is not None:
                     w = w.to(svd_device)
                 triplets = extreme_triplets(w, config.r, which, cache_dir=config.svd_cache_dir)
-                del w  # a quantised base: at most one full-precision layer alive at a time
+                del w  # a dense base weight view or the dequantised copy: gone before the next target
                 hits += triplets.cached
             layer.reset_parameters(config, triplets)
         setattr(parent, child, layer)

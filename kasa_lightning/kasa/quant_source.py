@@ -23,6 +23,7 @@ the original integer codes (Q(W) cannot be recovered from Q(W - D)).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -58,21 +59,15 @@ class QuantizedBase:
         if self.source == "original":
             assert self.file is not None and self.key is not None
             return SourceRows(self.file, self.key, cast(torch.Tensor, module.weight).device)
-        return self.source_weight(module, dtype=None)
-
-    def source_weight(self, module: nn.Module, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
-        """W_src (out, in) on the module's device, in ``dtype`` (None: the checkpoint's own dtype, which the
-        truncation reads block by block, so a bf16 checkpoint costs one bf16 copy): the weight that is decomposed."""
-        if self.source == "original":
-            assert self.file is not None and self.key is not None
-            from safetensors import safe_open
-
-            with safe_open(str(self.file), framework="pt", device="cpu") as f:
-                w = f.get_tensor(self.key)
-            return w.to(device=module.weight.device, dtype=dtype or w.dtype)
         if self.codes is not None:  # the base was rewritten: decompose what it held at load
             return bnb.dequantize_codes(module, self.codes)
         return bnb.dequantize(module)
+
+    def source_weight(self, module: nn.Module, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+        """W_src (out, in) whole, on the module's device, in ``dtype`` (None: its own): the weight that is
+        decomposed (``source_rows`` without the streaming)."""
+        w = self.source_rows(module)
+        return w[:].to(dtype=dtype or w.dtype)
 
     def write(
         self, module: nn.Module, weight: torch.Tensor | Rows, minus: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -100,19 +95,24 @@ class SourceRows:
 
     ndim = 2
 
-    def __init__(self, file: Path, key: str, device: torch.device, transposed: bool = False) -> None:
+    def __init__(self, file: Path, key: str, device: torch.device) -> None:
         from safetensors import safe_open
 
-        self.file, self.key, self.device, self.transposed = file, key, torch.device(device), transposed
-        with safe_open(str(file), framework="pt", device="cpu") as f:
+        self.file, self.key, self.device, self.transposed = file, key, torch.device(device), False
+        with safe_open(str(file), framework="pt", device="cpu") as f:  # the header only
             part = f.get_slice(key)
-            out_in = tuple(part.get_shape())
+            self.shape = torch.Size(part.get_shape())
             self.dtype = _DTYPES[part.get_dtype()]
-        self.shape = torch.Size(out_in[::-1] if transposed else out_in)
+
+    def _with(self, device: torch.device, transposed: bool) -> SourceRows:
+        other = copy.copy(self)
+        other.device, other.transposed = device, transposed
+        other.shape = self.shape if transposed == self.transposed else torch.Size(self.shape[::-1])
+        return other
 
     @property
     def T(self) -> SourceRows:  # noqa: N802  (as Tensor.T)
-        return SourceRows(self.file, self.key, self.device, not self.transposed)
+        return self._with(self.device, not self.transposed)
 
     def numel(self) -> int:
         return self.shape.numel()
@@ -150,7 +150,7 @@ class SourceRows:
                 device = arg
         target = torch.device(device) if device is not None else self.device
         if dtype is None:
-            return SourceRows(self.file, self.key, target, self.transposed)
+            return self._with(target, self.transposed)
         return self[:].to(device=target, dtype=dtype)
 
 
