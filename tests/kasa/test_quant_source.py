@@ -116,12 +116,10 @@ def _saved_weight(tmp_path, shape=(96, 40)):  # noqa: ANN001, ANN202
 
 @pytest.mark.parametrize("shape", [(96, 40), (40, 96)])
 def test_streamed_weight_reads_rows_and_columns_and_decomposes_to_the_same_triplets(tmp_path, monkeypatch, shape):
-    import kasa_lightning.kasa.quant_source as quant_source
     import kasa_lightning.kasa.svd as svd
 
     monkeypatch.setattr(svd, "_BLOCK_BYTES", 40 * 8 * 5)  # blocks of a few rows: the streamed path in a small test
     monkeypatch.setattr(svd, "_MIN_ROWS", 4)
-    monkeypatch.setattr(quant_source, "_BAND_BYTES", max(shape) * 2 * 7)  # columns gathered from bands of 7 rows
     w, rows = _saved_weight(tmp_path, shape)
     assert rows.shape == w.shape and rows.dtype == torch.bfloat16 and rows.T.shape == w.T.shape
     assert torch.equal(rows[3:11], w[3:11]) and torch.equal(rows.T[5:9], w.T[5:9])
@@ -130,6 +128,46 @@ def test_streamed_weight_reads_rows_and_columns_and_decomposes_to_the_same_tripl
     streamed, whole = svd.extreme_triplets(rows, 4), svd.extreme_triplets(w, 4)
     for name in ("u", "s", "v", "us"):
         assert torch.equal(getattr(streamed, name), getattr(whole, name)), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_streamed_weight_reads_each_tensor_of_a_file_at_its_own_offset(tmp_path, dtype):
+    # several tensors of mixed dtypes in one file: each is read from where the header puts it, bit for bit
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(1)
+    tensors = {"a.bias": torch.randn(7, generator=g), "b.weight": torch.randn(9, 5, generator=g).to(dtype),
+               "c.weight": torch.randn(3, 11, generator=g).half()}  # fmt: skip
+    save_file(tensors, tmp_path / "m.safetensors")
+    for key in ("b.weight", "c.weight"):
+        rows = SourceRows(tmp_path / "m.safetensors", key, torch.device("cpu"))
+        w = tensors[key]
+        assert rows.dtype == w.dtype and rows.shape == w.shape
+        assert torch.equal(rows[:], w) and torch.equal(rows[2:], w[2:]) and torch.equal(rows.T[1:4], w.T[1:4])
+        assert rows[5:5].shape == (0, w.shape[1])
+
+
+def test_streamed_weight_refuses_damaged_files_and_integer_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.randn(64, 32), "i": torch.ones(4, 4, dtype=torch.int8)}, tmp_path / "m.safetensors")
+    data = (tmp_path / "m.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="stored as I8.*quantized_source='dequantized'"):
+        SourceRows(tmp_path / "m.safetensors", "i", torch.device("cpu"))
+    with pytest.raises(KeyError, match="no tensor 'x'"):
+        SourceRows(tmp_path / "m.safetensors", "x", torch.device("cpu"))
+    (tmp_path / "cut.safetensors").write_bytes(data[:-100])
+    with pytest.raises(ValueError, match="truncated"):
+        SourceRows(tmp_path / "cut.safetensors", "w", torch.device("cpu"))
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        SourceRows(tmp_path / "junk.safetensors", "w", torch.device("cpu"))
+    rows = SourceRows(tmp_path / "m.safetensors", "w", torch.device("cpu"))
+    (tmp_path / "m.safetensors").write_bytes(data[: len(data) // 2])  # cut after the header was read
+    with pytest.raises(ValueError, match="ended early"):
+        rows[:]
+    with pytest.raises(TypeError, match="contiguous blocks"):
+        rows[::2]
 
 
 _STREAM_PEAK = """
@@ -152,17 +190,21 @@ def peak(load):
     return (hwm() - before) / (4096 * 1024 * 2)
 whole = peak(lambda: load_file(path)["w"])
 streamed = peak(lambda: SourceRows(path, "w", torch.device("cpu")))
-print(whole, streamed)
+columns = peak(lambda: SourceRows(path, "wt", torch.device("cpu")))  # (1024, 4096): read a block of columns at a time
+print(whole, streamed, columns)
 """
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
 def test_streamed_truncation_never_holds_the_whole_weight(tmp_path):
     # a (4096, 1024) bf16 weight: read whole, the truncation holds it (1.0 of its bytes), its float64 Gram matrix
-    # (1024 x 1024: 1.0), blocks of rows and W Q (4096 x 32 float64: 0.13); streamed, all but the weight
+    # (1024 x 1024: 1.0), blocks of rows and W Q (4096 x 32 float64: 0.13); streamed, all but the weight. Stored
+    # transposed, (1024, 4096), it is read a block of columns at a time, with the same working set. Measured 1.18
+    # for both; 1.74 and 1.81 when safetensors' mapped pages of the file were read (they count in the RSS).
     from safetensors.torch import save_file
 
-    save_file({"w": torch.randn(4096, 1024).bfloat16()}, tmp_path / "w.safetensors")
+    w = torch.randn(4096, 1024).bfloat16()
+    save_file({"w": w, "wt": w.T.contiguous()}, tmp_path / "w.safetensors")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-c", _STREAM_PEAK, str(tmp_path / "w.safetensors")],
@@ -172,5 +214,5 @@ def test_streamed_truncation_never_holds_the_whole_weight(tmp_path):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    whole, streamed = map(float, out.stdout.split())
-    assert streamed < 1.8 and whole - streamed > 0.7, (whole, streamed)
+    whole, streamed, columns = map(float, out.stdout.split())
+    assert streamed < 1.5 and columns < 1.5 and whole - streamed > 0.7, (whole, streamed, columns)
