@@ -67,7 +67,14 @@ def load(folder: Path, quant: str, device: str) -> nn.Module:
         config = (q or QuantizationConfig(bits=8)).to_bitsandbytes_config()
         kwargs.update(quantization_config=config, device_map={"": device if device == "cpu" else 0})
     model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
-    return model.to(device) if quant == "none" else model
+    if quant == "none":
+        # transformers maps the checkpoint file (a private mapping) and reads a weight's pages when first touched; a
+        # weight written in place then gets anonymous copies of them. Own copies first, so that the set-up peak
+        # counts the set-up's own memory, not the model's pages becoming resident
+        for p in model.parameters():
+            p.data = p.data.clone()
+        model = model.to(device)
+    return model
 
 
 def base_bytes(model: nn.Module) -> tuple[int, int]:

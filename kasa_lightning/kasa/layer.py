@@ -348,13 +348,17 @@ class AdaptedLayer(nn.Module):
         return u.float() @ v.float().T
 
     def _add_dropped(self, sign: float) -> None:
-        """W += sign * D. A float32 weight is updated in place by one addmm (no (out, in) temporaries)."""
+        """W += sign * D. A float32 weight is updated in place by one addmm; another dtype a block of rows at a
+        time (W + D in float32, cast back), so that no (out, in) float32 temporary is made."""
         w = self._weight_view()
         u, v = self._required_dropped_factors()  # (out, r), (in, r)
         if w.dtype == torch.float32:
             w.addmm_(u, v.T, alpha=sign)
-        else:
-            self._add_to_weight(sign * (u @ v.T))
+            return
+        step = max(1, _FOLD_BLOCK // w.shape[1])
+        for start in range(0, w.shape[0], step):
+            rows = w[start : start + step]  # (rows, in), a view of the weight
+            rows.copy_((rows.float() + sign * (u[start : start + step] @ v.T)).to(w.dtype))
 
     def _path(self, target: WeightState) -> list[WeightState]:
         """The states from the current one to ``target``, one step each: fold mode passes through FOLDED
@@ -461,6 +465,10 @@ _MERGE_REFUSAL = (
     "update away (it is far below the quantisation step) and could not be undone. Keep the adapter separate, or "
     "write a full-precision merged model from the original weights (export format 'merged')."
 )
+
+
+#: Elements of W rewritten at a time when D is folded into a weight that is not float32 (1 MiB of float32).
+_FOLD_BLOCK = 1 << 18
 
 
 def _add_product(y: torch.Tensor, h: torch.Tensor, u: torch.Tensor, in_place: bool, alpha: float = 1.0) -> torch.Tensor:
