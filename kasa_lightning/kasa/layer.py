@@ -9,23 +9,14 @@ Notation (out = m, in = n, rank r, eta = alpha / r):
 
     y = x (W - D)^T + b + eta * ((dropout(x) delta_v) * delta_sigma) delta_u^T
 
-The base weight is always in one of three configurations (``WeightState``):
-
-    ORIGINAL   W                      lowrank mode at rest (D subtracted in the forward); after ``restore_base``
-    FOLDED     W - D                  fold mode at rest (a method that removes a part)
-    MERGED     W - D + update         after ``merge`` (both modes)
-
-``merge`` / ``unmerge`` / ``restore_base`` move between them; ``plain_weight()`` is the one way to change D.
-A bitsandbytes base (``Linear4bit`` / ``Linear8bitLt``) holds the quantised form of the same matrices, computed
-from the full-precision source each time (see ``quant_source.py``); it cannot be MERGED.
+The base weight holds W, W - D or W - D + update (``WeightState``); the moves between them are in
+``weight_state.py``.
 """
 
 from __future__ import annotations
 
-import enum
 import math
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any, cast
 
 import torch
@@ -37,19 +28,7 @@ from .config import AdapterConfig
 from .quant_source import QuantizedBase
 from .svd import Triplets
 from .terms import LayerTerms, layer_terms
-
-
-class WeightState(enum.Enum):
-    """What the base weight holds (D: the removed rank-r part; update: eta dU diag(dsigma) dV^T)."""
-
-    ORIGINAL = "W"
-    FOLDED = "W - D"
-    MERGED = "W - D + update"
-
-
-def is_conv1d(module: nn.Module) -> bool:
-    """A transformers ``Conv1D`` (GPT-2): weight stored (in, out), y = x W + b."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and hasattr(module, "weight")
+from .weight_state import WeightState, WeightStates, is_conv1d
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
@@ -64,7 +43,7 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
 QUANTIZED_D_DTYPE = torch.bfloat16  # the removed part's factors on a quantised base in fold mode (half of float32)
 
 
-class AdaptedLayer(nn.Module):
+class AdaptedLayer(WeightStates, nn.Module):
     """Wraps ``base_layer`` (``nn.Linear``, ``Conv1D``, bitsandbytes ``Linear4bit``/``Linear8bitLt``) with a
     KaSA / LoRA / PiSSA / MiLoRA update.
 
@@ -140,16 +119,6 @@ class AdaptedLayer(nn.Module):
                 if new is not None and new.dtype != old.dtype:
                     self._buffers[name] = old.to(new.device)
         return self
-
-    @property
-    def merged(self) -> bool:
-        """Whether the update is written into the base weight."""
-        return self.state is WeightState.MERGED
-
-    def _resting_state(self) -> WeightState:
-        """FOLDED in fold mode for a method that removes a part, ORIGINAL otherwise."""
-        folds = self.dropped_u is not None and self.truncation_mode == "fold"
-        return WeightState.FOLDED if folds else WeightState.ORIGINAL
 
     # ------------------------------------------------------------------ the adapter tensors (own or stacked)
     def _adapter_tensor(self, name: str) -> torch.Tensor | None:
@@ -236,50 +205,6 @@ class AdaptedLayer(nn.Module):
         if triplets is not None:
             self.set_dropped(triplets.us, triplets.v)
 
-    def dropped_factors(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(dropped_u (out, r), dropped_v (in, r)) in their stored dtype, or None for a method that removes nothing
-        (the two buffers are registered together, or neither is)."""
-        u, v = self.dropped_u, self.dropped_v
-        if u is None or v is None:
-            return None
-        return u, v
-
-    def _required_dropped_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``dropped_factors()`` where the method must remove a part (a clear error otherwise)."""
-        factors = self.dropped_factors()
-        if factors is None:
-            raise ValueError(f"method {self.method!r} without truncation has no removed part")
-        return factors
-
-    def set_dropped(self, dropped_u: torch.Tensor, dropped_v: torch.Tensor) -> None:
-        """Replace the removed rank-r part D = dropped_u dropped_v^T, keeping the base weight consistent."""
-        if self.dropped_factors() is None:
-            raise ValueError(f"method {self.method!r} without truncation has no removed part to set")
-        with self.plain_weight():
-            own_u, own_v = self._required_dropped_factors()
-            with torch.no_grad():
-                own_u.copy_(dropped_u)
-                own_v.copy_(dropped_v)
-
-    @contextmanager
-    def plain_weight(self) -> Iterator[None]:
-        """Work on D (or the weight) with the base holding the plain W; afterwards the layer returns to the state
-        it was in, computed with the new D.
-
-        A float base is moved to ORIGINAL and back. A quantised base is not touched on the way in (its W lives in
-        the checkpoint file or the kept codes, see ``quant_source``); on the way out a FOLDED base is quantised
-        again from W - D_new.
-        """
-        previous = self.state
-        if self.quantized is None:
-            self._move_to(WeightState.ORIGINAL)
-            yield
-            self._move_to(previous)
-            return
-        yield
-        if previous is WeightState.FOLDED:
-            self._write_quantized(previous)
-
     # ------------------------------------------------------------------ loading; sharded training (FSDP)
     def _load_from_state_dict(  # noqa: PLR0913
         self,
@@ -322,110 +247,6 @@ class AdaptedLayer(nn.Module):
                 new_u, new_v = self._required_dropped_factors()  # set: only a folded layer defers a refold
                 self._add_to_weight(old_u @ old_v.T - new_u @ new_v.T)
 
-    def _weight_is_whole(self) -> bool:
-        """Whether this process sees the whole base weight (not an FSDP shard)."""
-        if self.quantized is not None:
-            return True
-        return tuple(self._weight_view().shape) == (self.out_features, self.in_features)
-
-    # ------------------------------------------------------------------ weights
-    def _weight_view(self) -> torch.Tensor:
-        """The base weight as an (out, in) view (in-place changes reach the stored parameter)."""
-        w = cast(torch.Tensor, self.base_layer.weight).data
-        return w.T if is_conv1d(self.base_layer) else w
-
-    def _add_to_weight(self, delta: torch.Tensor) -> None:
-        """W += delta (delta (out, in), computed in float32 and cast to the weight's dtype)."""
-        w = self._weight_view()
-        w.copy_((w.float() + delta).to(w.dtype))
-
-    def dropped_weight(self) -> torch.Tensor | None:
-        """D (out, in), float32, or None."""
-        factors = self.dropped_factors()
-        if factors is None:
-            return None
-        u, v = factors
-        return u.float() @ v.float().T
-
-    def _add_dropped(self, sign: float) -> None:
-        """W += sign * D. A float32 weight is updated in place by one addmm; another dtype a block of rows at a
-        time (W + D in float32, cast back), so that no (out, in) float32 temporary is made."""
-        w = self._weight_view()
-        u, v = self._required_dropped_factors()  # (out, r), (in, r)
-        if w.dtype == torch.float32:
-            w.addmm_(u, v.T, alpha=sign)
-            return
-        step = max(1, _FOLD_BLOCK // w.shape[1])
-        for start in range(0, w.shape[0], step):
-            rows = w[start : start + step]  # (rows, in), a view of the weight
-            rows.copy_((rows.float() + sign * (u[start : start + step] @ v.T)).to(w.dtype))
-
-    def _path(self, target: WeightState) -> list[WeightState]:
-        """The states from the current one to ``target``, one step each: fold mode passes through FOLDED
-        (ORIGINAL <-> FOLDED <-> MERGED), lowrank mode and methods without D go ORIGINAL <-> MERGED directly."""
-        line = [WeightState.ORIGINAL, WeightState.FOLDED, WeightState.MERGED]
-        if self._resting_state() is WeightState.ORIGINAL:
-            line.remove(WeightState.FOLDED)
-        i, j = line.index(self.state), line.index(target)
-        return line[i + 1 : j + 1] if j > i else line[j:i][::-1]
-
-    def _move_to(self, target: WeightState) -> None:
-        """Rewrite the base weight into ``target``'s configuration (no-op when it is there already)."""
-        if self.quantized is not None:
-            if target is not self.state:
-                self._write_quantized(target)
-            return
-        with torch.no_grad():
-            for nxt in self._path(target):
-                pair = {self.state, nxt}
-                if pair == {WeightState.ORIGINAL, WeightState.FOLDED}:  # -/+ D
-                    self._add_dropped(-1.0 if nxt is WeightState.FOLDED else 1.0)
-                else:  # +/- what merging adds: the update, and from ORIGINAL (lowrank) also -D
-                    delta = self.delta_weight()
-                    if self.state is WeightState.ORIGINAL or nxt is WeightState.ORIGINAL:
-                        dropped = self.dropped_weight()
-                        delta = delta - dropped if dropped is not None else delta
-                    self._add_to_weight(delta if nxt is WeightState.MERGED else -delta)
-                self.state = nxt
-
-    def _write_quantized(self, target: WeightState) -> None:
-        """Quantise ``target``'s configuration into a quantised base, computed from the source weight."""
-        assert self.quantized is not None
-        if target is WeightState.MERGED:
-            raise NotImplementedError(_MERGE_REFUSAL)
-        with torch.no_grad():
-            if target is WeightState.ORIGINAL:
-                self.quantized.restore(self.base_layer)
-            else:
-                # (out, in) in the checkpoint's dtype; W - D is formed in float32 chunk by chunk as it is quantised
-                w = self.quantized.source_rows(self.base_layer)
-                self.quantized.write(self.base_layer, w, minus=self._required_dropped_factors())
-                del w
-        self.state = target
-
-    def delta_weight(self) -> torch.Tensor:
-        """The learned update eta * dU diag(dsigma) dV^T as an (out, in) float32 matrix."""
-        u = self.delta_u.float()
-        if self.delta_sigma is not None:
-            u = u * self.delta_sigma.float()
-        return self.scaling * (u @ self.delta_v.float().T)
-
-    def merge(self) -> None:
-        """Write the update into the base weight (idempotent). Refused on a quantised base (see the message)."""
-        if self.quantized is not None:
-            raise NotImplementedError(_MERGE_REFUSAL)
-        self._move_to(WeightState.MERGED)
-
-    def unmerge(self) -> None:
-        """Take the update out of the base weight again (idempotent)."""
-        if self.state is WeightState.MERGED:
-            self._move_to(self._resting_state())
-
-    def restore_base(self) -> nn.Module:
-        """Unmerge, put the removed part back and return the original module with its original weight."""
-        self._move_to(WeightState.ORIGINAL)
-        return self.base_layer
-
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         delta_u, delta_v, delta_sigma = self.delta_u, self.delta_v, self.delta_sigma
@@ -458,17 +279,6 @@ class AdaptedLayer(nn.Module):
             f"method={self.method}, r={self.r}, scaling={self.scaling:g}, in={self.in_features}, "
             f"out={self.out_features}, mode={self.truncation_mode}, state={self.state.name}"
         )
-
-
-_MERGE_REFUSAL = (
-    "merging into a quantised base layer is not supported: re-quantising W + update would round most of the "
-    "update away (it is far below the quantisation step) and could not be undone. Keep the adapter separate, or "
-    "write a full-precision merged model from the original weights (export format 'merged')."
-)
-
-
-#: Elements of W rewritten at a time when D is folded into a weight that is not float32 (1 MiB of float32).
-_FOLD_BLOCK = 1 << 18
 
 
 def _add_product(y: torch.Tensor, h: torch.Tensor, u: torch.Tensor, in_place: bool, alpha: float = 1.0) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """A full-precision merged model written from the ORIGINAL checkpoint files, for a model whose base is quantised.
 
-Merging into a quantised base is refused (``layer._MERGE_REFUSAL``): the update is far below the quantisation step.
+Merging into a quantised base is refused (``weight_state._MERGE_REFUSAL``): the update is far below the
+quantisation step.
 What a user deploys instead is the original full-precision model with the update merged in:
 
     W' = W - D + eta dU diag(dsigma) dV^T      (out, in), computed in float32, stored in W's own dtype

@@ -212,9 +212,9 @@ def test_in_place_adapter_add_equals_closed_form_and_spares_hooked_outputs(mode)
 def test_folding_into_a_bfloat16_weight_goes_a_block_of_rows_at_a_time(monkeypatch, conv1d):
     # W - D computed in float32 and rounded once to bf16, element by element, whatever the blocks (5 rows each
     # here, the last one short); GPT-2's Conv1D stores W transposed, so its rows are strided views
-    import kasa_lightning.kasa.layer as layer_mod
+    import kasa_lightning.kasa.weight_state as weight_state
 
-    monkeypatch.setattr(layer_mod, "_FOLD_BLOCK", 5 * 40)
+    monkeypatch.setattr(weight_state, "_FOLD_BLOCK", 5 * 40)
     model = (make_tiny_gpt2() if conv1d else torch.nn.Sequential(torch.nn.Linear(40, 23))).to(torch.bfloat16)
     layer_name = "transformer.h.0.attn.c_attn" if conv1d else "0"
     base = model.get_submodule(layer_name)
