@@ -7,10 +7,11 @@ the bf16 base), the model is saved with random weights (the preset's layer shape
 our KaSA, our LoRA, and PEFT's LoRA on the same base (QLoRA). Reported per base: step time (interleaved repeats,
 medians; ratios are medians of per-repeat ratios) and peak memory of one step (``benchmarks.memory``), the bytes of
 the target-free base linear weights against their bf16 bytes (codes plus every quantisation constant: absmax, the
-nested absmax and code book of double quantisation, int8 row scales), and KaSA's set-up peak: the process's RSS
-high-water mark (``/proc/self/clear_refs`` reset after loading, glibc's mmap threshold at 64 KiB so that freed
-blocks return to the system; scipy's LAPACK loaded before) during ``apply_adapters`` above the loaded model, in
-bf16 copies of the largest target weight.
+nested absmax and code book of double quantisation, int8 row scales), and KaSA's set-up peak during
+``apply_adapters`` above the loaded model, in bf16 copies of the largest target weight: on a GPU the allocator's
+high-water mark (``torch.cuda.max_memory_allocated``), on the CPU the process's RSS high-water mark
+(``/proc/self/clear_refs`` reset after loading, glibc's mmap threshold at 64 KiB so that freed blocks return to the
+system; scipy's LAPACK loaded before).
 """
 
 from __future__ import annotations
@@ -145,11 +146,19 @@ def build(folder: Path, quant: str, variant: str, device: str, r: int) -> tuple[
     else:
         config = AdapterConfig(method=variant, r=r, alpha=2 * r, target_modules=list(LLAMA_TARGETS), beta=BETA,
                                gamma=GAMMA)  # fmt: skip
-        if reset is not None and device == "cpu":
+        cuda = device.startswith("cuda")
+        if cuda:  # the allocator's high-water mark: the set-up's tensors on the GPU
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        elif reset is not None and device == "cpu":
             reset()
             before = hwm()
         apply_adapters(model, config)
-        if reset is not None and device == "cpu":
+        if cuda:
+            torch.cuda.synchronize()
+            setup_peak = torch.cuda.max_memory_allocated() - before
+        elif reset is not None and device == "cpu":
             setup_peak = hwm() - before
         for p in adapter_parameters(model):
             p.data = p.data.float()
@@ -233,6 +242,8 @@ def run_quant(args: argparse.Namespace, device: str) -> dict[str, Any]:
         print(markdown_table(["variant", "step (median)", "peak MB", "persistent MB"], rows))
     print("\nRatios:\n")
     print(ratios_table(ratios))
-    print(f"\nKaSA set-up peak above the loaded model, in bf16 copies of the largest target weight: {setup}")
+    measure = "torch.cuda.max_memory_allocated" if device.startswith("cuda") else "process RSS high-water mark"
+    print(f"\nKaSA set-up peak above the loaded model ({measure}), in bf16 copies of the largest target weight: "
+          f"{setup}")  # fmt: skip
     return {"benchmark": "train_step_quant", "size": size, "spec": spec, "device": device, "bases": results,
-            "ratios": ratios, "setup_peak_bf16_layers": setup}  # fmt: skip
+            "ratios": ratios, "setup_peak_bf16_layers": setup, "setup_peak_measure": measure}  # fmt: skip
