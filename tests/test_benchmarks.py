@@ -154,7 +154,6 @@ def test_train_step_quant_smoke(bench, tmp_path):
     assert written["setup_peak_measure"] == "process RSS high-water mark"
     if os.path.exists("/proc/self/clear_refs"):  # Linux: KaSA's set-up peak is measured on every base
         assert set(written["setup_peak_bf16_layers"]) == {"nf4", "int8", "none"}
-        assert all(v > 0 for v in written["setup_peak_bf16_layers"].values())
     # the storage with its constants: NF4 codes are half a byte, int8 one byte, per parameter
     assert 0.25 < written["ratios"]["base_vs_bf16_bytes_nf4"] < written["ratios"]["base_vs_bf16_bytes_int8"] < 0.6
     with pytest.raises(SystemExit, match="--quant: unknown"):
