@@ -404,3 +404,27 @@ def test_config_without_a_metric_to_report(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "no metric to report" in err and "data.init_args.test_path" in err
+
+
+def test_own_texts_plan_with_the_metrics_they_log(tmp_path):
+    """configs/own-data/classification.yaml needs no --metric: the validation metrics the DataModule logs
+    (accuracy; Pearson and Spearman for regression; the ones named in data.init_args.metrics)."""
+    (tmp_path / "train.csv").write_text("text,label\ngood,pos\nbad,neg\n")
+    config = str(ROOT / "configs/own-data/classification.yaml")
+    train = [f"--data.init_args.train_path={tmp_path / 'train.csv'}"]
+
+    def planned(*overrides: str, metric: str | None = None):  # noqa: ANN202
+        out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
+        ((run, _),) = sweep.plan([config], [0], ["kasa"], out, [], [*train, *overrides], metric=metric)
+        return run
+
+    run = planned()  # the config names accuracy and F1
+    assert (run.family, run.metrics, run.select, run.aggregate, run.test) == (
+        "custom", ["val/accuracy", "val/f1"], "best", "median", False
+    )  # fmt: skip
+    assert planned("--data.init_args.metrics=null").metrics == ["val/accuracy"]
+    regression = planned("--data.init_args.num_labels=1", "--data.init_args.metrics=null")
+    assert regression.metrics == ["val/pearson", "val/spearman"]
+    assert planned("--data.init_args.metrics=[f1, mcc]").metrics == ["val/f1", "val/mcc"]
+    assert planned(metric="val/f1").metrics == ["val/f1", "val/accuracy"]
+    assert planned(metric="test/f1").test

@@ -1,7 +1,8 @@
 """The paper's protocol per task family: from a resolved config, the family (GLUE, E2E, commonsense, instruction,
-the demo, a custom DataModule), the metrics to report, the value taken per run (best/last) and over seeds
-(median/mean), whether to validate/test ``last.ckpt``, and the paper's keys. One table of decisions, kept apart
-from the planning that calls it (``kasa_lightning.experiments.sweep._plan``) and the report that reads its output.
+the demo, your own texts with ``TextClassificationDataModule``, a custom DataModule), the metrics to report, the
+value taken per run (best/last) and over seeds (median/mean), whether to validate/test ``last.ckpt``, and the
+paper's keys. One table of decisions, kept apart from the planning that calls it
+(``kasa_lightning.experiments.sweep._plan``) and the report that reads its output.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from kasa_lightning.experiments.sweep._spec import SweepError
 
 
 def family(config: dict[str, Any], where: str, metric: str | None, test: str) -> dict[str, Any]:
-    """The task family, the metrics to report, the paper's protocol and the paper's key, from a resolved config."""
+    """The task family, the metrics to report, the paper's protocol and the paper's key, from a resolved config
+    (``metric``: ``--metric``, first among the metrics; required for a DataModule not named here)."""
     data = config.get("data") or {}
     cls = str(data.get("class_path", "")).rsplit(".", 1)[-1]
     init = data.get("init_args") or {}
@@ -67,6 +69,18 @@ def family(config: dict[str, Any], where: str, metric: str | None, test: str) ->
             family="demo",
             paper_task=None,
             metrics=["val/accuracy"],
+            select="best",
+            aggregate="median",
+            test=False,
+            paper_metrics={},
+        )
+    elif cls == "TextClassificationDataModule":  # your own labelled texts: the metrics it logs on validation
+        regression = init.get("num_labels") == 1
+        names = list(init.get("metrics") or (["pearson", "spearman"] if regression else ["accuracy"]))
+        info.update(
+            family="custom",
+            paper_task=None,
+            metrics=[f"val/{n}" for n in names],
             select="best",
             aggregate="median",
             test=False,
