@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from .svd import Rows
+from .weight_state import row_chunks, rows_minus_product
 
 #: The optional extra that installs bitsandbytes, as error messages name it.
 QUANT_EXTRA = 'pip install -e ".[quant]"'
@@ -182,8 +183,8 @@ def requantize(
         # LLM.int8: row-wise absmax of the float16 weight, as Int8Params quantises at load
         rows_per = max(1, CHUNK_ELEMENTS // shape[1])
         cb = scb = None
-        for rows in _row_chunks(shape[0], rows_per):
-            chunk = _float_rows(weight, rows, minus, torch.float16, w.device)
+        for rows in row_chunks(shape[0], rows_per):
+            chunk = rows_minus_product(weight, rows, minus, torch.float16, w.device)
             chunk_cb, chunk_scb, _ = sys.modules["bitsandbytes"].functional.int8_vectorwise_quant(chunk)
             if cb is None or scb is None:
                 cb = torch.empty(shape, dtype=chunk_cb.dtype, device=w.device)
@@ -191,25 +192,6 @@ def requantize(
             cb[rows], scb[rows] = chunk_cb, chunk_scb
         assert cb is not None and scb is not None
         _set_int8(module, cb, scb)
-
-
-def _row_chunks(n_rows: int, rows_per: int) -> list[slice]:
-    return [slice(i, min(n_rows, i + rows_per)) for i in range(0, n_rows, rows_per)]
-
-
-def _float_rows(
-    weight: torch.Tensor | Rows,
-    rows: slice,
-    minus: tuple[torch.Tensor, torch.Tensor] | None,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> torch.Tensor:
-    """(weight - u v^T)[rows] computed in float32, then cast to ``dtype``: a contiguous (rows, in) chunk."""
-    chunk = weight[rows].to(device=device, dtype=torch.float32, copy=minus is not None)
-    if minus is not None:
-        u, v = minus
-        chunk.addmm_(u[rows].to(chunk), v.to(chunk).T, alpha=-1.0)
-    return chunk.to(dtype).contiguous()
 
 
 def _requantize_4bit(
@@ -227,8 +209,8 @@ def _requantize_4bit(
     numel = out_f * in_f
     packed = torch.empty((numel + 1) // 2, 1, dtype=torch.uint8, device=w.device)
     absmax = torch.empty(-(-numel // blocksize), dtype=torch.float32, device=w.device)
-    for rows in _row_chunks(out_f, rows_per):
-        chunk = _float_rows(weight, rows, minus, state.dtype, w.device)
+    for rows in row_chunks(out_f, rows_per):
+        chunk = rows_minus_product(weight, rows, minus, state.dtype, w.device)
         codes, chunk_state = bnbf.quantize_4bit(
             chunk, blocksize=blocksize, compress_statistics=False, quant_type=w.quant_type, quant_storage=torch.uint8
         )

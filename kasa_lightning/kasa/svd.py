@@ -12,8 +12,8 @@ A full ``torch.linalg.svd`` per layer (what PEFT does) computes all k = min(m, n
 3. Rayleigh-Ritz in float64 on that q-dimensional subspace: H = (W Q)^T (W Q), eigh(H). This gives
    W v_i = u_i s_i directly (no division by a tiny s_i) and polishes the eigenvectors.
 
-On the CPU, W is never copied whole to float64: G is summed over blocks of rows (each converted on its own, a few
-MB), and W Q is formed block by block; the set-up then holds W as given, G, and one block. Blocking changes only
+On the CPU, W is never copied whole to float64: G is summed over blocks of rows (each converted on its own, about
+1 MB), and W Q is formed block by block; the set-up then holds W as given, G, and one block. Blocking changes only
 the order of the float64 additions, not the accuracy (measured against a float64 SVD in docs/benchmarks.md); the
 Ritz matrix is formed from W Q, never as Q^T G Q, which would square the spectrum again.
 
@@ -160,9 +160,14 @@ def _row_blocks(w: torch.Tensor | Rows) -> Iterator[tuple[slice, torch.Tensor]]:
         yield rows, block
 
 
+def _whole_in_float64(w: torch.Tensor | Rows) -> bool:
+    """Whether W is taken to float64 whole: on CUDA (fast there), or when that copy is no larger than one block."""
+    return w.device.type == "cuda" or w.numel() * 8 <= _BLOCK_BYTES
+
+
 def _matmul_blocks(w: torch.Tensor | Rows, x: torch.Tensor) -> torch.Tensor:
     """W @ x in float64 (x float64 (n, k)), W converted block by block (never a float64 copy of the whole W)."""
-    if w.device.type == "cuda" or w.numel() * 8 <= _BLOCK_BYTES:
+    if _whole_in_float64(w):
         return w.to(torch.float64) @ x
     out = torch.empty(w.shape[0], x.shape[1], dtype=torch.float64, device=w.device)
     for rows, block in _row_blocks(w):
@@ -176,7 +181,7 @@ def _small_svd(w: torch.Tensor | Rows, r: int, which: Which) -> Triplets:
     which has W's singular values and right singular vectors (Householder QR is backward stable: R's SVD is as
     accurate as W's)."""
     n = w.shape[1]
-    if w.device.type == "cuda" or w.numel() * 8 <= _BLOCK_BYTES:
+    if _whole_in_float64(w):
         w64 = w.to(torch.float64)
         u, s, vh = torch.linalg.svd(w64, full_matrices=False)
     else:
