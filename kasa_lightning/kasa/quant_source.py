@@ -103,6 +103,7 @@ class SourceRows:
 
     def __init__(self, file: Path, key: str, device: torch.device) -> None:
         self.file, self.key, self.device, self.transposed = file, key, torch.device(device), False
+        self._stamp = _stamp(os.stat(file))
         self.shape, self.dtype, self.offset = _tensor_location(file, key)
 
     def _with(self, device: torch.device, transposed: bool) -> SourceRows:
@@ -129,6 +130,11 @@ class SourceRows:
         stop = max(start, stop)
         size = self.dtype.itemsize
         with open(self.file, "rb", buffering=0) as f:
+            if _stamp(os.fstat(f.fileno())) != self._stamp:  # replaced or rewritten: the header's offsets are stale
+                raise RuntimeError(
+                    f"{self.file} changed after its header was read (rewritten or replaced while the adapters were "
+                    "set up, e.g. by a new download); run the set-up again once the checkpoint files stay put"
+                )
             if not self.transposed:  # rows of the stored matrix: one contiguous run of bytes
                 block = torch.empty(stop - start, in_f, dtype=self.dtype)
                 _read_into(f, self.offset + start * in_f * size, block, self.file)
@@ -157,6 +163,11 @@ class SourceRows:
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 _MAX_HEADER = 100 << 20  # the format's own limit on the header's size
+
+
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What tells a file's content changed without reading it: device, inode, size, modification time."""
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _tensor_location(file: Path, key: str) -> tuple[torch.Size, torch.dtype, int]:

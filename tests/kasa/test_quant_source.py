@@ -164,10 +164,28 @@ def test_streamed_weight_refuses_damaged_files_and_integer_tensors(tmp_path):
         SourceRows(tmp_path / "junk.safetensors", "w", torch.device("cpu"))
     rows = SourceRows(tmp_path / "m.safetensors", "w", torch.device("cpu"))
     (tmp_path / "m.safetensors").write_bytes(data[: len(data) // 2])  # cut after the header was read
-    with pytest.raises(ValueError, match="ended early"):
+    with pytest.raises(RuntimeError, match="changed after its header was read"):
         rows[:]
     with pytest.raises(TypeError, match="contiguous blocks"):
         rows[::2]
+
+
+def test_streamed_weight_refuses_a_file_changed_after_its_header_was_read(tmp_path):
+    # the offsets come from the header read at the start: a file rewritten (same size, new bytes) or replaced by
+    # another one afterwards would give the wrong bytes, so reading it is refused
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.zeros(8, 4)}, path)
+    rows = SourceRows(path, "w", torch.device("cpu"))
+    assert torch.equal(rows[:], torch.zeros(8, 4))
+    save_file({"w": torch.ones(8, 4)}, path)
+    os.utime(path, ns=(0, 10**9))  # a modification time the first file did not have, however coarse the clock
+    with pytest.raises(RuntimeError, match="changed after its header was read"):
+        rows[2:4]
+    with pytest.raises(RuntimeError, match="changed after its header was read"):
+        rows.T[0:2]
+    assert torch.equal(SourceRows(path, "w", torch.device("cpu"))[:], torch.ones(8, 4))  # a new reader reads it
 
 
 _STREAM_PEAK = """
