@@ -160,6 +160,19 @@ def test_train_step_quant_smoke(bench, tmp_path):
         train_step.main(["--preset", "llama3-8b-layers", "--quant", "nf3", "--smoke", "--device", "cpu"])
 
 
+def test_train_quant_setup_peak_alone(bench, tmp_path):
+    """``python -m benchmarks.train_quant``: KaSA's set-up alone on a saved base (saved in a process of its own),
+    with the targets asked for."""
+    pytest.importorskip("bitsandbytes")
+    train_quant = bench("train_quant")
+    result = train_quant.main(["--size", "smoke", "--quant", "nf4", "--targets", "q_proj,v_proj",
+                               "--folder", str(tmp_path / "base")])  # fmt: skip
+    assert (tmp_path / "base" / "model.safetensors").is_file()
+    assert result["targets"] == ["q_proj", "v_proj"] and result["r"] == 4 and result["build_seconds"] > 0
+    if os.path.exists("/proc/self/clear_refs"):
+        assert result["setup_peak_bytes"] is not None and result["setup_peak_bf16_layers"] is not None
+
+
 @pytest.mark.slow
 def test_gpu_check_script_cpu_smoke(tmp_path):
     """benchmarks/gpu_check.sh end to end on the CPU path: tests/test_gpu.py (skipped here) and both presets at tiny
