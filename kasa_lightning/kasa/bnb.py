@@ -34,8 +34,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from .row_chunks import row_chunks, rows_minus_product
 from .svd import Rows
-from .weight_state import row_chunks, rows_minus_product
 
 #: The optional extra that installs bitsandbytes, as error messages name it.
 QUANT_EXTRA = 'pip install -e ".[quant]"'

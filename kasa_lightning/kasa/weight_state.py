@@ -18,10 +18,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
+
+from .row_chunks import row_chunks, rows_minus_product
 
 if TYPE_CHECKING:
     from .quant_source import QuantizedBase
@@ -224,22 +226,3 @@ _MERGE_REFUSAL = (
 
 #: Elements of W rewritten at a time when D is folded into a weight that is not float32 (1 MiB of float32).
 _FOLD_BLOCK = 1 << 18
-
-
-def row_chunks(n_rows: int, rows_per: int) -> list[slice]:
-    """Slices of ``rows_per`` rows (the last one shorter) over ``n_rows`` rows."""
-    return [slice(i, min(n_rows, i + rows_per)) for i in range(0, n_rows, rows_per)]
-
-
-def rows_minus_product(
-    weight: Any, rows: slice, minus: tuple[torch.Tensor, torch.Tensor] | None, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """(weight - u v^T)[rows] for ``minus`` = (u (out, r), v (in, r)), computed in float32 and cast to ``dtype``: a
-    contiguous (rows, in) chunk on ``device``. ``weight``: an (out, in) tensor or any row source
-    (``svd.Rows``, e.g. a weight streamed from its checkpoint file); it is not changed. What folding D into a
-    weight and re-quantising a base do a chunk at a time, so that no float32 copy of the whole weight is made."""
-    chunk = weight[rows].to(device=device, dtype=torch.float32, copy=minus is not None)
-    if minus is not None:
-        u, v = minus
-        chunk.addmm_(u[rows].to(chunk), v.to(chunk).T, alpha=-1.0)
-    return chunk.to(dtype).contiguous()
